@@ -1,0 +1,172 @@
+"""One `Settings` object, read from the environment and `.env`.
+
+Every variable is documented in the README's configuration table; names follow
+ARCHITECTURE section 5. Provider keys (`OPENAI_API_KEY`, `ELEVENLABS_API_KEY`) keep the names the
+providers' own SDKs use, so an operator's existing environment works unchanged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CsvList = Annotated[list[str], NoDecode]
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name, name.lower())
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    # --- server -------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", validation_alias=_env("VOXGATE_HOST"))
+    port: int = Field(8000, validation_alias=_env("VOXGATE_PORT"))
+    engine: str = Field("cascade", validation_alias=_env("VOXGATE_ENGINE"))
+    #: Engines a client may pick with `start.engine`; empty = only the configured `engine`.
+    allowed_engines: CsvList = Field(
+        default_factory=list, validation_alias=_env("VOXGATE_ALLOWED_ENGINES")
+    )
+    log_level: str = Field("info", validation_alias=_env("VOXGATE_LOG_LEVEL"))
+    log_format: Literal["text", "json"] = Field("text", validation_alias=_env("VOXGATE_LOG_FORMAT"))
+    #: Serve even on a non-loopback host with `VOXGATE_AUTH=none` (the `--insecure` flag).
+    insecure: bool = Field(False, validation_alias=_env("VOXGATE_INSECURE"))
+    shutdown_deadline_s: float = Field(10.0, validation_alias=_env("VOXGATE_SHUTDOWN_DEADLINE_S"))
+
+    # --- OpenAI Realtime --------------------------------------------------------------------
+    openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))
+    openai_realtime_model: str = Field(
+        "gpt-realtime", validation_alias=_env("OPENAI_REALTIME_MODEL")
+    )
+    openai_voice: str = Field("alloy", validation_alias=_env("OPENAI_VOICE"))
+    openai_url: str = Field(
+        "wss://api.openai.com/v1/realtime", validation_alias=_env("VOXGATE_OPENAI_URL")
+    )
+    openai_api_base: str = Field(
+        "https://api.openai.com/v1", validation_alias=_env("VOXGATE_OPENAI_API_BASE")
+    )
+    openai_transcription_model: str = Field(
+        "gpt-4o-mini-transcribe", validation_alias=_env("VOXGATE_OPENAI_TRANSCRIPTION_MODEL")
+    )
+    #: Recycle the upstream session this long after it started (OpenAI ends sessions at 60 min).
+    openai_session_recycle_s: float = Field(
+        55 * 60.0, validation_alias=_env("VOXGATE_OPENAI_SESSION_RECYCLE_S")
+    )
+
+    # --- ElevenLabs -------------------------------------------------------------------------
+    elevenlabs_api_key: SecretStr | None = Field(None, validation_alias=_env("ELEVENLABS_API_KEY"))
+    elevenlabs_agent_id: str | None = Field(
+        None, validation_alias=_env("VOXGATE_ELEVENLABS_AGENT_ID")
+    )
+    elevenlabs_url: str = Field(
+        "wss://api.elevenlabs.io/v1/convai/conversation",
+        validation_alias=_env("VOXGATE_ELEVENLABS_URL"),
+    )
+    elevenlabs_api_base: str = Field(
+        "https://api.elevenlabs.io/v1", validation_alias=_env("VOXGATE_ELEVENLABS_API_BASE")
+    )
+
+    # --- cascade ------------------------------------------------------------------------------
+    llm_url: str | None = Field(None, validation_alias=_env("VOXGATE_LLM_URL"))
+    llm_model: str = Field("gpt-4o-mini", validation_alias=_env("VOXGATE_LLM_MODEL"))
+    llm_api_key: SecretStr | None = Field(None, validation_alias=_env("VOXGATE_LLM_API_KEY"))
+    #: `pocketsphinx` (default), `openai` (needs OPENAI_API_KEY) or `whisper` (faster-whisper).
+    stt: str = Field("pocketsphinx", validation_alias=_env("VOXGATE_STT"))
+    #: A JSGF grammar file that constrains pocketsphinx (exact transcripts for a known phrase set).
+    stt_grammar: str | None = Field(None, validation_alias=_env("VOXGATE_STT_GRAMMAR"))
+    whisper_model_path: str | None = Field(None, validation_alias=_env("VOXGATE_WHISPER_MODEL"))
+    #: `espeak` (default) or `openai`.
+    tts: str = Field("espeak", validation_alias=_env("VOXGATE_TTS"))
+    tts_voice: str = Field("en-us", validation_alias=_env("VOXGATE_TTS_VOICE"))
+    #: `webrtc` (default) or `silero` (needs onnxruntime and VOXGATE_SILERO_MODEL).
+    vad: str = Field("webrtc", validation_alias=_env("VOXGATE_VAD"))
+    vad_aggressiveness: int = Field(2, ge=0, le=3, validation_alias=_env("VOXGATE_VAD_AGGRESSIVENESS"))
+    vad_silence_ms: int = Field(400, ge=20, validation_alias=_env("VOXGATE_VAD_SILENCE_MS"))
+    vad_prefix_ms: int = Field(300, ge=0, validation_alias=_env("VOXGATE_VAD_PREFIX_MS"))
+    silero_model_path: str | None = Field(None, validation_alias=_env("VOXGATE_SILERO_MODEL"))
+    #: Ignore user speech this long after assistant audio starts (speaker echo guard).
+    echo_guard_ms: int = Field(300, ge=0, validation_alias=_env("VOXGATE_ECHO_GUARD_MS"))
+
+    # --- storage ------------------------------------------------------------------------------
+    database_url: str = Field(
+        "sqlite+aiosqlite:///voxgate.db", validation_alias=_env("VOXGATE_DATABASE_URL")
+    )
+    audio_log_dir: str | None = Field(None, validation_alias=_env("VOXGATE_AUDIO_LOG_DIR"))
+
+    # --- security -----------------------------------------------------------------------------
+    auth: Literal["none", "jwt"] = Field("none", validation_alias=_env("VOXGATE_AUTH"))
+    jwt_secret: SecretStr | None = Field(None, validation_alias=_env("VOXGATE_JWT_SECRET"))
+    #: Users (JWT `sub`) allowed on the admin routes when auth is on; a JWT with `admin: true`
+    #: is admin too.
+    admin_users: CsvList = Field(default_factory=list, validation_alias=_env("VOXGATE_ADMIN_USERS"))
+    allowed_origins: CsvList = Field(
+        default_factory=list, validation_alias=_env("VOXGATE_ALLOWED_ORIGINS")
+    )
+    session_token_ttl_s: int = Field(60, validation_alias=_env("VOXGATE_SESSION_TOKEN_TTL_S"))
+
+    # --- limits -------------------------------------------------------------------------------
+    max_sessions: int = Field(500, validation_alias=_env("VOXGATE_MAX_SESSIONS"))
+    max_sessions_per_user: int = Field(3, validation_alias=_env("VOXGATE_MAX_SESSIONS_PER_USER"))
+    control_messages_per_min: int = Field(
+        100, validation_alias=_env("VOXGATE_CONTROL_MESSAGES_PER_MIN")
+    )
+    #: Audio a client may send, as a multiple of real time (bytes per second at its input rate).
+    audio_rate_multiple: float = Field(4.0, validation_alias=_env("VOXGATE_AUDIO_RATE_MULTIPLE"))
+    max_frame_bytes: int = Field(262144, validation_alias=_env("VOXGATE_MAX_FRAME_BYTES"))
+    idle_timeout_s: float = Field(600.0, validation_alias=_env("VOXGATE_IDLE_TIMEOUT_S"))
+    max_session_s: float = Field(1800.0, validation_alias=_env("VOXGATE_MAX_SESSION_S"))
+    start_timeout_s: float = Field(15.0, validation_alias=_env("VOXGATE_START_TIMEOUT_S"))
+    #: How long the upstream may stay silent after a request that should produce output.
+    first_byte_timeout_s: float = Field(20.0, validation_alias=_env("VOXGATE_FIRST_BYTE_TIMEOUT_S"))
+    invalid_frames_per_min: int = Field(20, validation_alias=_env("VOXGATE_INVALID_FRAMES_PER_MIN"))
+    #: Outbound audio kept for a client that is not reading, in seconds of audio.
+    client_buffer_s: float = Field(10.0, validation_alias=_env("VOXGATE_CLIENT_BUFFER_S"))
+
+    # --- reliability --------------------------------------------------------------------------
+    reconnect_attempts: int = Field(5, validation_alias=_env("VOXGATE_RECONNECT_ATTEMPTS"))
+    reconnect_base_s: float = Field(1.0, validation_alias=_env("VOXGATE_RECONNECT_BASE_S"))
+    reconnect_max_s: float = Field(30.0, validation_alias=_env("VOXGATE_RECONNECT_MAX_S"))
+    breaker_failures: int = Field(3, validation_alias=_env("VOXGATE_BREAKER_FAILURES"))
+    breaker_cooldown_s: float = Field(30.0, validation_alias=_env("VOXGATE_BREAKER_COOLDOWN_S"))
+    upstream_ping_interval_s: float = Field(
+        20.0, validation_alias=_env("VOXGATE_UPSTREAM_PING_INTERVAL_S")
+    )
+
+    @field_validator("allowed_engines", "allowed_origins", "admin_users", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        # Comma-separated in the environment; a JSON list also works.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    def is_loopback(self) -> bool:
+        """True when the server binds only to the local machine."""
+        if self.host in ("localhost",):
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def engines_allowed_for_clients(self) -> list[str]:
+        allowed = list(self.allowed_engines)
+        if self.engine not in allowed:
+            allowed.insert(0, self.engine)
+        return allowed
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit overrides (tests, CLI flags) on top."""
+    return Settings(**overrides)  # type: ignore[arg-type]

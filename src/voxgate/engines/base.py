@@ -1,0 +1,308 @@
+"""The engine seam: one small abstract class that every conversation engine implements.
+
+The gateway session drives a `ConversationEngine` and reads its `EngineEvent`s; it never imports
+a provider. Engines know nothing about client sockets, auth or storage.
+
+Audio contract: `send_audio` takes PCM16 LE mono at `capabilities.input_rate`, and `AudioOut`
+events carry PCM16 at `capabilities.output_rate`. Both rates are the engine's native ones and are
+final once `start()` returns; the session resamples between them and the client's rates, so an
+engine never deals with client rates (and the common 24 kHz case costs nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+EngineStatus = Literal["disconnected", "connecting", "connected", "reconnecting"]
+Role = Literal["user", "assistant"]
+
+
+@dataclass(slots=True)
+class Capabilities:
+    audio_in: bool = True
+    audio_out: bool = True
+    tools: bool = False
+    server_vad: bool = True
+    input_rate: int = 24000
+    output_rate: int = 24000
+
+    def to_wire(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {
+            "audioIn": d["audio_in"],
+            "audioOut": d["audio_out"],
+            "tools": d["tools"],
+            "serverVad": d["server_vad"],
+        }
+
+
+@dataclass(slots=True)
+class TurnDetectionOptions:
+    mode: Literal["server_vad", "manual"] = "server_vad"
+    threshold: float | None = None  # 0..1, engine-specific meaning (VAD sensitivity)
+    silence_ms: int | None = None
+    prefix_ms: int | None = None
+
+
+@dataclass(slots=True)
+class HistoryTurn:
+    """A prior turn replayed into an engine (resume, reconnect) so the assistant remembers."""
+
+    role: Role
+    text: str
+
+
+@dataclass(slots=True)
+class StartOptions:
+    instructions: str | None = None
+    voice: str | None = None
+    personality: dict[str, int] | None = None
+    turn_detection: TurnDetectionOptions = field(default_factory=TurnDetectionOptions)
+    #: The client's rates. Informational: engines produce and consume their native rates.
+    input_rate: int = 24000
+    output_rate: int = 24000
+    history: list[HistoryTurn] = field(default_factory=list)
+    metadata: dict[str, Any] | None = None
+    session_id: str | None = None
+
+    def system_prompt(self, default: str = "You are a helpful, concise voice assistant.") -> str:
+        """Instructions plus the personality traits as plain sentences."""
+        parts = [self.instructions.strip() if self.instructions else default]
+        traits = personality_text(self.personality)
+        if traits:
+            parts.append(traits)
+        return "\n\n".join(parts)
+
+
+_TRAIT_WORDS: dict[str, tuple[str, str, str]] = {
+    # trait: (low, middle, high)
+    "playfulness": ("serious and focused", "lightly playful", "very playful and lively"),
+    "empathy": ("matter-of-fact", "considerate", "warm and deeply empathetic"),
+    "humor": ("without jokes", "with occasional gentle humor", "funny, with frequent humor"),
+    "intelligence": ("simple and plain-spoken", "clear and knowledgeable", "expert, precise and insightful"),
+    "supportiveness": ("neutral", "encouraging", "highly supportive and reassuring"),
+}
+
+
+def personality_text(personality: dict[str, int] | None) -> str:
+    """Turn 0-100 traits into one instruction sentence (engines put it in the system prompt)."""
+    if not personality:
+        return ""
+    phrases = []
+    for trait, (low, mid, high) in _TRAIT_WORDS.items():
+        value = personality.get(trait)
+        if value is None:
+            continue
+        word = low if value < 34 else mid if value < 67 else high
+        phrases.append(f"{word} ({trait} {int(value)}/100)")
+    if not phrases:
+        return ""
+    return "Personality: be " + "; ".join(phrases) + "."
+
+
+# --------------------------------------------------------------------------------------------
+# Events (engine -> session). Small slotted dataclasses: audio events are on the hot path.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class StatusChanged:
+    status: EngineStatus
+    reason: str | None = None
+    kind: str = "status"
+
+
+@dataclass(slots=True)
+class AssistantSpeaking:
+    is_speaking: bool
+    kind: str = "speaking"
+
+
+@dataclass(slots=True)
+class UserSpeaking:
+    is_speaking: bool
+    kind: str = "user_speaking"
+
+
+@dataclass(slots=True)
+class Transcript:
+    role: Role
+    item_id: str
+    text: str  # everything so far for this item
+    delta: str  # what is new
+    final: bool
+    kind: str = "transcript"
+
+
+@dataclass(slots=True)
+class AudioOut:
+    pcm16: bytes  # at capabilities.output_rate
+    item_id: str
+    kind: str = "audio"
+
+
+@dataclass(slots=True)
+class ResponseDone:
+    response_id: str
+    status: Literal["completed", "cancelled", "failed"]
+    usage: dict[str, Any] | None = None
+    kind: str = "response_done"
+
+
+@dataclass(slots=True)
+class Interrupted:
+    item_id: str
+    played_ms: int
+    #: What the listener actually heard, when the engine knows (ElevenLabs correction, cascade
+    #: sentence tracking); otherwise the session estimates it from played_ms.
+    heard_text: str | None = None
+    kind: str = "interrupted"
+
+
+@dataclass(slots=True)
+class EngineError:
+    code: str  # a protocol ErrorCode value
+    message: str
+    fatal: bool = False
+    kind: str = "error"
+
+
+EngineEvent = (
+    StatusChanged
+    | AssistantSpeaking
+    | UserSpeaking
+    | Transcript
+    | AudioOut
+    | ResponseDone
+    | Interrupted
+    | EngineError
+)
+
+
+class EngineUnavailable(Exception):
+    """Raised by `start()` when the engine cannot run at all (missing binary, no key, breaker).
+
+    The session reports it as `engine_unavailable` (or `upstream_unavailable` when `upstream`
+    is true) with this sentence, which must tell the user what to do.
+    """
+
+    def __init__(self, message: str, *, upstream: bool = False, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.message = message
+        self.upstream = upstream
+        #: False for errors that retrying cannot fix (invalid key, no quota).
+        self.retryable = retryable
+
+
+class ConversationEngine(ABC):
+    """One live conversation with a provider (or the local cascade).
+
+    Lifecycle: `start()` once; then any mix of the input methods while iterating `events()`;
+    `stop()` once (idempotent). After a fatal `EngineError` the engine emits nothing further
+    and `events()` ends.
+    """
+
+    name: str = "engine"
+    capabilities: Capabilities
+    status: EngineStatus = "disconnected"
+    is_speaking: bool = False
+
+    #: Bounded, so a stalled consumer slows the engine instead of growing memory.
+    EVENT_QUEUE_SIZE = 1024
+
+    def __init__(self) -> None:
+        self.capabilities = Capabilities()
+        self._events: asyncio.Queue[EngineEvent | None] = asyncio.Queue(self.EVENT_QUEUE_SIZE)
+        self._closed = False
+        #: Set by the session: called with (ok, seconds) after each upstream connect attempt.
+        self.connect_observer: Callable[[bool, float], None] | None = None
+
+    # --- input ----------------------------------------------------------------------------
+    @abstractmethod
+    async def start(self, options: StartOptions) -> None: ...
+
+    @abstractmethod
+    async def stop(self) -> None: ...
+
+    @abstractmethod
+    async def send_audio(self, pcm16: bytes) -> None: ...
+
+    @abstractmethod
+    async def commit(self) -> None: ...
+
+    @abstractmethod
+    async def send_user_message(self, text: str) -> None: ...
+
+    @abstractmethod
+    async def send_context_update(self, payload: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    async def interrupt(self, played_ms: int | None) -> None: ...
+
+    # --- output ---------------------------------------------------------------------------
+    async def events(self) -> AsyncIterator[EngineEvent]:
+        while True:
+            event = await self._events.get()
+            if event is None:
+                return
+            yield event
+
+    async def emit(self, event: EngineEvent) -> None:
+        if self._closed:
+            return
+        if isinstance(event, StatusChanged):
+            self.status = event.status
+        elif isinstance(event, AssistantSpeaking):
+            self.is_speaking = event.is_speaking
+        await self._events.put(event)
+        if isinstance(event, EngineError) and event.fatal:
+            self._finish_events()
+
+    def emit_nowait(self, event: EngineEvent) -> None:
+        """For sync callbacks; drops nothing but raises QueueFull if the consumer is stuck."""
+        if self._closed:
+            return
+        self._events.put_nowait(event)
+
+    def _finish_events(self) -> None:
+        """End `events()` for the consumer; further emits are dropped."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._events.put_nowait(None)
+        except asyncio.QueueFull:
+            # Make room for the sentinel: a consumer that stopped reading loses stale events only.
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self._events.get_nowait()
+            self._events.put_nowait(None)
+
+    def report_connect(self, ok: bool, seconds: float) -> None:
+        """Engines call this after every upstream connect attempt (start and reconnects).
+
+        The session hooks `connect_observer` up to the circuit breaker and the metrics.
+        """
+        if self.connect_observer is not None:
+            self.connect_observer(ok, seconds)
+
+
+@dataclass(slots=True)
+class ReconnectPolicy:
+    """Exponential backoff with full jitter: 1 s, 2 s, 4 s ... capped, for `attempts` tries."""
+
+    attempts: int = 5
+    base_s: float = 1.0
+    max_s: float = 30.0
+
+    def delays(self) -> list[float]:
+        return [min(self.max_s, self.base_s * (2**i)) for i in range(self.attempts)]
+
+    def jittered(self, delay: float) -> float:
+        # "Equal jitter": at least half the delay, so retries never bunch up at zero.
+        return delay / 2 + random.random() * delay / 2

@@ -1,0 +1,364 @@
+"""The neutral wire protocol v1 between clients and the gateway (`GET /ws`).
+
+JSON text frames plus optional binary audio frames (raw PCM16 little-endian mono at the
+negotiated rate). See `docs/protocol.md` for the complete reference with examples.
+
+Parsing is split on purpose: `audio_chunk` (50 frames a second per session) is checked by hand
+with no model validation, while control messages (a few per turn) go through pydantic models
+whose errors name the offending field.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from enum import IntEnum, StrEnum
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PROTOCOL_VERSION = 1
+
+
+class ErrorCode(StrEnum):
+    INVALID_JSON = "invalid_json"
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_TYPE = "unknown_type"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    RATE_LIMITED = "rate_limited"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN_ORIGIN = "forbidden_origin"
+    SESSION_LIMIT = "session_limit"
+    NOT_STARTED = "not_started"
+    ENGINE_UNAVAILABLE = "engine_unavailable"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    UPSTREAM_ERROR = "upstream_error"
+    TIMEOUT = "timeout"
+    INTERNAL = "internal"
+
+
+class CloseCode(IntEnum):
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    POLICY_VIOLATION = 1008  # invalid-input flood
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL = 1011
+    UNAUTHORIZED = 4401
+    FORBIDDEN_ORIGIN = 4403
+    IDLE_TIMEOUT = 4408
+    LIMIT = 4429
+    #: A fatal upstream/engine failure. Deliberately not 1011: official SDKs auto-reconnect on
+    #: 1001/1005/1006/1011/1012/1013/1015, and reconnecting into a dead provider only loops.
+    UPSTREAM_FAILED = 4502
+
+
+class ProtocolError(Exception):
+    """A client-visible error: a code, a sentence a user can act on, and whether it is fatal."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        fatal: bool = False,
+        close_code: int | None = None,
+        counts_as_invalid: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.fatal = fatal
+        self.close_code = close_code
+        #: Malformed input counts towards the invalid-frame flood limit (ARCHITECTURE 7).
+        self.counts_as_invalid = counts_as_invalid
+
+    def to_message(self) -> dict[str, Any]:
+        return error_message(self.code, self.message, fatal=self.fatal)
+
+
+def _invalid(message: str, code: ErrorCode = ErrorCode.BAD_REQUEST) -> ProtocolError:
+    return ProtocolError(code, message, counts_as_invalid=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Client -> gateway
+# --------------------------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class Personality(_Model):
+    playfulness: int | None = Field(None, ge=0, le=100)
+    empathy: int | None = Field(None, ge=0, le=100)
+    humor: int | None = Field(None, ge=0, le=100)
+    intelligence: int | None = Field(None, ge=0, le=100)
+    supportiveness: int | None = Field(None, ge=0, le=100)
+
+
+class TurnDetection(_Model):
+    mode: Literal["server_vad", "manual"] = "server_vad"
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    silence_ms: int | None = Field(None, alias="silenceMs", ge=20, le=10_000)
+    prefix_ms: int | None = Field(None, alias="prefixMs", ge=0, le=5_000)
+
+
+SUPPORTED_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
+
+
+class StartMessage(_Model):
+    type: Literal["start"] = "start"
+    engine: str | None = None
+    instructions: str | None = Field(None, max_length=32_000)
+    voice: str | None = Field(None, max_length=100)
+    personality: Personality | None = None
+    turn_detection: TurnDetection | None = Field(None, alias="turnDetection")
+    input_rate: int = Field(24000, alias="inputRate")
+    output_rate: int = Field(24000, alias="outputRate")
+    binary: bool = False
+    conversation_id: str | None = Field(None, alias="conversationId", max_length=64)
+    metadata: dict[str, Any] | None = None
+
+    def model_post_init(self, __context: Any) -> None:
+        for name, rate in (("inputRate", self.input_rate), ("outputRate", self.output_rate)):
+            if rate not in SUPPORTED_RATES:
+                raise ValueError(f"{name} must be one of {list(SUPPORTED_RATES)}, got {rate}")
+
+
+class UserMessage(_Model):
+    type: Literal["user_message"] = "user_message"
+    text: str = Field(min_length=1, max_length=16_000)
+
+
+class ContextUpdateMessage(_Model):
+    type: Literal["context_update"] = "context_update"
+    payload: dict[str, Any]
+
+
+class InterruptMessage(_Model):
+    type: Literal["interrupt"] = "interrupt"
+    played_ms: int | None = Field(None, alias="playedMs", ge=0)
+
+
+class PingMessage(_Model):
+    type: Literal["ping"] = "ping"
+    id: str | int | None = None
+
+
+class SimpleMessage(_Model):
+    """`commit` and `stop`: a type and nothing else."""
+
+    type: Literal["commit", "stop"]
+
+
+class AudioChunk:
+    """A decoded microphone chunk; plain class, no validation beyond what `parse` did."""
+
+    __slots__ = ("pcm16",)
+    type = "audio_chunk"
+
+    def __init__(self, pcm16: bytes) -> None:
+        self.pcm16 = pcm16
+
+
+ClientMessage = (
+    StartMessage
+    | UserMessage
+    | ContextUpdateMessage
+    | InterruptMessage
+    | PingMessage
+    | SimpleMessage
+    | AudioChunk
+)
+
+_CONTROL_MODELS: dict[str, type[_Model]] = {
+    "start": StartMessage,
+    "user_message": UserMessage,
+    "context_update": ContextUpdateMessage,
+    "interrupt": InterruptMessage,
+    "ping": PingMessage,
+    "commit": SimpleMessage,
+    "stop": SimpleMessage,
+}
+
+CLIENT_TYPES = frozenset([*_CONTROL_MODELS, "audio_chunk"])
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "message"
+
+
+def _describe(error: ValidationError, msg_type: str) -> str:
+    first = error.errors(include_url=False)[0]
+    field = _field_path(tuple(first.get("loc", ())))
+    kind = first.get("type", "")
+    if kind == "missing":
+        return f"{msg_type}: field '{field}' is required"
+    if kind == "value_error":
+        return f"{msg_type}: {first.get('msg', 'invalid value').removeprefix('Value error, ')}"
+    return f"{msg_type}: field '{field}' {first.get('msg', 'is invalid').lower()}"
+
+
+def decode_pcm16_base64(data: Any, field: str = "pcm16Base64") -> bytes:
+    """Decode base64 PCM16, refusing non-strings, bad base64 and odd byte counts."""
+    if not isinstance(data, str):
+        raise _invalid(f"audio_chunk: field '{field}' must be a base64 string")
+    try:
+        pcm = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise _invalid(f"audio_chunk: field '{field}' is not valid base64") from None
+    check_pcm16(pcm)
+    return pcm
+
+
+def check_pcm16(pcm: bytes) -> bytes:
+    if len(pcm) % 2:
+        raise _invalid(
+            f"audio: PCM16 needs an even number of bytes (2 per sample), got {len(pcm)}"
+        )
+    return pcm
+
+
+def parse_client_text(text: str | bytes) -> ClientMessage:
+    """Parse one JSON text frame from a client. Raises `ProtocolError` with a clear sentence."""
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise _invalid("the frame is not valid JSON", ErrorCode.INVALID_JSON) from None
+    if not isinstance(data, dict):
+        raise _invalid("a message must be a JSON object with a 'type' field")
+    msg_type = data.get("type")
+    if not isinstance(msg_type, str):
+        raise _invalid("a message must have a string 'type' field")
+    if msg_type == "audio_chunk":
+        return AudioChunk(decode_pcm16_base64(data.get("pcm16Base64")))
+    model = _CONTROL_MODELS.get(msg_type)
+    if model is None:
+        raise _invalid(
+            f"unknown message type '{msg_type[:40]}'; expected one of {sorted(CLIENT_TYPES)}",
+            ErrorCode.UNKNOWN_TYPE,
+        )
+    try:
+        return model.model_validate(data)  # type: ignore[return-value]
+    except ValidationError as exc:
+        raise _invalid(_describe(exc, msg_type)) from None
+    except ValueError as exc:
+        raise _invalid(f"{msg_type}: {exc}") from None
+
+
+def parse_client_binary(frame: bytes) -> AudioChunk:
+    """A binary frame is raw PCM16 LE mono audio at the session's input rate."""
+    return AudioChunk(check_pcm16(frame))
+
+
+# --------------------------------------------------------------------------------------------
+# Gateway -> client. Plain dicts serialized with orjson: cheap on the hot path.
+# --------------------------------------------------------------------------------------------
+
+
+def encode(message: dict[str, Any]) -> str:
+    return orjson.dumps(message).decode()
+
+
+def encode_bytes(message: dict[str, Any]) -> bytes:
+    return orjson.dumps(message)
+
+
+def session_ready(
+    *,
+    session_id: str,
+    conversation_id: str,
+    engine: str,
+    capabilities: dict[str, Any],
+    input_rate: int,
+    output_rate: int,
+    binary: bool,
+) -> dict[str, Any]:
+    return {
+        "type": "session_ready",
+        "sessionId": session_id,
+        "conversationId": conversation_id,
+        "engine": engine,
+        "protocol": PROTOCOL_VERSION,
+        "capabilities": capabilities,
+        "inputAudio": {"format": "pcm16", "rate": input_rate},
+        "outputAudio": {"format": "pcm16", "rate": output_rate},
+        "binary": binary,
+    }
+
+
+def status_message(status: str, reason: str | None = None) -> dict[str, Any]:
+    msg: dict[str, Any] = {"type": "status", "status": status}
+    if reason:
+        msg["reason"] = reason
+    return msg
+
+
+def speaking_message(is_speaking: bool) -> dict[str, Any]:
+    return {"type": "speaking", "isSpeaking": is_speaking}
+
+
+def user_speaking_message(is_speaking: bool) -> dict[str, Any]:
+    return {"type": "user_speaking", "isSpeaking": is_speaking}
+
+
+def transcript_message(role: str, item_id: str, text: str, delta: str, final: bool) -> dict[str, Any]:
+    return {
+        "type": "transcript",
+        "role": role,
+        "itemId": item_id,
+        "text": text,
+        "delta": delta,
+        "final": final,
+    }
+
+
+def audio_message(pcm16: bytes, item_id: str) -> dict[str, Any]:
+    return {"type": "audio", "chunkBase64": base64.b64encode(pcm16).decode(), "itemId": item_id}
+
+
+def response_done_message(
+    response_id: str, status: str, usage: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    msg: dict[str, Any] = {"type": "response_done", "responseId": response_id, "status": status}
+    if usage is not None:
+        msg["usage"] = usage
+    return msg
+
+
+def interrupted_message(item_id: str, played_ms: int) -> dict[str, Any]:
+    return {"type": "interrupted", "itemId": item_id, "playedMs": played_ms}
+
+
+def error_message(code: ErrorCode | str, message: str, *, fatal: bool = False) -> dict[str, Any]:
+    return {"type": "error", "code": str(code), "message": message, "fatal": fatal}
+
+
+def pong_message(ping_id: str | int | None) -> dict[str, Any]:
+    msg: dict[str, Any] = {"type": "pong"}
+    if ping_id is not None:
+        msg["id"] = ping_id
+    return msg
+
+
+def backpressure_message(paused: bool) -> dict[str, Any]:
+    return {"type": "backpressure", "paused": paused}
+
+
+SERVER_TYPES = frozenset(
+    [
+        "session_ready",
+        "status",
+        "speaking",
+        "user_speaking",
+        "transcript",
+        "audio",
+        "response_done",
+        "interrupted",
+        "error",
+        "pong",
+        "backpressure",
+    ]
+)

@@ -1,0 +1,99 @@
+"""The storage seam: what the gateway needs from a conversation store.
+
+`voxgate.store.sql.SqlConversationStore` implements it with SQLAlchemy 2 async (SQLite by
+default, PostgreSQL by URL). The session writes each turn as soon as it is final, never batching
+to session end, so a crash loses at most the turn in flight.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+
+@dataclass(slots=True)
+class TurnRecord:
+    role: Literal["user", "assistant"]
+    text: str
+    item_id: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    interrupted: bool = False
+    #: For an interrupted assistant turn: the text the listener actually heard.
+    heard_text: str | None = None
+    audio_ms: int | None = None
+    id: int | None = None  # set by the store
+    conversation_id: str | None = None
+
+
+@dataclass(slots=True)
+class ConversationRecord:
+    id: str
+    user_id: str
+    engine: str
+    started_at: datetime
+    ended_at: datetime | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    turn_count: int = 0
+    turns: list[TurnRecord] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class UserSettings:
+    user_id: str
+    voice: str | None = None
+    instructions: str | None = None
+    personality: dict[str, int] | None = None
+
+
+class ConversationStore(ABC):
+    """All methods are safe to call concurrently from many sessions."""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and apply migrations (Alembic) so the schema is current."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def ping(self) -> bool:
+        """True when the database answers (readiness in /health)."""
+
+    @abstractmethod
+    async def create_conversation(
+        self, user_id: str, engine: str, metadata: dict[str, Any] | None = None
+    ) -> ConversationRecord: ...
+
+    @abstractmethod
+    async def get_conversation(
+        self, conversation_id: str, *, with_turns: bool = True
+    ) -> ConversationRecord | None: ...
+
+    @abstractmethod
+    async def list_conversations(
+        self, user_id: str | None = None, *, limit: int = 50, offset: int = 0
+    ) -> tuple[list[ConversationRecord], int]:
+        """A page of conversations (newest first) and the total count; all users when None."""
+
+    @abstractmethod
+    async def end_conversation(self, conversation_id: str) -> None: ...
+
+    @abstractmethod
+    async def delete_conversation(self, conversation_id: str) -> bool: ...
+
+    @abstractmethod
+    async def add_turn(self, conversation_id: str, turn: TurnRecord) -> TurnRecord:
+        """Insert one final turn; returns it with `id` set."""
+
+    @abstractmethod
+    async def mark_interrupted(self, turn_id: int, heard_text: str, audio_ms: int | None) -> None:
+        """An already-written assistant turn turned out to be cut short."""
+
+    @abstractmethod
+    async def get_user_settings(self, user_id: str) -> UserSettings | None: ...
+
+    @abstractmethod
+    async def save_user_settings(self, settings: UserSettings) -> None: ...
