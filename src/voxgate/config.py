@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     #: `espeak` (default) or `openai`.
     tts: str = Field("espeak", validation_alias=_env("VOXGATE_TTS"))
     tts_voice: str = Field("en-us", validation_alias=_env("VOXGATE_TTS_VOICE"))
+    espeak_bin: str = Field("espeak-ng", validation_alias=_env("VOXGATE_ESPEAK_BIN"))
     #: `webrtc` (default) or `silero` (needs onnxruntime and VOXGATE_SILERO_MODEL).
     vad: str = Field("webrtc", validation_alias=_env("VOXGATE_VAD"))
     vad_aggressiveness: int = Field(2, ge=0, le=3, validation_alias=_env("VOXGATE_VAD_AGGRESSIVENESS"))

@@ -1,0 +1,188 @@
+"""Identity: who is on the other end of a request or a WebSocket.
+
+Modes (`VOXGATE_AUTH`):
+- `none`: every connection is its own anonymous user (ARCHITECTURE 7), allowed only on loopback.
+- `jwt`: HS256 tokens signed with `VOXGATE_JWT_SECRET`; `sub` is the user id and `exp` is
+  required. Single-use session tokens minted by `POST /api/realtime/session` are accepted too.
+
+A token may arrive as `Authorization: Bearer`, as `?token=`, or as the WebSocket subprotocol
+`voxgate.bearer.<token>` (browsers cannot set headers on a WebSocket).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+
+import jwt
+from fastapi import HTTPException, Request
+from starlette.requests import HTTPConnection
+
+from voxgate.config import Settings
+
+SUBPROTOCOL = "voxgate.v1"
+BEARER_SUBPROTOCOL_PREFIX = "voxgate.bearer."
+SESSION_TOKEN_PREFIX = "vxs_"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    user_id: str
+    anonymous: bool = False
+    is_admin: bool = False
+    #: Set when the caller used a single-use session token (it names the reserved session id).
+    session_id: str | None = None
+
+
+class AuthError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class SessionTokens:
+    """Single-use, short-lived tokens for `/ws`, kept in memory (one gateway process).
+
+    Why not JWTs: a session token must be usable once, which needs server-side state anyway;
+    an opaque random string keeps that state the only source of truth.
+    """
+
+    def __init__(self, ttl_s: int = 60) -> None:
+        self.ttl_s = ttl_s
+        self._tokens: dict[str, tuple[Identity, float]] = {}
+
+    def mint(self, identity: Identity) -> tuple[str, str, int]:
+        """-> (token, session_id, expires_at epoch seconds)."""
+        self._expire()
+        session_id = uuid.uuid4().hex
+        token = SESSION_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        expires_at = time.time() + self.ttl_s
+        bound = Identity(identity.user_id, identity.anonymous, identity.is_admin, session_id)
+        self._tokens[token] = (bound, expires_at)
+        return token, session_id, int(expires_at)
+
+    def redeem(self, token: str) -> Identity:
+        entry = self._tokens.pop(token, None)  # pop: a second use finds nothing
+        if entry is None:
+            raise AuthError("the session token is unknown or was already used; mint a new one")
+        identity, expires_at = entry
+        if time.time() > expires_at:
+            raise AuthError("the session token has expired; mint a new one")
+        return identity
+
+    def _expire(self) -> None:
+        now = time.time()
+        for token in [t for t, (_, exp) in self._tokens.items() if exp < now]:
+            del self._tokens[token]
+
+
+class Authenticator:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.session_tokens = SessionTokens(settings.session_token_ttl_s)
+        self._anon_counter = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.auth != "none"
+
+    def anonymous(self) -> Identity:
+        self._anon_counter += 1
+        return Identity(user_id=f"anon-{uuid.uuid4().hex[:12]}", anonymous=True, is_admin=True)
+
+    def verify_jwt(self, token: str) -> Identity:
+        secret = self.settings.jwt_secret
+        if secret is None:
+            raise AuthError("server misconfigured: VOXGATE_JWT_SECRET is not set")
+        try:
+            claims = jwt.decode(
+                token,
+                secret.get_secret_value(),
+                algorithms=["HS256"],  # only HS256: `none` and RS/ES confusion are refused
+                options={"require": ["exp", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("the token has expired") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthError(f"the token lacks the required '{exc.claim}' claim") from None
+        except jwt.InvalidAlgorithmError:
+            raise AuthError("the token's algorithm is not allowed (HS256 only)") from None
+        except jwt.InvalidTokenError:
+            raise AuthError("the token is invalid (bad signature or malformed)") from None
+        sub = str(claims["sub"])
+        is_admin = bool(claims.get("admin")) or sub in self.settings.admin_users
+        return Identity(user_id=sub, is_admin=is_admin)
+
+    def verify_token(self, token: str) -> Identity:
+        if token.startswith(SESSION_TOKEN_PREFIX):
+            return self.session_tokens.redeem(token)
+        return self.verify_jwt(token)
+
+    def mint_jwt(self, user_id: str, ttl_s: int = 3600, admin: bool = False) -> str:
+        secret = self.settings.jwt_secret
+        if secret is None:
+            raise AuthError("VOXGATE_JWT_SECRET is not set")
+        claims: dict[str, object] = {"sub": user_id, "iat": int(time.time()), "exp": int(time.time()) + ttl_s}
+        if admin:
+            claims["admin"] = True
+        return jwt.encode(claims, secret.get_secret_value(), algorithm="HS256")
+
+    def authenticate(self, conn: HTTPConnection) -> tuple[Identity, str | None]:
+        """Identify an HTTP request or a WebSocket handshake.
+
+        Returns the identity and, for a WebSocket, the subprotocol to select (or None).
+        Raises `AuthError` with a sentence for the client.
+        """
+        token, subprotocol = extract_token(conn)
+        if not self.enabled:
+            return self.anonymous(), subprotocol
+        if not token:
+            raise AuthError(
+                "authentication required: send a token as 'Authorization: Bearer <token>', "
+                "'?token=', or the 'voxgate.bearer.<token>' subprotocol"
+            )
+        return self.verify_token(token), subprotocol
+
+
+def extract_token(conn: HTTPConnection) -> tuple[str | None, str | None]:
+    """-> (token or None, subprotocol to select or None)."""
+    token: str | None = None
+    header = conn.headers.get("authorization", "")
+    if header[:7].lower() == "bearer ":
+        token = header[7:].strip() or None
+    if token is None:
+        token = conn.query_params.get("token") or None
+    offered = [
+        p.strip()
+        for p in conn.headers.get("sec-websocket-protocol", "").split(",")
+        if p.strip()
+    ]
+    subprotocol: str | None = None
+    bearer = next((p for p in offered if p.startswith(BEARER_SUBPROTOCOL_PREFIX)), None)
+    if bearer and token is None:
+        token = bearer[len(BEARER_SUBPROTOCOL_PREFIX) :] or None
+    if SUBPROTOCOL in offered:
+        subprotocol = SUBPROTOCOL  # never echo the bearer token back
+    elif bearer:
+        subprotocol = bearer  # the only one offered: a browser needs one selected
+    return token, subprotocol
+
+
+def current_identity(request: Request) -> Identity:
+    """FastAPI dependency for HTTP routes: 401 with a sentence when auth fails."""
+    authenticator: Authenticator = request.app.state.authenticator
+    try:
+        identity, _ = authenticator.authenticate(request)
+    except AuthError as exc:
+        raise HTTPException(status_code=401, detail=exc.message) from None
+    return identity
+
+
+def admin_identity(request: Request) -> Identity:
+    """FastAPI dependency for admin routes (any caller when auth is off)."""
+    identity = current_identity(request)
+    if not identity.is_admin:
+        raise HTTPException(status_code=403, detail="this route is for administrators")
+    return identity
