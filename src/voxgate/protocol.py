@@ -51,6 +51,8 @@ class CloseCode(IntEnum):
     #: A fatal upstream/engine failure. Deliberately not 1011: official SDKs auto-reconnect on
     #: 1001/1005/1006/1011/1012/1013/1015, and reconnecting into a dead provider only loops.
     UPSTREAM_FAILED = 4502
+    #: The engine cannot run (circuit breaker open, a local part missing such as espeak-ng).
+    ENGINE_UNAVAILABLE = 4503
 
 
 class ProtocolError(Exception):
