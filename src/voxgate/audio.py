@@ -144,3 +144,37 @@ def wav_bytes(pcm: bytes, rate: int) -> bytes:
 
 def write_wav(path: str | Path, pcm: bytes, rate: int) -> None:
     Path(path).write_bytes(wav_bytes(pcm, rate))
+
+
+# --- G.711 mu-law (telephony formats such as ElevenLabs `ulaw_8000`) ---------------------------
+
+_ULAW_BIAS = 0x84
+
+
+def _ulaw_decode_table() -> np.ndarray:
+    u = ~np.arange(256, dtype=np.int32) & 0xFF
+    sign = u & 0x80
+    exponent = (u >> 4) & 0x07
+    mantissa = u & 0x0F
+    magnitude = (((mantissa << 3) + _ULAW_BIAS) << exponent) - _ULAW_BIAS
+    return np.where(sign != 0, -magnitude, magnitude).astype("<i2")
+
+
+_ULAW_TO_PCM = _ulaw_decode_table()
+
+
+def ulaw_to_pcm16(data: bytes) -> bytes:
+    """G.711 mu-law bytes -> PCM16 LE (one table lookup per sample)."""
+    return _ULAW_TO_PCM[np.frombuffer(data, dtype=np.uint8)].tobytes()
+
+
+def pcm16_to_ulaw(pcm: bytes) -> bytes:
+    """PCM16 LE -> G.711 mu-law bytes (the CCITT 14-bit segment encoder, vectorised; bit-exact
+    with the classic `audioop.lin2ulaw`)."""
+    x = np.frombuffer(pcm, dtype="<i2").astype(np.int32) >> 2
+    mask = np.where(x < 0, 0x7F, 0xFF)
+    magnitude = np.minimum(np.abs(x), 8159) + 0x21
+    segment = np.clip(np.floor(np.log2(magnitude)).astype(np.int32) - 5, 0, 7)
+    mantissa = (magnitude >> (segment + 1)) & 0x0F
+    code = np.where(magnitude >= 0x2000, 0x7F, (segment << 4) | mantissa)  # clipped: top code
+    return (code ^ mask).astype(np.uint8).tobytes()
