@@ -26,6 +26,8 @@ class TurnRecord:
     audio_ms: int | None = None
     id: int | None = None  # set by the store
     conversation_id: str | None = None
+    #: Position in the conversation (0, 1, ...), in write order; set by the store.
+    turn_index: int | None = None
 
 
 @dataclass(slots=True)
@@ -46,6 +48,10 @@ class UserSettings:
     voice: str | None = None
     instructions: str | None = None
     personality: dict[str, int] | None = None
+
+
+class ConversationNotFound(LookupError):
+    """The conversation id names no stored conversation (never created, or deleted)."""
 
 
 class ConversationStore(ABC):
@@ -86,7 +92,10 @@ class ConversationStore(ABC):
 
     @abstractmethod
     async def add_turn(self, conversation_id: str, turn: TurnRecord) -> TurnRecord:
-        """Insert one final turn; returns it with `id` set."""
+        """Insert one final turn; returns it with `id` set.
+
+        Raises `ConversationNotFound` when the conversation does not exist.
+        """
 
     @abstractmethod
     async def mark_interrupted(self, turn_id: int, heard_text: str, audio_ms: int | None) -> None:
