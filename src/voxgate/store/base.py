@@ -13,6 +13,10 @@ from datetime import datetime
 from typing import Any, Literal
 
 
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
 @dataclass(slots=True)
 class TurnRecord:
     role: Literal["user", "assistant"]
@@ -29,6 +33,19 @@ class TurnRecord:
     #: Position in the conversation (0, 1, ...), in write order; set by the store.
     turn_index: int | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        """The public JSON shape (REST API, `voxgate conversations export`)."""
+        return {
+            "role": self.role,
+            "text": self.text,
+            "itemId": self.item_id,
+            "startedAt": _iso(self.started_at),
+            "endedAt": _iso(self.ended_at),
+            "interrupted": self.interrupted,
+            "heardText": self.heard_text,
+            "audioMs": self.audio_ms,
+        }
+
 
 @dataclass(slots=True)
 class ConversationRecord:
@@ -40,6 +57,21 @@ class ConversationRecord:
     metadata: dict[str, Any] = field(default_factory=dict)
     turn_count: int = 0
     turns: list[TurnRecord] = field(default_factory=list)
+
+    def to_json(self, *, with_turns: bool = False) -> dict[str, Any]:
+        """The public JSON shape (REST API, `voxgate conversations export`)."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "userId": self.user_id,
+            "engine": self.engine,
+            "startedAt": _iso(self.started_at),
+            "endedAt": _iso(self.ended_at),
+            "metadata": self.metadata,
+            "turnCount": self.turn_count,
+        }
+        if with_turns:
+            out["turns"] = [t.to_json() for t in self.turns]
+        return out
 
 
 @dataclass(slots=True)
