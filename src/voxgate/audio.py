@@ -178,3 +178,8 @@ def pcm16_to_ulaw(pcm: bytes) -> bytes:
     mantissa = (magnitude >> (segment + 1)) & 0x0F
     code = np.where(magnitude >= 0x2000, 0x7F, (segment << 4) | mantissa)  # clipped: top code
     return (code ^ mask).astype(np.uint8).tobytes()
+
+
+def silence_pcm(ms: float, rate: int) -> bytes:
+    """`ms` of digital silence as PCM16."""
+    return b"\x00" * bytes_for_ms(ms, rate)

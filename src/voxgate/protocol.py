@@ -298,8 +298,11 @@ def status_message(status: str, reason: str | None = None) -> dict[str, Any]:
     return msg
 
 
-def speaking_message(is_speaking: bool) -> dict[str, Any]:
-    return {"type": "speaking", "isSpeaking": is_speaking}
+def speaking_message(is_speaking: bool, item_id: str | None = None) -> dict[str, Any]:
+    msg: dict[str, Any] = {"type": "speaking", "isSpeaking": is_speaking}
+    if item_id is not None:
+        msg["itemId"] = item_id  # binary audio frames that follow belong to this item
+    return msg
 
 
 def user_speaking_message(is_speaking: bool) -> dict[str, Any]:

@@ -1,0 +1,290 @@
+"""`voxgate` command line: serve, talk, token, simulate, conversations, db, bench."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from voxgate import __version__
+from voxgate.config import Settings
+
+app = typer.Typer(
+    name="voxgate",
+    help="voxgate: a realtime voice-conversation gateway.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+simulate_app = typer.Typer(help="Run a provider simulator (offline development and tests).")
+app.add_typer(simulate_app, name="simulate")
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+log = logging.getLogger("voxgate.cli")
+
+
+def _mount_optional() -> None:
+    try:
+        from voxgate.store.cli import conversations_app, db_app
+    except ImportError:  # pragma: no cover - store extras missing
+        return
+    app.add_typer(conversations_app, name="conversations", help="Stored conversations.")
+    app.add_typer(db_app, name="db", help="Database schema.")
+    try:
+        from voxgate.bench import bench_app
+    except ImportError:
+        return
+    app.add_typer(bench_app, name="bench", help="Benchmarks (see docs/benchmarks.md).")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    console.print(__version__)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (VOXGATE_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (VOXGATE_PORT).")] = None,
+    engine: Annotated[str | None, typer.Option(help="Default engine (VOXGATE_ENGINE).")] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow VOXGATE_AUTH=none on a non-loopback host.")
+    ] = False,
+) -> None:
+    """Run the gateway (browser client at http://HOST:PORT)."""
+    from voxgate.gateway.server import serve as run_server
+    from voxgate.logs import configure_logging, register_secret
+
+    overrides: dict[str, Any] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    if engine is not None:
+        overrides["engine"] = engine
+    if insecure:
+        overrides["insecure"] = True
+    settings = Settings(**overrides)
+    configure_logging(settings.log_level, settings.log_format)
+    for secret in (settings.openai_api_key, settings.elevenlabs_api_key, settings.jwt_secret, settings.llm_api_key):
+        if secret is not None:
+            register_secret(secret.get_secret_value())
+    problem = check_serve_settings(settings)
+    if problem:
+        err.print(f"[red]voxgate: {problem}[/red]")
+        raise typer.Exit(2)
+    describe_engines(settings)
+    run_server(settings)
+
+
+def check_serve_settings(settings: Settings) -> str | None:
+    """A sentence explaining why the server must not start, or None."""
+    if settings.auth == "none" and not settings.is_loopback() and not settings.insecure:
+        return (
+            f"refusing to serve on non-loopback host {settings.host} without authentication: "
+            "anyone who can reach it could spend your provider credits. Set VOXGATE_AUTH=jwt "
+            "with VOXGATE_JWT_SECRET, bind 127.0.0.1, or pass --insecure if a proxy in front "
+            "authenticates."
+        )
+    if settings.auth == "jwt" and settings.jwt_secret is None:
+        return "VOXGATE_AUTH=jwt needs VOXGATE_JWT_SECRET (a long random string)"
+    from voxgate.engines import ENGINES
+
+    for name in settings.engines_allowed_for_clients():
+        if name not in ENGINES:
+            return f"unknown engine '{name}'; known engines: {', '.join(ENGINES)}"
+    return None
+
+
+def describe_engines(settings: Settings) -> None:
+    """Log which engines (and, for the cascade, which parts) are active and why."""
+    from voxgate.engines import engine_class
+
+    for name in settings.engines_allowed_for_clients():
+        try:
+            cls = engine_class(name)
+        except Exception as exc:
+            log.warning("engine %s: cannot be loaded: %s", name, exc)
+            continue
+        describe = getattr(cls, "describe", None)
+        lines = describe(settings) if callable(describe) else []
+        check = getattr(cls, "availability", None)
+        problem = check(settings) if callable(check) else None
+        state = f"unavailable: {problem}" if problem else "available"
+        default = " (default)" if name == settings.engine else ""
+        log.info("engine %s%s: %s", name, default, state)
+        for line in lines:
+            log.info("  %s: %s", name, line)
+
+
+@app.command()
+def talk(
+    url: Annotated[str, typer.Option(help="Gateway WebSocket URL.")] = "ws://127.0.0.1:8000/ws",
+    wav: Annotated[Path | None, typer.Option(help="Speak this WAV file (any rate).")] = None,
+    text: Annotated[str | None, typer.Option(help="Type this message instead of speaking.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the reply audio to this WAV.")] = None,
+    token: Annotated[str | None, typer.Option(envvar="VOXGATE_TOKEN", help="Bearer token.")] = None,
+    engine: Annotated[str | None, typer.Option(help="Ask for this engine.")] = None,
+    manual: Annotated[bool, typer.Option(help="Push-to-talk: commit after the audio.")] = False,
+    fast: Annotated[bool, typer.Option(help="Send audio as fast as possible.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the reply.")] = 60.0,
+) -> None:
+    """Hold one turn of a conversation and print both transcripts live."""
+    if (wav is None) == (text is None):
+        err.print("[red]give exactly one of --wav or --text[/red]")
+        raise typer.Exit(2)
+    try:
+        code = asyncio.run(_talk(url, wav, text, out, token, engine, manual, fast, timeout))
+    except KeyboardInterrupt:
+        code = 130
+    raise typer.Exit(code)
+
+
+async def _talk(
+    url: str,
+    wav: Path | None,
+    text: str | None,
+    out: Path | None,
+    token: str | None,
+    engine: str | None,
+    manual: bool,
+    fast: bool,
+    timeout: float,
+) -> int:
+    from voxgate.audio import silence_pcm, write_wav
+    from voxgate.client import ProtocolFailure, VoxgateClient
+
+    client = VoxgateClient(url, token)
+    try:
+        await client.connect()
+    except Exception as exc:
+        err.print(f"[red]cannot connect to {url}: {exc}[/red]")
+        return 1
+    options: dict[str, Any] = {"binary": True}
+    if engine:
+        options["engine"] = engine
+    if manual:
+        options["turnDetection"] = {"mode": "manual"}
+    try:
+        ready = await client.start(**options)
+        err.print(
+            f"[dim]session {ready['sessionId']} · engine {ready['engine']} · "
+            f"conversation {ready['conversationId']}[/dim]"
+        )
+        sender: asyncio.Task[Any] | None = None
+        if text is not None:
+            console.print(f"[bold cyan]you:[/bold cyan] {text}")
+            await client.user_message(text)
+        else:
+            assert wav is not None
+
+            async def send_speech() -> None:
+                await client.stream_wav(wav, realtime=not fast)
+                if manual:
+                    await client.commit()
+                else:
+                    # Trailing silence lets server VAD see the end of the turn.
+                    await client.stream_audio(silence_pcm(1500, client.input_rate), realtime=not fast)
+
+            sender = asyncio.create_task(send_speech())
+        audio = bytearray()
+        printed_assistant = ""
+        while True:
+            message = await client.recv(timeout)
+            kind = message["type"]
+            if kind == "transcript":
+                if message["role"] == "user" and message["final"]:
+                    console.print(f"[bold cyan]you:[/bold cyan] {message['text']}")
+                elif message["role"] == "assistant":
+                    new = message["text"][len(printed_assistant):] if message["text"].startswith(printed_assistant) else message["delta"]
+                    if not printed_assistant:
+                        console.print("[bold green]assistant:[/bold green] ", end="")
+                    console.print(new, end="")
+                    printed_assistant = message["text"]
+            elif kind == "audio":
+                audio.extend(message["pcm16"])
+            elif kind == "error":
+                err.print(f"\n[red]error {message['code']}: {message['message']}[/red]")
+                if message.get("fatal"):
+                    return 1
+            elif kind == "response_done":
+                console.print()
+                err.print(f"[dim]response {message['status']} · {len(audio) / 2 / client.output_rate:.2f} s of audio[/dim]")
+                break
+        if sender is not None:
+            sender.cancel()
+        if out is not None:
+            write_wav(out, bytes(audio), client.output_rate)
+            err.print(f"[dim]reply audio written to {out}[/dim]")
+        await client.stop()
+        return 0
+    except (ProtocolFailure, TimeoutError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        return 1
+    finally:
+        await client.close()
+
+
+@app.command()
+def token(
+    user: Annotated[str, typer.Option(help="User id (the JWT 'sub').")],
+    ttl: Annotated[int, typer.Option(help="Lifetime in seconds.")] = 3600,
+    admin: Annotated[bool, typer.Option(help="Grant access to admin routes.")] = False,
+) -> None:
+    """Mint a JWT for a user (needs VOXGATE_JWT_SECRET)."""
+    from voxgate.gateway.auth import Authenticator, AuthError
+
+    settings = Settings()
+    try:
+        console.print(Authenticator(settings).mint_jwt(user, ttl, admin=admin), soft_wrap=True)
+    except AuthError as exc:
+        err.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(2) from None
+
+
+@simulate_app.command("openai")
+def simulate_openai(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 9100,
+    key: Annotated[list[str] | None, typer.Option(help="Accepted API key (repeatable).")] = None,
+    pace: Annotated[float, typer.Option(help="Speech pacing: 1 = real time, 4 = 4x faster.")] = 1.0,
+    transcript: Annotated[str | None, typer.Option(help="Scripted user transcript.")] = None,
+) -> None:
+    """An OpenAI Realtime GA simulator at ws://HOST:PORT/v1/realtime."""
+    from voxgate.testing.openai_sim import run_openai_sim
+
+    run_openai_sim(host=host, port=port, keys=key or ["sk-test"], pace=pace, transcript=transcript)
+
+
+@simulate_app.command("elevenlabs")
+def simulate_elevenlabs(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 9200,
+    api_key: Annotated[str, typer.Option(help="Accepted xi-api-key.")] = "xi-test",
+    agent_id: Annotated[str, typer.Option(help="The agent id.")] = "agent_test",
+    pace: Annotated[float, typer.Option(help="Speech pacing: 1 = real time.")] = 1.0,
+) -> None:
+    """An ElevenLabs ConvAI simulator (REST signed URL + conversation socket)."""
+    from voxgate.testing.elevenlabs_sim import run_elevenlabs_sim
+
+    run_elevenlabs_sim(host=host, port=port, api_key=api_key, agent_id=agent_id, pace=pace)
+
+
+_mount_optional()
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

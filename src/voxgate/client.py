@@ -1,0 +1,273 @@
+"""An async Python client for the neutral protocol v1 (used by the CLI, tests and benchmarks).
+
+    async with VoxgateClient("ws://127.0.0.1:8000/ws") as client:
+        ready = await client.start(binary=True)
+        await client.stream_wav("hello.wav")           # real-time pace
+        reply = await client.collect_reply()           # transcripts + audio of one turn
+        print(reply.user_text, "->", reply.assistant_text)
+
+Every received message is a dict; audio (binary frame or JSON) arrives as
+`{"type": "audio", "pcm16": <bytes>, "itemId": ...}` so callers never decode base64 themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+
+from voxgate.audio import StreamResampler, bytes_for_ms, read_wav
+
+
+class ProtocolFailure(Exception):
+    """The gateway sent a fatal error or closed while we waited for something."""
+
+    def __init__(self, message: str, error: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.error = error
+
+
+@dataclass
+class Reply:
+    """One assistant turn as a client saw it."""
+
+    user_text: str = ""
+    assistant_text: str = ""
+    audio: bytearray = field(default_factory=bytearray)
+    response_status: str | None = None
+    interrupted: bool = False
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+class VoxgateClient:
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        token_via: str = "header",
+        origin: str | None = None,
+        open_timeout: float = 10.0,
+        max_size: int | None = 16 * 1024 * 1024,
+    ) -> None:
+        self.url = url
+        self.token = token
+        self.token_via = token_via  # header | query | subprotocol
+        self.origin = origin
+        self.open_timeout = open_timeout
+        self.max_size = max_size
+        self.ws: ClientConnection | None = None
+        self.session: dict[str, Any] | None = None
+        self.binary = False
+        self.input_rate = 24000
+        self.output_rate = 24000
+        self.received: list[dict[str, Any]] = []
+        self.current_item: str | None = None
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self.subprotocol: str | None = None
+
+    # --- connection -----------------------------------------------------------------------
+
+    async def connect(self) -> VoxgateClient:
+        url = self.url
+        headers: dict[str, str] = {}
+        subprotocols = ["voxgate.v1"]
+        if self.token:
+            if self.token_via == "header":
+                headers["Authorization"] = f"Bearer {self.token}"
+            elif self.token_via == "query":
+                url += ("&" if "?" in url else "?") + f"token={self.token}"
+            else:
+                subprotocols.append(f"voxgate.bearer.{self.token}")
+        self.ws = await connect(
+            url,
+            additional_headers=headers,
+            subprotocols=subprotocols,  # type: ignore[arg-type]
+            origin=self.origin,  # type: ignore[arg-type]
+            open_timeout=self.open_timeout,
+            max_size=self.max_size,
+            compression=None,
+        )
+        self.subprotocol = self.ws.subprotocol
+        return self
+
+    async def __aenter__(self) -> VoxgateClient:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+
+    # --- sending ----------------------------------------------------------------------------
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert self.ws is not None, "connect() first"
+        await self.ws.send(orjson.dumps(message).decode())
+
+    async def send_raw(self, data: str | bytes) -> None:
+        assert self.ws is not None, "connect() first"
+        await self.ws.send(data)
+
+    async def start(self, timeout: float = 30.0, **options: Any) -> dict[str, Any]:
+        """Send `start` (camelCase options as in the protocol) and wait for `session_ready`."""
+        message = {"type": "start", **options}
+        self.binary = bool(options.get("binary", False))
+        await self.send(message)
+        ready = await self.wait_for("session_ready", timeout=timeout)
+        self.session = ready
+        self.input_rate = ready["inputAudio"]["rate"]
+        self.output_rate = ready["outputAudio"]["rate"]
+        return ready
+
+    async def send_audio(self, pcm16: bytes) -> None:
+        if self.binary:
+            await self.send_raw(pcm16)
+        else:
+            await self.send({"type": "audio_chunk", "pcm16Base64": base64.b64encode(pcm16).decode()})
+
+    async def stream_audio(
+        self, pcm16: bytes, *, realtime: bool = True, frame_ms: int = 20, speed: float = 1.0
+    ) -> int:
+        """Send audio (at the session input rate) in `frame_ms` frames; returns frames sent.
+
+        Real-time pacing is absolute (frame n goes out at start + n*frame_ms), so a late frame
+        does not delay the ones after it.
+        """
+        step = bytes_for_ms(frame_ms, self.input_rate)
+        start = time.perf_counter()
+        n = 0
+        for i in range(0, len(pcm16), step):
+            if realtime:
+                due = start + n * frame_ms / 1000.0 / speed
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await self.send_audio(pcm16[i : i + step])
+            n += 1
+        return n
+
+    async def stream_wav(self, path: str | Path, *, realtime: bool = True, speed: float = 1.0) -> int:
+        pcm, rate = read_wav(path)
+        if rate != self.input_rate:
+            rs = StreamResampler(rate, self.input_rate)
+            pcm = rs.process(pcm) + rs.flush()
+        return await self.stream_audio(pcm, realtime=realtime, speed=speed)
+
+    async def commit(self) -> None:
+        await self.send({"type": "commit"})
+
+    async def user_message(self, text: str) -> None:
+        await self.send({"type": "user_message", "text": text})
+
+    async def context_update(self, payload: dict[str, Any]) -> None:
+        await self.send({"type": "context_update", "payload": payload})
+
+    async def interrupt(self, played_ms: int | None = None) -> None:
+        message: dict[str, Any] = {"type": "interrupt"}
+        if played_ms is not None:
+            message["playedMs"] = played_ms
+        await self.send(message)
+
+    async def ping(self, ping_id: str | int | None = None) -> None:
+        await self.send({"type": "ping", "id": ping_id} if ping_id is not None else {"type": "ping"})
+
+    async def stop(self) -> None:
+        await self.send({"type": "stop"})
+
+    # --- receiving --------------------------------------------------------------------------
+
+    async def recv(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next message; raises `ProtocolFailure` when the socket closes."""
+        assert self.ws is not None, "connect() first"
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            if timeout is None:
+                raw = await self.ws.recv()
+            else:
+                raw = await asyncio.wait_for(self.ws.recv(), timeout)
+        except ConnectionClosed as exc:
+            self.close_code = exc.rcvd.code if exc.rcvd else None
+            self.close_reason = exc.rcvd.reason if exc.rcvd else None
+            raise ProtocolFailure(f"connection closed (code {self.close_code})") from None
+        if isinstance(raw, bytes):
+            message: dict[str, Any] = {"type": "audio", "pcm16": raw, "itemId": self.current_item, "binary": True}
+        else:
+            message = orjson.loads(raw)
+            kind = message.get("type")
+            if kind == "audio":
+                message["pcm16"] = base64.b64decode(message.get("chunkBase64", ""))
+                self.current_item = message.get("itemId", self.current_item)
+            elif kind == "speaking" and message.get("itemId"):
+                self.current_item = message["itemId"]
+            elif kind == "transcript" and message.get("role") == "assistant":
+                self.current_item = message.get("itemId", self.current_item)
+        self.received.append(message)
+        return message
+
+    async def events(self, timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            try:
+                yield await self.recv(timeout)
+            except ProtocolFailure:
+                return
+
+    async def wait_for(
+        self,
+        kind: str,
+        *,
+        timeout: float = 30.0,
+        where: Any = None,
+        fail_on_fatal: bool = True,
+    ) -> dict[str, Any]:
+        """Read until a message of `kind` (matching `where(msg)` if given) arrives."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no '{kind}' message within {timeout} s")
+            try:
+                message = await self.recv(remaining)
+            except TimeoutError:
+                raise TimeoutError(f"no '{kind}' message within {timeout} s") from None
+            if message.get("type") == kind and (where is None or where(message)):
+                return message
+            if fail_on_fatal and message.get("type") == "error" and message.get("fatal"):
+                raise ProtocolFailure(f"fatal error: {message.get('code')}: {message.get('message')}", message)
+
+    async def collect_reply(self, timeout: float = 60.0) -> Reply:
+        """Gather one assistant turn: transcripts and audio until `response_done`."""
+        reply = Reply()
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no complete reply within {timeout} s")
+            message = await self.recv(remaining)
+            reply.events.append(message)
+            kind = message.get("type")
+            if kind == "transcript":
+                if message["role"] == "user":
+                    reply.user_text = message["text"]
+                else:
+                    reply.assistant_text = message["text"]
+            elif kind == "audio":
+                reply.audio.extend(message["pcm16"])
+            elif kind == "interrupted":
+                reply.interrupted = True
+            elif kind == "error" and message.get("fatal"):
+                raise ProtocolFailure(f"fatal error: {message.get('code')}: {message.get('message')}", message)
+            elif kind == "response_done":
+                reply.response_status = message.get("status")
+                return reply

@@ -1,0 +1,160 @@
+"""Limits that keep one user (or one dead provider) from hurting everyone else.
+
+- `TokenBucket`: control messages per minute, audio bytes per second.
+- `WindowCounter`: invalid frames within a sliding minute (flood detection).
+- `SessionLimiter`: the global session cap and the per-user cap.
+- `CircuitBreaker`: one per engine; stops hammering a provider that keeps failing to connect.
+
+All of them are plain, synchronous and O(1) per call: they run on every frame.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+
+class TokenBucket:
+    """Classic token bucket: `capacity` tokens, refilled at `rate` tokens per second."""
+
+    __slots__ = ("capacity", "rate", "_tokens", "_stamp", "_clock")
+
+    def __init__(self, capacity: float, rate: float, clock=time.monotonic) -> None:
+        self.capacity = float(capacity)
+        self.rate = float(rate)
+        self._tokens = float(capacity)
+        self._clock = clock
+        self._stamp = clock()
+
+    def take(self, amount: float = 1.0) -> bool:
+        now = self._clock()
+        tokens = self._tokens + (now - self._stamp) * self.rate
+        self._stamp = now
+        if tokens > self.capacity:
+            tokens = self.capacity
+        if tokens >= amount:
+            self._tokens = tokens - amount
+            return True
+        self._tokens = tokens
+        return False
+
+    @classmethod
+    def per_minute(cls, count: int) -> TokenBucket:
+        # The whole minute's allowance may be spent at once (a burst), then it refills steadily.
+        return cls(capacity=count, rate=count / 60.0)
+
+
+class WindowCounter:
+    """Counts events in a sliding window; `hit()` returns the count inside the window."""
+
+    __slots__ = ("window_s", "_hits", "_clock")
+
+    def __init__(self, window_s: float = 60.0, clock=time.monotonic) -> None:
+        self.window_s = window_s
+        self._hits: deque[float] = deque()
+        self._clock = clock
+
+    def hit(self) -> int:
+        now = self._clock()
+        self._hits.append(now)
+        edge = now - self.window_s
+        while self._hits and self._hits[0] < edge:
+            self._hits.popleft()
+        return len(self._hits)
+
+
+class LimitExceeded(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class SessionLimiter:
+    """Global and per-user concurrent session caps.
+
+    With auth off every connection is its own anonymous user, so only the global cap applies
+    (ARCHITECTURE 7); callers pass `per_user=False` for anonymous identities.
+    """
+
+    def __init__(self, max_sessions: int, max_per_user: int) -> None:
+        self.max_sessions = max_sessions
+        self.max_per_user = max_per_user
+        self.total = 0
+        self._per_user: dict[str, int] = {}
+
+    def acquire(self, user_id: str, *, per_user: bool = True) -> None:
+        if self.total >= self.max_sessions:
+            raise LimitExceeded(
+                f"the server is at its limit of {self.max_sessions} concurrent sessions; try again later"
+            )
+        if per_user and self._per_user.get(user_id, 0) >= self.max_per_user:
+            raise LimitExceeded(
+                f"you already have {self.max_per_user} open sessions (the per-user limit); "
+                "close one first"
+            )
+        self.total += 1
+        self._per_user[user_id] = self._per_user.get(user_id, 0) + 1
+
+    def release(self, user_id: str) -> None:
+        self.total = max(0, self.total - 1)
+        left = self._per_user.get(user_id, 0) - 1
+        if left > 0:
+            self._per_user[user_id] = left
+        else:
+            self._per_user.pop(user_id, None)
+
+    def count_for(self, user_id: str) -> int:
+        return self._per_user.get(user_id, 0)
+
+
+BreakerState = Literal["closed", "open", "half_open"]
+
+
+@dataclass
+class CircuitBreaker:
+    """Opens after `failures` consecutive connect failures; half-opens after `cooldown_s`.
+
+    Half-open lets one trial through: success closes the breaker, failure re-opens it for a
+    fresh cooldown. While open, `allow()` is False and new sessions fail at once.
+    """
+
+    failures: int = 3
+    cooldown_s: float = 30.0
+    clock: object = time.monotonic
+    _consecutive: int = 0
+    _opened_at: float | None = None
+    _trial_in_flight: bool = False
+
+    @property
+    def state(self) -> BreakerState:
+        if self._opened_at is None:
+            return "closed"
+        if self.clock() - self._opened_at >= self.cooldown_s:  # type: ignore[operator]
+            return "half_open"
+        return "open"
+
+    def allow(self) -> bool:
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "half_open" and not self._trial_in_flight:
+            self._trial_in_flight = True
+            return True
+        return False
+
+    def record(self, ok: bool) -> None:
+        self._trial_in_flight = False
+        if ok:
+            self._consecutive = 0
+            self._opened_at = None
+            return
+        self._consecutive += 1
+        if self._opened_at is not None or self._consecutive >= self.failures:
+            self._opened_at = self.clock()  # type: ignore[operator]
+
+    def retry_after_s(self) -> float:
+        if self._opened_at is None:
+            return 0.0
+        return max(0.0, self.cooldown_s - (self.clock() - self._opened_at))  # type: ignore[operator]
