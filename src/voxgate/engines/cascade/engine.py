@@ -1,0 +1,634 @@
+"""The cascade engine: VAD -> speech-to-text -> responder -> text-to-speech, offline by default.
+
+It speaks the same `ConversationEngine` events as the OpenAI Realtime engine, so a client cannot
+tell which one it talks to. Every part is swappable by configuration (see `describe_parts`).
+
+Timeline of one spoken turn (server VAD):
+
+    audio frames -> VAD (inline, microseconds) -> pocketsphinx fed on its worker thread
+    silence hangover elapses -> user_speaking false -> STT final (~5 ms) -> user transcript
+    -> responder streams tokens -> sentence complete -> espeak-ng -> first AudioOut
+
+Audio is emitted as fast as it is made (the client plays it, like OpenAI); the engine keeps the
+emitted duration per item so an interrupt or a barge-in knows what the listener heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from voxgate.audio import bytes_for_ms, duration_ms
+from voxgate.engines.base import (
+    AssistantSpeaking,
+    AudioOut,
+    Capabilities,
+    ConversationEngine,
+    EngineError,
+    EngineUnavailable,
+    Interrupted,
+    ResponseDone,
+    StartOptions,
+    StatusChanged,
+    Transcript,
+    UserSpeaking,
+)
+from voxgate.engines.cascade.responder import (
+    ChatCompletionsResponder,
+    EchoResponder,
+    Message,
+    Responder,
+    ResponderError,
+)
+from voxgate.engines.cascade.stt import Recognizer, SpeechToTextError, make_recognizer
+from voxgate.engines.cascade.text import SentenceSplitter, SpokenSentence, heard_text, is_speakable
+from voxgate.engines.cascade.tts import (
+    EspeakSynthesizer,
+    OpenAISpeechSynthesizer,
+    Synthesizer,
+    TextToSpeechError,
+)
+from voxgate.engines.cascade.vad import VAD_RATE, TurnSegmenter, make_classifier
+
+if TYPE_CHECKING:
+    from voxgate.config import Settings
+
+log = logging.getLogger("voxgate.cascade")
+
+INPUT_RATE = VAD_RATE  # webrtcvad and pocketsphinx both want 16 kHz
+OUTPUT_RATE = 24000  # the default client rate: the common path needs no resampling at the gateway
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(10)}"
+
+
+def _secret(value: Any) -> str | None:
+    if value is None:
+        return None
+    getter = getattr(value, "get_secret_value", None)
+    return getter() if getter else str(value)
+
+
+def describe_parts(settings: Settings) -> dict[str, str]:
+    """Which part does each job, and why: `voxgate serve` logs this at startup."""
+    if settings.vad == "silero":
+        vad = f"silero (VOXGATE_VAD=silero, model {settings.silero_model_path or 'unset'})"
+    else:
+        vad = (
+            f"webrtcvad (aggressiveness {settings.vad_aggressiveness}, "
+            f"hangover {settings.vad_silence_ms} ms, prefix {settings.vad_prefix_ms} ms)"
+        )
+    if settings.stt == "openai":
+        stt = f"openai {settings.openai_transcription_model} at {settings.openai_api_base} (VOXGATE_STT=openai)"
+    elif settings.stt == "whisper":
+        stt = f"faster-whisper {settings.whisper_model_path} (VOXGATE_STT=whisper)"
+    else:
+        grammar = f", JSGF grammar {settings.stt_grammar}" if settings.stt_grammar else ""
+        stt = f"pocketsphinx, offline (VOXGATE_STT={settings.stt}{grammar})"
+    if settings.llm_url:
+        responder = (
+            f"chat completions {settings.llm_model} at {settings.llm_url} (VOXGATE_LLM_URL set)"
+        )
+    else:
+        responder = "echo (VOXGATE_LLM_URL unset)"
+    if settings.tts == "openai":
+        tts = f"openai speech at {settings.openai_api_base} (VOXGATE_TTS=openai)"
+    else:
+        tts = f"espeak-ng '{settings.espeak_bin}', voice {settings.tts_voice}, offline"
+    return {"vad": vad, "stt": stt, "responder": responder, "tts": tts}
+
+
+@dataclass(eq=False)
+class _Response:
+    """One assistant reply in flight (or just finished but possibly still playing)."""
+
+    response_id: str
+    item_id: str
+    task: asyncio.Task[None] | None = None
+    first_audio_t: float | None = None
+    emitted_bytes: int = 0
+    sentences: list[SpokenSentence] = field(default_factory=list)
+    text: str = ""
+    speaking: bool = False
+    done: bool = False  # generation finished (completed, failed or cancelled)
+    interrupted: bool = False
+    history_index: int | None = None
+
+    def emitted_ms(self) -> float:
+        return duration_ms(self.emitted_bytes, OUTPUT_RATE)
+
+    def audible(self, now: float) -> bool:
+        """Assume the client plays what we sent in real time from the first byte on."""
+        if self.first_audio_t is None or self.interrupted:
+            return False
+        return not self.done or (now - self.first_audio_t) * 1000.0 < self.emitted_ms()
+
+
+@dataclass(slots=True)
+class TurnTimings:
+    """Monotonic timestamps of the last turn, for the latency benchmark."""
+
+    speech_end_t: float | None = None  # the VAD decided the turn ended
+    stt_final_t: float | None = None
+    first_token_t: float | None = None
+    first_audio_t: float | None = None
+
+
+class CascadeEngine(ConversationEngine):
+    """Offline-capable conversation engine; see the module docstring."""
+
+    name = "cascade"
+    AUDIO_CHUNK_MS = 40
+    PARTIAL_EVERY_MS = 300
+    MAX_HISTORY = 60
+    #: Audio held while speech onset is inside the echo guard window (then used or dropped).
+    MAX_GUARD_MS = 3000
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.capabilities = Capabilities(
+            audio_in=True,
+            audio_out=True,
+            tools=False,
+            server_vad=True,
+            input_rate=INPUT_RATE,
+            output_rate=OUTPUT_RATE,
+        )
+        self.parts: dict[str, str] = {}
+        self.timings = TurnTimings()
+        self._options = StartOptions()
+        self._system_prompt = ""
+        self._history: list[Message] = []
+        self._started = False
+        self._stopped = False
+        self._segmenter: TurnSegmenter | None = None
+        self._stt: Recognizer | None = None
+        self._responder: Responder | None = None
+        self._tts: Synthesizer | None = None
+        self._manual = False
+        # user turn state
+        self._user_item: str | None = None
+        self._fed_ms = 0.0
+        self._last_partial = ""
+        self._partial_task: asyncio.Task[None] | None = None
+        self._guard_audio: list[bytes] | None = None
+        self._guard_bytes = 0
+        # assistant state
+        self._response: _Response | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._chunk_bytes = bytes_for_ms(self.AUDIO_CHUNK_MS, OUTPUT_RATE)
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def start(self, options: StartOptions) -> None:
+        if self._started:
+            return
+        self._options = options
+        s = self.settings
+        await self.emit(StatusChanged("connecting"))
+        td = options.turn_detection
+        self._manual = td.mode == "manual"
+        try:
+            # Text-to-speech first: a missing espeak-ng is the most likely fault on a new machine.
+            if s.tts == "openai":
+                key = _secret(s.openai_api_key)
+                if not key:
+                    raise EngineUnavailable(
+                        "VOXGATE_TTS=openai needs OPENAI_API_KEY: set it (or set VOXGATE_TTS=espeak)",
+                        retryable=False,
+                    )
+                self._tts = OpenAISpeechSynthesizer(
+                    s.openai_api_base, key, options.voice or s.openai_voice, OUTPUT_RATE
+                )
+            elif s.tts == "espeak":
+                self._tts = EspeakSynthesizer(s.espeak_bin, s.tts_voice, OUTPUT_RATE)
+            else:
+                raise EngineUnavailable(
+                    f"unknown text-to-speech '{s.tts}': set VOXGATE_TTS to espeak or openai",
+                    retryable=False,
+                )
+            classifier = make_classifier(
+                s.vad,
+                aggressiveness=s.vad_aggressiveness,
+                silero_model_path=s.silero_model_path,
+                threshold=td.threshold,
+            )
+            self._segmenter = TurnSegmenter(
+                classifier,
+                silence_ms=td.silence_ms if td.silence_ms is not None else s.vad_silence_ms,
+                prefix_ms=td.prefix_ms if td.prefix_ms is not None else s.vad_prefix_ms,
+            )
+            self._stt = make_recognizer(
+                s.stt,
+                grammar_path=s.stt_grammar,
+                whisper_model_path=s.whisper_model_path,
+                openai_api_base=s.openai_api_base,
+                openai_api_key=_secret(s.openai_api_key),
+                openai_model=s.openai_transcription_model,
+            )
+            await self._stt.prepare()
+            if s.llm_url:
+                self._responder = ChatCompletionsResponder(
+                    s.llm_url, s.llm_model, _secret(s.llm_api_key)
+                )
+            else:
+                self._responder = EchoResponder()
+        except BaseException:
+            await self._close_parts()
+            raise
+        self.parts = describe_parts(s)
+        for part, why in self.parts.items():
+            log.info("cascade %s: %s", part, why)
+        self._system_prompt = options.system_prompt()
+        for turn in options.history:
+            self._history.append({"role": turn.role, "content": turn.text})
+        self._started = True
+        await self.emit(StatusChanged("connected"))
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        resp = self._response
+        if resp is not None and resp.task is not None and not resp.task.done():
+            resp.task.cancel()
+        for task in list(self._tasks) + [self._partial_task]:
+            if task is not None and not task.done():
+                task.cancel()
+        pending = [t for t in list(self._tasks) + [resp.task if resp else None] if t is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=2.0)
+        await self._close_parts()
+        if self._started:
+            await self.emit(StatusChanged("disconnected"))
+        self._finish_events()
+
+    async def _close_parts(self) -> None:
+        if self._stt is not None:
+            self._stt.close()
+        if self._responder is not None:
+            with contextlib.suppress(Exception):
+                await self._responder.aclose()
+        if self._tts is not None:
+            with contextlib.suppress(Exception):
+                await self._tts.aclose()
+
+    # --- input ----------------------------------------------------------------------------
+    async def send_audio(self, pcm16: bytes) -> None:
+        if not self._started or self._stopped or not pcm16:
+            return
+        if self._manual:
+            if self._user_item is None:
+                self._begin_user_turn(b"")
+            self._feed_stt(pcm16)
+            return
+        assert self._segmenter is not None
+        for ev in self._segmenter.feed(pcm16):
+            if ev.kind == "speech":
+                if self._user_item is not None:
+                    self._feed_stt(ev.audio)
+                elif self._guard_audio is not None:
+                    await self._guarded_speech(ev.audio)
+            elif ev.kind == "start":
+                await self._on_speech_start(ev.audio)
+            elif self._user_item is not None:  # end
+                self.timings = TurnTimings(speech_end_t=time.monotonic())
+                await self._end_user_turn()
+            else:
+                self._guard_audio = None  # echo that never outlasted the guard
+
+    async def commit(self) -> None:
+        if not self._started or self._stopped:
+            return
+        if self._user_item is None:
+            await self.emit(
+                EngineError("bad_request", "nothing to commit: no audio since the last turn")
+            )
+            return
+        if self._segmenter is not None:
+            self._segmenter.force_end()
+        self.timings = TurnTimings(speech_end_t=time.monotonic())
+        await self._end_user_turn(announce=not self._manual)
+
+    async def send_user_message(self, text: str) -> None:
+        """Typed text joins the history and gets a reply; like OpenAI it is not echoed back
+        as a user transcript (it was never transcribed)."""
+        if not self._started or self._stopped or not text.strip():
+            return
+        await self._cancel_response(None, only_running=True)
+        self._history.append({"role": "user", "content": text.strip()})
+        self._trim_history()
+        self._start_response()
+
+    async def send_context_update(self, payload: dict[str, Any]) -> None:
+        if not self._started or self._stopped:
+            return
+        self._history.append(
+            {
+                "role": "system",
+                "content": "Context update (JSON): " + json.dumps(payload, ensure_ascii=False),
+            }
+        )
+        self._trim_history()
+
+    async def interrupt(self, played_ms: int | None) -> None:
+        if not self._started or self._stopped:
+            return
+        await self._cancel_response(played_ms, explicit=True)
+
+    # --- user turn ------------------------------------------------------------------------
+    async def _on_speech_start(self, prefix: bytes) -> None:
+        resp = self._response
+        now = time.monotonic()
+        if resp is not None and resp.audible(now):
+            assert resp.first_audio_t is not None
+            if (now - resp.first_audio_t) * 1000.0 < self.settings.echo_guard_ms:
+                # Probably our own voice coming back through the speaker: hold it and decide
+                # once the guard window has passed.
+                self._guard_audio = [prefix]
+                self._guard_bytes = len(prefix)
+                return
+        await self._cancel_response(None)
+        await self._start_user_speech(prefix)
+
+    async def _guarded_speech(self, frame: bytes) -> None:
+        assert self._guard_audio is not None
+        self._guard_audio.append(frame)
+        self._guard_bytes += len(frame)
+        resp = self._response
+        now = time.monotonic()
+        still_audible = resp is not None and resp.audible(now)
+        guard_over = (
+            resp is None
+            or resp.first_audio_t is None
+            or (now - resp.first_audio_t) * 1000.0 >= self.settings.echo_guard_ms
+        )
+        if guard_over or not still_audible:
+            audio = b"".join(self._guard_audio)
+            self._guard_audio = None
+            await self._cancel_response(None)
+            await self._start_user_speech(audio)
+        elif duration_ms(self._guard_bytes, INPUT_RATE) > self.MAX_GUARD_MS:
+            self._guard_audio = self._guard_audio[-1:]
+            self._guard_bytes = len(self._guard_audio[0])
+
+    async def _start_user_speech(self, prefix: bytes) -> None:
+        self._begin_user_turn(prefix)
+        await self.emit(UserSpeaking(True))
+
+    def _begin_user_turn(self, prefix: bytes) -> None:
+        assert self._stt is not None
+        self._user_item = _new_id("item")
+        self._fed_ms = 0.0
+        self._last_partial = ""
+        self._stt.begin()
+        if prefix:
+            self._feed_stt(prefix)
+
+    def _feed_stt(self, pcm16: bytes) -> None:
+        assert self._stt is not None
+        self._stt.feed(pcm16)
+        before = self._fed_ms
+        self._fed_ms += duration_ms(pcm16, INPUT_RATE)
+        if (
+            self._stt.streams_partials
+            and int(self._fed_ms // self.PARTIAL_EVERY_MS) > int(before // self.PARTIAL_EVERY_MS)
+            and (self._partial_task is None or self._partial_task.done())
+        ):
+            self._partial_task = asyncio.create_task(self._emit_partial(self._user_item))
+
+    async def _emit_partial(self, item_id: str | None) -> None:
+        assert self._stt is not None
+        text = await self._stt.partial()
+        if not text or item_id != self._user_item or text == self._last_partial:
+            return
+        last = self._last_partial
+        delta = text[len(last) :] if text.startswith(last) else text
+        self._last_partial = text
+        await self.emit(Transcript("user", item_id, text, delta, final=False))
+
+    async def _end_user_turn(self, announce: bool = True) -> None:
+        item_id = self._user_item
+        self._user_item = None
+        if item_id is None:
+            return
+        if self._partial_task is not None and not self._partial_task.done():
+            self._partial_task.cancel()
+        if announce:
+            await self.emit(UserSpeaking(False))
+        # The final decode runs in its own task so incoming audio is never held up by it
+        # (a remote transcription back end can take a second).
+        task = asyncio.create_task(self._finish_user_turn(item_id, self._last_partial))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _finish_user_turn(self, item_id: str, last_partial: str) -> None:
+        assert self._stt is not None
+        try:
+            text = await self._stt.finish()
+        except SpeechToTextError as exc:
+            await self.emit(EngineError("upstream_unavailable", f"speech-to-text failed: {exc}"))
+            return
+        self.timings.stt_final_t = time.monotonic()
+        if not text:
+            log.debug("turn %s: nothing recognised, no reply", item_id)
+            return
+        delta = text[len(last_partial) :] if text.startswith(last_partial) else text
+        await self.emit(Transcript("user", item_id, text, delta, final=True))
+        self._history.append({"role": "user", "content": text})
+        self._trim_history()
+        if self._user_item is not None:
+            # The user is already speaking again: that next turn gets the reply.
+            return
+        await self._cancel_response(None, only_running=True)
+        self._start_response()
+
+    # --- assistant response -----------------------------------------------------------------
+    def _messages(self) -> list[Message]:
+        return [{"role": "system", "content": self._system_prompt}, *self._history]
+
+    def _trim_history(self) -> None:
+        excess = len(self._history) - self.MAX_HISTORY
+        if excess > 0:
+            del self._history[:excess]
+            if self._response is not None and self._response.history_index is not None:
+                self._response.history_index -= excess
+                if self._response.history_index < 0:
+                    self._response.history_index = None
+
+    def _start_response(self) -> None:
+        resp = _Response(response_id=_new_id("resp"), item_id=_new_id("item"))
+        self._response = resp
+        resp.task = asyncio.create_task(self._run_response(resp))
+
+    async def _run_response(self, resp: _Response) -> None:
+        assert self._responder is not None
+        messages = self._messages()
+        queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue(maxsize=32)
+        responder = self._responder
+
+        async def produce() -> None:
+            splitter = SentenceSplitter()
+            try:
+                async for piece in responder.stream(messages):
+                    if self.timings.first_token_t is None:
+                        self.timings.first_token_t = time.monotonic()
+                    for sentence in splitter.push(piece):
+                        await queue.put(sentence)
+                tail = splitter.flush()
+                if tail:
+                    await queue.put(tail)
+                await queue.put(None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # handed to the consumer, which reports it
+                await queue.put(exc)
+
+        producer = asyncio.create_task(produce())
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                if is_speakable(item):
+                    await self._speak_sentence(resp, item)
+            await self._finish_response(resp, "completed")
+        except ResponderError as exc:
+            await self.emit(EngineError("upstream_unavailable", str(exc), fatal=False))
+            await self._finish_response(resp, "failed")
+        except TextToSpeechError as exc:
+            code = "upstream_unavailable" if self.settings.tts == "openai" else "internal"
+            await self.emit(EngineError(code, f"text-to-speech failed: {exc}", fatal=False))
+            await self._finish_response(resp, "failed")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never let one bad turn kill the session
+            log.exception("cascade response %s failed", resp.response_id)
+            await self.emit(EngineError("internal", f"the reply failed: {exc}", fatal=False))
+            await self._finish_response(resp, "failed")
+        finally:
+            if not producer.done():
+                producer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await producer
+
+    async def _speak_sentence(self, resp: _Response, sentence: str) -> None:
+        assert self._tts is not None
+        start_ms = resp.emitted_ms()
+        announced = False
+        carry = b""
+        cb = self._chunk_bytes
+
+        async def send(chunk: bytes) -> None:
+            nonlocal announced
+            if not announced:
+                announced = True
+                if resp.first_audio_t is None:
+                    resp.first_audio_t = time.monotonic()
+                    if self.timings.first_audio_t is None:
+                        self.timings.first_audio_t = resp.first_audio_t
+                    resp.speaking = True
+                    await self.emit(AssistantSpeaking(True))
+                delta = sentence if not resp.text else " " + sentence
+                resp.text += delta
+                await self.emit(
+                    Transcript("assistant", resp.item_id, resp.text, delta, final=False)
+                )
+                # Recorded now, with a provisional end, so an interrupt mid-sentence sees it.
+                resp.sentences.append(SpokenSentence(sentence, start_ms, start_ms))
+            resp.emitted_bytes += len(chunk)
+            resp.sentences[-1].end_ms = resp.emitted_ms()
+            await self.emit(AudioOut(chunk, resp.item_id))
+
+        async with contextlib.aclosing(self._tts.speak(sentence)) as audio:
+            async for pcm in audio:
+                data = carry + pcm if carry else pcm
+                n = len(data) - len(data) % cb
+                for i in range(0, n, cb):
+                    await send(data[i : i + cb])
+                carry = data[n:]
+        if carry:
+            await send(carry)
+
+    async def _finish_response(self, resp: _Response, status: str) -> None:
+        resp.done = True
+        if resp.text:
+            self._history.append({"role": "assistant", "content": resp.text})
+            resp.history_index = len(self._history) - 1
+            self._trim_history()
+        if status == "completed" or resp.text:
+            await self.emit(Transcript("assistant", resp.item_id, resp.text, "", final=True))
+        if resp.speaking:
+            resp.speaking = False
+            await self.emit(AssistantSpeaking(False))
+        await self.emit(ResponseDone(resp.response_id, status))  # type: ignore[arg-type]
+
+    async def _cancel_response(
+        self, played_ms: int | None, *, explicit: bool = False, only_running: bool = False
+    ) -> None:
+        """Stop the current reply at once and truncate it to what the listener heard.
+
+        Used by `interrupt` (explicit), barge-in and a new turn. A reply whose generation already
+        finished is still truncated while its audio is (assumed) playing, or when the client
+        says how much it played; `only_running` leaves finished replies alone (a typed message
+        is no barge-in: like OpenAI, it only cancels a reply still being generated).
+        """
+        resp = self._response
+        if resp is None or resp.interrupted:
+            return
+        now = time.monotonic()
+        running = not resp.done
+        if only_running and not running:
+            return
+        audible = resp.audible(now)
+        if not running and not audible and not (explicit and played_ms is not None):
+            return
+        if running and resp.task is not None:
+            resp.task.cancel()
+            await asyncio.wait({resp.task}, timeout=5.0)
+            resp.done = True
+        emitted = resp.emitted_ms()
+        if resp.first_audio_t is not None:
+            if played_ms is None:
+                played = (now - resp.first_audio_t) * 1000.0
+            else:
+                played = float(played_ms)
+            played = max(0.0, min(played, emitted))
+            resp.interrupted = True
+            heard = heard_text(resp.sentences, played)
+            # The history keeps what was heard, not what was generated (OpenAI truncation).
+            if resp.history_index is not None and 0 <= resp.history_index < len(self._history):
+                if heard:
+                    self._history[resp.history_index]["content"] = heard
+                else:
+                    del self._history[resp.history_index]
+            elif running and heard:
+                self._history.append({"role": "assistant", "content": heard})
+                self._trim_history()
+            await self.emit(Interrupted(resp.item_id, int(played), heard_text=heard))
+            if resp.speaking:
+                resp.speaking = False
+                await self.emit(AssistantSpeaking(False))
+            if running:
+                # The item ends with what was heard, as the OpenAI engine does after a truncate.
+                await self.emit(Transcript("assistant", resp.item_id, heard, "", final=True))
+        if resp.speaking:
+            resp.speaking = False
+            await self.emit(AssistantSpeaking(False))
+        if running:
+            await self.emit(ResponseDone(resp.response_id, "cancelled"))
+
+    # --- introspection (tests, benchmark) ---------------------------------------------------
+    @property
+    def history(self) -> list[Message]:
+        """The conversation as the responder sees it (without the system prompt)."""
+        return [dict(m) for m in self._history]

@@ -1,0 +1,156 @@
+"""Responders: what the assistant says back. Echo (offline, default) or any OpenAI-compatible
+chat-completions endpoint (Ollama, llama.cpp server, vLLM, OpenAI) with streamed tokens.
+
+A responder takes the whole message list (system prompt, history, the new user turn) and yields
+text pieces as they come, so text-to-speech can start on the first sentence while the model is
+still writing the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import httpx
+
+Message = dict[str, str]
+
+ECHO_PREFIX = "Echo:"
+
+
+class ResponderError(Exception):
+    """The chat endpoint failed for this turn; the message is a sentence for the user."""
+
+
+class Responder(Protocol):
+    name: str
+
+    def stream(self, messages: list[Message]) -> AsyncIterator[str]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class EchoResponder:
+    """Says back what it heard, plainly labelled, so nobody mistakes it for a model."""
+
+    name = "echo"
+
+    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+        heard = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        heard = heard.strip()
+        if heard and heard[-1] not in ".!?":
+            heard += "."
+        text = f"{ECHO_PREFIX} you said {heard}" if heard else f"{ECHO_PREFIX} I heard nothing."
+        # Word by word, like a model would stream, so the pipeline behaves the same.
+        words = text.split(" ")
+        for i, word in enumerate(words):
+            yield word if i == 0 else " " + word
+
+    async def aclose(self) -> None:
+        return None
+
+
+def chat_completions_url(url: str) -> str:
+    """Accept a base (`http://localhost:11434/v1`) or the full endpoint URL."""
+    url = url.rstrip("/")
+    return url if url.endswith("/chat/completions") else url + "/chat/completions"
+
+
+class ChatCompletionsResponder:
+    """Streams `POST /chat/completions` (`stream: true`, server-sent events)."""
+
+    name = "llm"
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        api_key: str | None = None,
+        *,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 30.0,
+    ) -> None:
+        self.url = chat_completions_url(url)
+        self.model = model
+        headers = {"Accept": "text/event-stream"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        # One client per session keeps the connection warm between turns (first-token latency).
+        self._client = httpx.AsyncClient(
+            headers=headers,
+            timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
+        )
+
+    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True}
+        try:
+            async with self._client.stream("POST", self.url, json=body) as resp:
+                if resp.status_code != 200:
+                    detail = (await resp.aread()).decode("utf-8", "replace")[:300]
+                    raise ResponderError(_http_sentence(self.url, resp.status_code, detail))
+                content_type = resp.headers.get("content-type", "")
+                if "text/event-stream" not in content_type:
+                    # A server that ignored `stream: true`: one JSON body.
+                    data = json.loads(await resp.aread())
+                    text = _message_text(data)
+                    if text:
+                        yield text
+                    return
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == "[DONE]":
+                        return
+                    try:
+                        chunk = json.loads(payload)
+                    except ValueError:
+                        continue
+                    if "error" in chunk:
+                        raise ResponderError(
+                            f"the language model at {self.url} failed: "
+                            f"{_error_message(chunk['error'])}"
+                        )
+                    for choice in chunk.get("choices") or ():
+                        piece = (choice.get("delta") or {}).get("content")
+                        if piece:
+                            yield piece
+        except httpx.TimeoutException as exc:
+            raise ResponderError(
+                f"the language model at {self.url} did not answer in time ({type(exc).__name__})"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise ResponderError(
+                f"the language model at {self.url} is unreachable ({type(exc).__name__}): "
+                "check VOXGATE_LLM_URL and that the server is running"
+            ) from exc
+        except ValueError as exc:
+            raise ResponderError(f"the language model at {self.url} sent invalid JSON") from exc
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _message_text(data: dict[str, Any]) -> str:
+    choices = data.get("choices") or [{}]
+    return str((choices[0].get("message") or {}).get("content") or "")
+
+
+def _error_message(err: Any) -> str:
+    if isinstance(err, dict):
+        return str(err.get("message") or err)
+    return str(err)
+
+
+def _http_sentence(url: str, status: int, detail: str) -> str:
+    try:
+        detail = _error_message(json.loads(detail).get("error", detail))
+    except (ValueError, AttributeError):
+        pass
+    if status in (401, 403):
+        return (
+            f"the language model at {url} rejected the key (HTTP {status}): "
+            f"check VOXGATE_LLM_API_KEY ({detail})"
+        )
+    return f"the language model at {url} answered HTTP {status}: {detail}"

@@ -1,0 +1,223 @@
+"""Text-to-speech for the cascade: espeak-ng as a subprocess (offline, default) or OpenAI speech.
+
+Each call speaks one sentence and yields PCM16 at the engine's output rate as soon as the first
+samples exist, so the first audio byte leaves a few milliseconds after the first sentence is
+complete. Cancelling the consumer kills the subprocess or closes the HTTP stream at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+
+from voxgate.audio import StreamResampler
+from voxgate.engines.base import EngineUnavailable
+
+ESPEAK_INSTALL_HINT = (
+    "espeak-ng is not installed: run `apt-get install espeak-ng` (or set VOXGATE_ESPEAK_BIN)"
+)
+
+
+class TextToSpeechError(Exception):
+    """Speaking one sentence failed (the session survives)."""
+
+
+class Synthesizer(Protocol):
+    name: str
+
+    def speak(self, text: str) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class WavStreamHeader:
+    """Incremental RIFF/WAVE header reader for a stream whose sizes may be lies.
+
+    `espeak-ng --stdout` cannot seek back, so it writes 0xFFFFFFFF (or 0) as the RIFF and data
+    sizes; we only trust the fmt chunk and treat everything after the `data` header as samples.
+    """
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self.rate: int | None = None
+        self.channels = 1
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        """Returns the sample bytes found after the header (empty until it is complete)."""
+        if self.done:
+            return data
+        self._buf += data
+        raw = self._buf
+        if len(raw) < 12:
+            return b""
+        if raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
+            raise TextToSpeechError("espeak-ng did not write a WAV stream")
+        pos = 12
+        while pos + 8 <= len(raw):
+            cid = raw[pos : pos + 4]
+            size = int.from_bytes(raw[pos + 4 : pos + 8], "little")
+            body = pos + 8
+            if cid == b"data":
+                if self.rate is None:
+                    raise TextToSpeechError("WAV data before fmt")
+                self.done = True
+                self._buf = b""
+                return raw[body:]
+            if body + size > len(raw):
+                return b""  # header chunk not complete yet
+            if cid == b"fmt ":
+                self.channels = int.from_bytes(raw[body + 2 : body + 4], "little")
+                self.rate = int.from_bytes(raw[body + 4 : body + 8], "little")
+                bits = int.from_bytes(raw[body + 14 : body + 16], "little")
+                if bits != 16:
+                    raise TextToSpeechError(f"espeak-ng wrote {bits}-bit audio, expected 16")
+            pos = body + size + (size & 1)
+        return b""
+
+
+def resolve_espeak(binary: str) -> str:
+    """Absolute path of the espeak-ng binary, or `EngineUnavailable` with the install sentence."""
+    path = shutil.which(binary)
+    if path is None and Path(binary).is_file():
+        path = binary
+    if path is None:
+        raise EngineUnavailable(ESPEAK_INSTALL_HINT, retryable=False)
+    return path
+
+
+class EspeakSynthesizer:
+    """espeak-ng, one subprocess per sentence (it starts in ~5 ms, so a pool is not worth it)."""
+
+    name = "espeak-ng"
+    READ_BYTES = 4096
+
+    def __init__(self, binary: str, voice: str, output_rate: int, speed_wpm: int | None = None):
+        self.binary = resolve_espeak(binary)
+        self.voice = voice
+        self.output_rate = output_rate
+        self.speed_wpm = speed_wpm
+
+    async def speak(self, text: str) -> AsyncIterator[bytes]:
+        args = [self.binary, "--stdout", "-v", self.voice]
+        if self.speed_wpm:
+            args += ["-s", str(self.speed_wpm)]
+        args += ["--", text]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise TextToSpeechError(f"espeak-ng could not start: {exc}") from exc
+        assert proc.stdout is not None
+        header = WavStreamHeader()
+        resampler: StreamResampler | None = None
+        carry = b""
+        try:
+            while True:
+                data = await proc.stdout.read(self.READ_BYTES)
+                if not data:
+                    break
+                samples = header.feed(data)
+                if not samples:
+                    continue
+                if resampler is None:
+                    assert header.rate is not None
+                    resampler = StreamResampler(header.rate, self.output_rate)
+                samples = carry + samples
+                cut = len(samples) - len(samples) % (2 * header.channels)
+                samples, carry = samples[:cut], samples[cut:]
+                if header.channels != 1:
+                    from voxgate.audio import to_mono
+
+                    samples = to_mono(samples, header.channels)
+                out = resampler.process(samples)
+                if out:
+                    yield out
+            rc = await proc.wait()
+            if rc != 0:
+                err = (
+                    (await proc.stderr.read()).decode("utf-8", "replace").strip()
+                    if proc.stderr
+                    else ""
+                )
+                raise TextToSpeechError(f"espeak-ng failed (exit {rc}): {err[:200]}")
+            if resampler is not None:
+                tail = resampler.flush()
+                if tail:
+                    yield tail
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                # Reap it so no zombie is left behind; shielded from our own cancellation.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(proc.wait())
+
+    async def aclose(self) -> None:
+        return None
+
+
+class OpenAISpeechSynthesizer:
+    """`POST {base}/audio/speech` with `response_format: pcm` (24 kHz PCM16 mono)."""
+
+    name = "openai"
+    SOURCE_RATE = 24000
+
+    def __init__(
+        self,
+        api_base: str,
+        api_key: str,
+        voice: str,
+        output_rate: int,
+        model: str = "gpt-4o-mini-tts",
+    ) -> None:
+        self.url = api_base.rstrip("/") + "/audio/speech"
+        self.voice = voice
+        self.model = model
+        self.output_rate = output_rate
+        self._client = httpx.AsyncClient(
+            headers={"Authorization": f"Bearer {api_key}"}, timeout=httpx.Timeout(30.0, connect=5.0)
+        )
+
+    async def speak(self, text: str) -> AsyncIterator[bytes]:
+        body = {"model": self.model, "input": text, "voice": self.voice, "response_format": "pcm"}
+        resampler = (
+            StreamResampler(self.SOURCE_RATE, self.output_rate)
+            if self.output_rate != self.SOURCE_RATE
+            else None
+        )
+        carry = b""
+        try:
+            async with self._client.stream("POST", self.url, json=body) as resp:
+                if resp.status_code != 200:
+                    detail = (await resp.aread()).decode("utf-8", "replace")[:200]
+                    raise TextToSpeechError(
+                        f"the speech service answered HTTP {resp.status_code}: {detail}"
+                    )
+                async for data in resp.aiter_bytes():
+                    data = carry + data
+                    cut = len(data) - len(data) % 2
+                    data, carry = data[:cut], data[cut:]
+                    if resampler is not None:
+                        data = resampler.process(data)
+                    if data:
+                        yield data
+        except httpx.HTTPError as exc:
+            raise TextToSpeechError(f"the speech service is unreachable ({exc})") from exc
+        if resampler is not None:
+            tail = resampler.flush()
+            if tail:
+                yield tail
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

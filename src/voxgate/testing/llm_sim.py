@@ -1,0 +1,364 @@
+"""An OpenAI-compatible REST simulator: chat completions (streamed and not), transcriptions and
+speech, with fault modes. Shipped so the cascade's cloud parts can be developed and tested
+offline, against the same wire shapes the real service uses.
+
+Usage (inside a running event loop; the server shares it, no thread)::
+
+    async with LLMSimulator(reply="Hello there. How can I help?") as sim:
+        settings = Settings(llm_url=sim.base_url)        # http://127.0.0.1:PORT/v1
+        ...
+        sim.requests[-1].json["messages"]                 # what the client sent
+
+Faults: `sim.fault = "http_500" | "http_401" | "slow"` (optionally only for the next
+`sim.fault_count` requests), and `await sim.stop()` for connection refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.parser
+import email.policy
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from voxgate.audio import read_wav, resample, wav_bytes
+
+Fault = Literal["http_500", "http_401", "slow"]
+
+
+@dataclass(slots=True)
+class RecordedRequest:
+    """One request as the simulator received it."""
+
+    path: str
+    authorization: str | None
+    json: dict[str, Any] | None = None
+    form: dict[str, str] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+    received_at: float = 0.0
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return list((self.json or {}).get("messages") or [])
+
+    @property
+    def model(self) -> str | None:
+        return (self.json or self.form or {}).get("model")  # type: ignore[return-value]
+
+
+def _error_body(message: str, type_: str, code: str | None) -> dict[str, Any]:
+    # The exact error envelope the OpenAI REST API uses.
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+def _parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, bytes]]:
+    """multipart/form-data without python-multipart: the stdlib email parser handles it."""
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    form: dict[str, str] = {}
+    files: dict[str, bytes] = {}
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not name:
+            continue
+        payload = part.get_payload(decode=True) or b""
+        if part.get_filename():
+            files[str(name)] = payload
+        else:
+            form[str(name)] = payload.decode("utf-8", "replace")
+    return form, files
+
+
+class LLMSimulator:
+    """A local OpenAI-compatible server on 127.0.0.1 (ephemeral port), run in the caller's loop."""
+
+    def __init__(
+        self,
+        reply: str = "Hello! This is the simulated assistant. How can I help you today?",
+        *,
+        token_delay_s: float = 0.0,
+        api_key: str | None = None,
+        transcript: str = "hello from the simulator",
+        slow_s: float = 5.0,
+        model: str = "sim-model",
+    ) -> None:
+        self.reply = reply
+        self.token_delay_s = token_delay_s
+        #: When set, requests without `Authorization: Bearer <api_key>` get 401.
+        self.api_key = api_key
+        #: What `/v1/audio/transcriptions` answers (a list is used in turn, then its last item).
+        self.transcript: str | list[str] = transcript
+        self.slow_s = slow_s
+        self.model = model
+        self.fault: Fault | None = None
+        #: How many more requests the fault applies to (None = all of them).
+        self.fault_count: int | None = None
+        self.requests: list[RecordedRequest] = []
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._sock: socket.socket | None = None
+        self.port = 0
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/audio/transcriptions", self._transcriptions, methods=["POST"]),
+                Route("/v1/audio/speech", self._speech, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+            ]
+        )
+
+    # --- lifecycle ------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def start(self) -> LLMSimulator:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen(128)
+        sock.setblocking(False)
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
+        config.load()
+        server = uvicorn.Server(config)
+        server.lifespan = config.lifespan_class(config)
+        self._server = server
+        # `startup` + `main_loop` directly: `serve()` would install process signal handlers.
+        await server.startup(sockets=[sock])
+        self._task = asyncio.create_task(self._run(server, sock))
+        return self
+
+    async def _run(self, server: uvicorn.Server, sock: socket.socket) -> None:
+        try:
+            await server.main_loop()
+        finally:
+            with contextlib.suppress(Exception):
+                await server.shutdown(sockets=[sock])
+
+    async def stop(self) -> None:
+        """Stop listening: later requests get `connection refused` (the port stays reserved
+        only until the OS hands it out again)."""
+        if self._server is None:
+            return
+        self._server.should_exit = True
+        self._server.force_exit = True
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._task, timeout=5.0)
+        if self._sock is not None:
+            self._sock.close()
+        self._server = None
+        self._task = None
+
+    async def __aenter__(self) -> LLMSimulator:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- helpers ----------------------------------------------------------------------------
+    def _take_fault(self) -> Fault | None:
+        if self.fault is None:
+            return None
+        fault = self.fault
+        if self.fault_count is not None:
+            self.fault_count -= 1
+            if self.fault_count <= 0:
+                self.fault = None
+                self.fault_count = None
+        return fault
+
+    def _auth_error(self, request: Request, fault: Fault | None) -> Response | None:
+        auth = request.headers.get("authorization")
+        if fault == "http_401" or (self.api_key and auth != f"Bearer {self.api_key}"):
+            return JSONResponse(
+                _error_body(
+                    "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+                ),
+                status_code=401,
+            )
+        if fault == "http_500":
+            return JSONResponse(
+                _error_body(
+                    "The server had an error while processing your request.", "server_error", None
+                ),
+                status_code=500,
+            )
+        return None
+
+    def _tokens(self) -> list[str]:
+        words = self.reply.split(" ")
+        return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+    # --- routes -----------------------------------------------------------------------------
+    async def _models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": self.model, "object": "model"}]})
+
+    async def _chat(self, request: Request) -> Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return JSONResponse(
+                _error_body("invalid JSON body", "invalid_request_error", None), 400
+            )
+        self.requests.append(
+            RecordedRequest(
+                request.url.path,
+                request.headers.get("authorization"),
+                json=body,
+                received_at=time.monotonic(),
+            )
+        )
+        fault = self._take_fault()
+        error = self._auth_error(request, fault)
+        if error is not None:
+            return error
+        if fault == "slow":
+            await asyncio.sleep(self.slow_s)
+        model = body.get("model") or self.model
+        created = int(time.time())
+        cid = f"chatcmpl-sim{len(self.requests)}"
+        if not body.get("stream"):
+            return JSONResponse(
+                {
+                    "id": cid,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": self.reply},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": 0,
+                        "completion_tokens": len(self._tokens()),
+                        "total_tokens": len(self._tokens()),
+                    },
+                }
+            )
+
+        def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+            payload = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": None,
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
+            return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+        tokens = self._tokens()
+        delay = self.token_delay_s
+
+        async def events() -> AsyncIterator[bytes]:
+            yield chunk({"role": "assistant", "content": ""}, None)
+            for token in tokens:
+                if delay:
+                    await asyncio.sleep(delay)
+                yield chunk({"content": token}, None)
+            yield chunk({}, "stop")
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def _transcriptions(self, request: Request) -> Response:
+        body = await request.body()
+        form, files = _parse_multipart(request.headers.get("content-type", ""), body)
+        self.requests.append(
+            RecordedRequest(
+                request.url.path,
+                request.headers.get("authorization"),
+                form=form,
+                files=files,
+                received_at=time.monotonic(),
+            )
+        )
+        fault = self._take_fault()
+        error = self._auth_error(request, fault)
+        if error is not None:
+            return error
+        if fault == "slow":
+            await asyncio.sleep(self.slow_s)
+        if "file" not in files or "model" not in form:
+            return JSONResponse(
+                _error_body("file and model are required", "invalid_request_error", None), 400
+            )
+        if isinstance(self.transcript, list):
+            text = self.transcript.pop(0) if len(self.transcript) > 1 else self.transcript[0]
+        else:
+            text = self.transcript
+        return JSONResponse({"text": text})
+
+    async def _speech(self, request: Request) -> Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return JSONResponse(
+                _error_body("invalid JSON body", "invalid_request_error", None), 400
+            )
+        self.requests.append(
+            RecordedRequest(
+                request.url.path,
+                request.headers.get("authorization"),
+                json=body,
+                received_at=time.monotonic(),
+            )
+        )
+        fault = self._take_fault()
+        error = self._auth_error(request, fault)
+        if error is not None:
+            return error
+        if fault == "slow":
+            await asyncio.sleep(self.slow_s)
+        text = str(body.get("input") or "")
+        fmt = body.get("response_format") or "mp3"
+        if fmt not in ("pcm", "wav"):
+            return JSONResponse(
+                _error_body(
+                    f"the simulator speaks only pcm and wav, not {fmt}",
+                    "invalid_request_error",
+                    None,
+                ),
+                400,
+            )
+        pcm = await asyncio.to_thread(_espeak_pcm24k, text)
+        if fmt == "wav":
+            return Response(wav_bytes(pcm, 24000), media_type="audio/wav")
+        return Response(pcm, media_type="audio/pcm")
+
+
+def _espeak_pcm24k(text: str) -> bytes:
+    """OpenAI's `pcm` format: 24 kHz PCM16 mono, here spoken by espeak-ng."""
+    binary = shutil.which("espeak-ng")
+    if binary is None:
+        raise RuntimeError("espeak-ng is not installed: run `apt-get install espeak-ng`")
+    proc = subprocess.run(
+        [binary, "--stdout", "--", text], capture_output=True, check=True, timeout=60
+    )
+    pcm, rate = read_wav(proc.stdout)
+    return resample(pcm, rate, 24000)
+
+
+__all__ = ["LLMSimulator", "RecordedRequest"]

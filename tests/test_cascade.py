@@ -1,0 +1,440 @@
+"""The offline cascade engine, driven through the public seam with real espeak-ng speech, real
+pocketsphinx, real webrtcvad and a real local OpenAI-compatible server (`LLMSimulator`)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from voxgate.audio import StreamResampler, chunks, duration_ms, parse_wav_bytes, rms_dbfs
+from voxgate.config import Settings
+from voxgate.engines import create_engine
+from voxgate.engines.base import (
+    AudioOut,
+    EngineError,
+    EngineEvent,
+    EngineUnavailable,
+    HistoryTurn,
+    Interrupted,
+    ResponseDone,
+    StartOptions,
+    Transcript,
+    TurnDetectionOptions,
+)
+from voxgate.engines.cascade.engine import CascadeEngine
+from voxgate.testing.llm_sim import LLMSimulator
+from voxgate.testing.speech import silence, synthesize
+
+IN_RATE = 16000
+PHRASES = ["hello can you hear me", "what time is it"]
+WAIT_S = 20.0
+
+
+@pytest.fixture
+def grammar(tmp_path: Path) -> str:
+    path = tmp_path / "phrases.jsgf"
+    path.write_text(
+        "#JSGF V1.0;\ngrammar phrases;\npublic <phrase> = " + " | ".join(PHRASES) + ";\n"
+    )
+    return str(path)
+
+
+class Recorder:
+    """Reads an engine's events in the background; tests wait for conditions on them."""
+
+    def __init__(self, engine: CascadeEngine) -> None:
+        self.engine = engine
+        self.events: list[EngineEvent] = []
+        self._changed = asyncio.Condition()
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for event in self.engine.events():
+            async with self._changed:
+                self.events.append(event)
+                self._changed.notify_all()
+
+    async def wait_for(
+        self, predicate: Callable[[EngineEvent], bool], *, after: int = 0, timeout: float = WAIT_S
+    ) -> EngineEvent:
+        """The first event at index >= `after` that matches."""
+
+        def find() -> EngineEvent | None:
+            return next((e for e in self.events[after:] if predicate(e)), None)
+
+        async with asyncio.timeout(timeout):
+            async with self._changed:
+                await self._changed.wait_for(lambda: find() is not None)
+        found = find()
+        assert found is not None
+        return found
+
+    def kinds(self, start: int = 0) -> list[str]:
+        """Event kinds, without the status changes of start-up."""
+        return [e.kind for e in self.events[start:] if e.kind != "status"]
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await self._task
+
+
+def done(status: str | None = None) -> Callable[[EngineEvent], bool]:
+    return lambda e: isinstance(e, ResponseDone) and (status is None or e.status == status)
+
+
+def final(role: str) -> Callable[[EngineEvent], bool]:
+    return lambda e: isinstance(e, Transcript) and e.role == role and e.final
+
+
+@pytest.fixture
+def make_settings(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Settings]:
+    """Settings from explicit values only: no developer environment, no `.env`."""
+    for name in list(os.environ):
+        if name.startswith(("VOXGATE_", "OPENAI_", "ELEVENLABS_")):
+            monkeypatch.delenv(name, raising=False)
+
+    def factory(**overrides: Any) -> Settings:
+        return Settings(_env_file=None, **overrides)  # type: ignore[call-arg]
+
+    return factory
+
+
+@pytest.fixture
+async def engine_factory(
+    make_settings: Callable[..., Settings],
+) -> AsyncIterator[Callable[..., Any]]:
+    made: list[tuple[CascadeEngine, Recorder]] = []
+
+    async def factory(
+        options: StartOptions | None = None, **overrides: Any
+    ) -> tuple[CascadeEngine, Recorder]:
+        engine = create_engine("cascade", make_settings(**overrides))
+        assert isinstance(engine, CascadeEngine)
+        await engine.start(options or StartOptions())
+        rec = Recorder(engine)
+        made.append((engine, rec))
+        return engine, rec
+
+    yield factory
+    for engine, rec in made:
+        await engine.stop()
+        await rec.close()
+
+
+async def speak(
+    engine: CascadeEngine, pcm: bytes, rate: int = IN_RATE, pace_s: float = 0.002
+) -> None:
+    """Send audio in 20 ms frames, yielding between frames (faster than real time) so the
+    engine's background work (partial transcripts) interleaves as it would live."""
+    for frame in chunks(pcm, rate, 20):
+        await engine.send_audio(frame)
+        await asyncio.sleep(pace_s)
+
+
+def utterance(text: str, rate: int = IN_RATE, tail_ms: int = 700) -> bytes:
+    return silence(300, rate) + synthesize(text, rate) + silence(tail_ms, rate)
+
+
+def audio_of(rec: Recorder, item_id: str) -> bytes:
+    return b"".join(e.pcm16 for e in rec.events if isinstance(e, AudioOut) and e.item_id == item_id)
+
+
+# --- spoken turns ----------------------------------------------------------------------------
+
+
+async def test_spoken_turn_gives_exact_transcript_and_spoken_echo(engine_factory, grammar):
+    engine, rec = await engine_factory(stt_grammar=grammar)
+    assert engine.capabilities.input_rate == IN_RATE
+    out_rate = engine.capabilities.output_rate
+    await speak(engine, utterance("hello can you hear me"))
+    user = await rec.wait_for(final("user"))
+    assert isinstance(user, Transcript) and user.text == "hello can you hear me"
+    assert user.item_id.startswith("item_")
+    resp = await rec.wait_for(done())
+    assert isinstance(resp, ResponseDone) and resp.status == "completed"
+    assert resp.response_id.startswith("resp_")
+
+    kinds = rec.kinds()
+    # Same event order as the OpenAI engine.
+    assert kinds[0] == "user_speaking"
+    assert kinds.index("user_speaking") < kinds.index("transcript")
+    first_speaking = kinds.index("speaking")
+    assert first_speaking < kinds.index("audio") < len(kinds) - 1
+    assert kinds[-2:] == ["speaking", "response_done"]
+    assert [e.is_speaking for e in rec.events if e.kind == "user_speaking"] == [True, False]
+    # Partial user transcripts came first, growing towards the final.
+    partials = [
+        e for e in rec.events if isinstance(e, Transcript) and e.role == "user" and not e.final
+    ]
+    assert partials, "no partial user transcript"
+    assert all("hello can you hear me".startswith(p.text) for p in partials)
+
+    reply = [e for e in rec.events if isinstance(e, Transcript) and e.role == "assistant"]
+    assert reply[-1].final and reply[-1].text == "Echo: you said hello can you hear me."
+    assert "".join(e.delta for e in reply) == reply[-1].text
+    item_id = reply[-1].item_id
+    pcm = audio_of(rec, item_id)
+    chunk_ms = [duration_ms(e.pcm16, out_rate) for e in rec.events if isinstance(e, AudioOut)]
+    assert max(chunk_ms) <= 100
+    assert rms_dbfs(pcm) > -35.0, "reply audio is silent"
+    # Right rate: exactly as long as espeak-ng's own rendering of the reply, resampled.
+    expected = synthesize(reply[-1].text, out_rate)
+    assert abs(len(pcm) - len(expected)) / len(expected) < 0.02
+    assert engine.history == [
+        {"role": "user", "content": "hello can you hear me"},
+        {"role": "assistant", "content": "Echo: you said hello can you hear me."},
+    ]
+
+
+async def test_audio_resampled_from_48k_is_recognised(engine_factory, grammar):
+    """Clients at another rate are resampled (by the session with StreamResampler) to the
+    engine's 16 kHz: the recogniser gets clean speech, not garbled audio."""
+    engine, rec = await engine_factory(stt_grammar=grammar)
+    resampler = StreamResampler(48000, engine.capabilities.input_rate)
+    for frame in chunks(utterance("what time is it", 48000), 48000, 20):
+        await engine.send_audio(resampler.process(frame))
+        await asyncio.sleep(0.002)
+    user = await rec.wait_for(final("user"))
+    assert isinstance(user, Transcript) and user.text == "what time is it"
+
+
+async def test_silence_and_hum_make_no_turn(engine_factory):
+    import numpy as np
+
+    engine, rec = await engine_factory()
+    t = np.arange(IN_RATE * 2) / IN_RATE
+    hum = (np.sin(2 * np.pi * 50 * t) * 40).astype("<i2").tobytes()  # faint mains hum
+    await speak(engine, silence(1500, IN_RATE) + hum + silence(500, IN_RATE), pace_s=0)
+    await asyncio.sleep(0.5)
+    assert rec.kinds() == [], rec.events
+
+
+async def test_manual_mode_commit_ends_the_turn(engine_factory, grammar):
+    options = StartOptions(turn_detection=TurnDetectionOptions(mode="manual"))
+    engine, rec = await engine_factory(options, stt_grammar=grammar)
+    # No trailing silence: only the commit can end this turn.
+    await speak(engine, silence(200, IN_RATE) + synthesize("what time is it", IN_RATE))
+    await asyncio.sleep(0.3)
+    assert not any(e.kind == "transcript" and e.final for e in rec.events)
+    await engine.commit()
+    user = await rec.wait_for(final("user"))
+    assert isinstance(user, Transcript) and user.text == "what time is it"
+    await rec.wait_for(done("completed"))
+    assert "user_speaking" not in rec.kinds()  # no VAD events in manual mode (as OpenAI)
+    # Committing with nothing said is a clear, non-fatal error.
+    n = len(rec.events)
+    await engine.commit()
+    err = await rec.wait_for(lambda e: isinstance(e, EngineError), after=n)
+    assert isinstance(err, EngineError) and not err.fatal and "nothing to commit" in err.message
+
+
+# --- interruption ------------------------------------------------------------------------------
+
+
+async def test_barge_in_cancels_reply_and_starts_new_turn(engine_factory, grammar):
+    long_reply = " ".join(["This is a long answer that keeps going for a while."] * 6)
+    async with LLMSimulator(reply=long_reply, token_delay_s=0.03) as sim:
+        engine, rec = await engine_factory(
+            stt_grammar=grammar, llm_url=sim.base_url, echo_guard_ms=100
+        )
+        await engine.send_user_message("tell me a long story")
+        first_audio = await rec.wait_for(lambda e: isinstance(e, AudioOut))
+        item_id = first_audio.item_id  # type: ignore[union-attr]
+        await asyncio.sleep(0.3)  # past the echo guard, reply still streaming
+        await speak(engine, utterance("what time is it"))
+
+        cut = await rec.wait_for(lambda e: isinstance(e, Interrupted))
+        assert isinstance(cut, Interrupted) and cut.item_id == item_id
+        cancelled = await rec.wait_for(done("cancelled"))
+        i_cut = rec.events.index(cut)
+        # Nothing of the interrupted item after `interrupted`.
+        assert not [
+            e for e in rec.events[i_cut:] if isinstance(e, AudioOut) and e.item_id == item_id
+        ]
+        emitted_ms = duration_ms(audio_of(rec, item_id), engine.capabilities.output_rate)
+        assert 0 < cut.played_ms <= emitted_ms
+        assert cut.heard_text and long_reply.startswith(cut.heard_text)
+        assert rec.events.index(cancelled) > i_cut
+
+        user = await rec.wait_for(final("user"), after=i_cut)
+        assert isinstance(user, Transcript) and user.text == "what time is it"
+        await rec.wait_for(done("completed"), after=rec.events.index(user))
+        # The history keeps what was heard of the cut reply, then the new turn.
+        roles = [(m["role"], m["content"]) for m in engine.history]
+        assert ("assistant", cut.heard_text) in roles
+        assert roles.index(("assistant", cut.heard_text)) < roles.index(("user", "what time is it"))
+        # The streamed request for the cut reply was abandoned, the next turn asked again.
+        assert len([r for r in sim.requests if r.path.endswith("/chat/completions")]) == 2
+
+
+async def test_interrupt_with_played_ms_records_heard_sentences(engine_factory):
+    engine, rec = await engine_factory()
+    await engine.send_user_message("One two three. Four five six seven. Eight nine ten.")
+    # Echo of typed text: "Echo: you said One two three." "Four five six seven." "Eight nine ten."
+    await rec.wait_for(done("completed"))
+    deltas = [
+        e for e in rec.events if isinstance(e, Transcript) and e.role == "assistant" and not e.final
+    ]
+    assert [d.delta.strip() for d in deltas] == [
+        "Echo: you said One two three.",
+        "Four five six seven.",
+        "Eight nine ten.",
+    ]
+    # Audio emitted between the first and second sentence's transcript = first sentence.
+    i1, i2 = rec.events.index(deltas[0]), rec.events.index(deltas[1])
+    rate = engine.capabilities.output_rate
+    first_ms = sum(duration_ms(e.pcm16, rate) for e in rec.events[i1:i2] if isinstance(e, AudioOut))
+    await engine.interrupt(int(first_ms) + 20)
+    cut = await rec.wait_for(lambda e: isinstance(e, Interrupted))
+    assert isinstance(cut, Interrupted)
+    assert cut.heard_text == "Echo: you said One two three."
+    assert engine.history[-1] == {"role": "assistant", "content": cut.heard_text}
+    # Typed text is not a transcript (parity with OpenAI).
+    assert not [e for e in rec.events if isinstance(e, Transcript) and e.role == "user"]
+
+
+# --- responder through an OpenAI-compatible server ---------------------------------------------
+
+
+async def test_llm_streams_with_history_and_system_prompt(engine_factory):
+    async with LLMSimulator(reply="Your name is Bob. Nice to meet you again!") as sim:
+        options = StartOptions(
+            instructions="You are Ada, a ship's computer.",
+            personality={"humor": 90},
+            history=[HistoryTurn("user", "My name is Bob."), HistoryTurn("assistant", "Hi Bob.")],
+        )
+        engine, rec = await engine_factory(
+            options, llm_url=sim.base_url, llm_model="tiny-llm", llm_api_key="sk-local"
+        )
+        await engine.send_context_update({"location": "bridge"})
+        await engine.send_user_message("What is my name?")
+        await rec.wait_for(done("completed"))
+        req = sim.requests[-1]
+        assert req.authorization == "Bearer sk-local"
+        assert (
+            req.json is not None and req.json["model"] == "tiny-llm" and req.json["stream"] is True
+        )
+        msgs = req.messages
+        assert msgs[0]["role"] == "system"
+        assert "You are Ada, a ship's computer." in msgs[0]["content"]
+        assert "humor 90/100" in msgs[0]["content"]
+        assert msgs[1:] == [
+            {"role": "user", "content": "My name is Bob."},
+            {"role": "assistant", "content": "Hi Bob."},
+            {"role": "system", "content": 'Context update (JSON): {"location": "bridge"}'},
+            {"role": "user", "content": "What is my name?"},
+        ]
+        deltas = [e.delta for e in rec.events if isinstance(e, Transcript) and not e.final]
+        assert deltas == ["Your name is Bob.", " Nice to meet you again!"]
+        reply_item = next(e.item_id for e in rec.events if isinstance(e, Transcript))
+        assert rms_dbfs(audio_of(rec, reply_item)) > -35.0
+
+        # The next turn carries the reply in its history.
+        n = len(rec.events)
+        await engine.send_user_message("Thanks.")
+        await rec.wait_for(done("completed"), after=n)
+        assert sim.requests[-1].messages[-2:] == [
+            {"role": "assistant", "content": "Your name is Bob. Nice to meet you again!"},
+            {"role": "user", "content": "Thanks."},
+        ]
+
+
+async def test_llm_error_and_outage_are_non_fatal(engine_factory):
+    async with LLMSimulator(reply="All good.") as sim:
+        engine, rec = await engine_factory(llm_url=sim.base_url)
+        sim.fault, sim.fault_count = "http_500", 1
+        await engine.send_user_message("first")
+        err = await rec.wait_for(lambda e: isinstance(e, EngineError))
+        assert isinstance(err, EngineError)
+        assert err.code == "upstream_unavailable" and not err.fatal and "500" in err.message
+        await rec.wait_for(done("failed"))
+
+        n = len(rec.events)
+        await engine.send_user_message("second")
+        await rec.wait_for(done("completed"), after=n)
+        assert any(isinstance(e, AudioOut) for e in rec.events[n:])
+
+        await sim.stop()  # connection refused from now on
+        n = len(rec.events)
+        await engine.send_user_message("third")
+        err = await rec.wait_for(lambda e: isinstance(e, EngineError), after=n)
+        assert isinstance(err, EngineError)
+        assert err.code == "upstream_unavailable" and not err.fatal
+        assert "unreachable" in err.message and "VOXGATE_LLM_URL" in err.message
+        await rec.wait_for(done("failed"), after=n)
+        assert engine.status == "connected"
+
+        await sim.start()  # same port: the session recovers without a restart
+        n = len(rec.events)
+        await engine.send_user_message("fourth")
+        await rec.wait_for(done("completed"), after=n)
+
+
+# --- optional cloud parts against the simulator ----------------------------------------------------
+
+
+async def test_openai_transcription_and_speech(engine_factory):
+    async with LLMSimulator(transcript="what time is it") as sim:
+        engine, rec = await engine_factory(
+            stt="openai", tts="openai", openai_api_key="sk-cloud", openai_api_base=sim.base_url
+        )
+        await speak(engine, utterance("what time is it"))
+        user = await rec.wait_for(final("user"))
+        assert isinstance(user, Transcript) and user.text == "what time is it"
+        await rec.wait_for(done("completed"))
+        stt_req = next(r for r in sim.requests if r.path.endswith("/audio/transcriptions"))
+        assert stt_req.authorization == "Bearer sk-cloud"
+        assert stt_req.form["model"] == "gpt-4o-mini-transcribe"
+        pcm, rate = parse_wav_bytes(stt_req.files["file"])
+        assert rate == IN_RATE and duration_ms(pcm, rate) > 800
+        tts_req = next(r for r in sim.requests if r.path.endswith("/audio/speech"))
+        assert tts_req.json is not None
+        assert tts_req.json["input"] == "Echo: you said what time is it."
+        assert tts_req.json["response_format"] == "pcm"
+        item = next(
+            e.item_id for e in rec.events if isinstance(e, Transcript) and e.role == "assistant"
+        )
+        assert rms_dbfs(audio_of(rec, item)) > -35.0
+
+
+# --- unavailable parts ---------------------------------------------------------------------------
+
+
+async def test_missing_espeak_fails_start_with_install_sentence(make_settings, tmp_path):
+    engine = create_engine("cascade", make_settings(espeak_bin=str(tmp_path / "no-espeak-ng")))
+    with pytest.raises(EngineUnavailable) as info:
+        await engine.start(StartOptions())
+    assert "espeak-ng is not installed" in info.value.message
+    assert "apt-get install espeak-ng" in info.value.message
+    await engine.stop()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is not None, reason="onnxruntime is installed here"
+)
+async def test_silero_without_onnxruntime_says_how_to_install(make_settings):
+    engine = create_engine("cascade", make_settings(vad="silero"))
+    with pytest.raises(EngineUnavailable, match=r"onnxruntime.*voxgate\[silero\]"):
+        await engine.start(StartOptions())
+    await engine.stop()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("faster_whisper") is not None, reason="faster-whisper is installed"
+)
+async def test_whisper_without_faster_whisper_says_how_to_install(make_settings, tmp_path):
+    engine = create_engine(
+        "cascade", make_settings(stt="whisper", whisper_model_path=str(tmp_path))
+    )
+    with pytest.raises(
+        EngineUnavailable, match=r"faster-whisper is not installed.*voxgate\[whisper\]"
+    ):
+        await engine.start(StartOptions())
+    await engine.stop()
