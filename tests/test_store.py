@@ -20,7 +20,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
 from voxgate.audio import read_wav
-from voxgate.config import Settings
+from voxgate.config import get_settings
 from voxgate.store.audio_log import AudioLog
 from voxgate.store.base import ConversationNotFound, TurnRecord, UserSettings
 from voxgate.store.models import Base
@@ -29,7 +29,7 @@ from voxgate.store.sql import SqlConversationStore, head_revision
 try:  # the fixtures live in our own module; conftest.py belongs to the lead
     from pg_fixture import pg_database_url, pg_server  # noqa: F401
 except ImportError:  # tests/ imported as a package
-    from tests.pg_fixture import pg_database_url, pg_server  # noqa: F401
+    from tests.pg_fixture import pg_database_url, pg_server  # type: ignore[no-redef] # noqa: F401
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -147,6 +147,8 @@ async def test_turns_in_order_interrupted_heard_text_and_end(store: SqlConversat
         "It is three",
         850,
     )
+    # Resume replays what the listener heard, not what was planned.
+    assert [t.remembered_text for t in got.turns] == ["what time is it", "It is three", "thanks"]
     # Ending twice keeps the first end time.
     first_end = got.ended_at
     await store.end_conversation(conv.id)
@@ -344,8 +346,8 @@ async def test_sigkill_keeps_every_committed_turn(store_url: str, tmp_path: Path
 
 
 def test_audio_log_writes_wav_per_turn(tmp_path: Path) -> None:
-    assert AudioLog.from_settings(Settings(audio_log_dir=None)) is None  # off by default
-    log = AudioLog.from_settings(Settings(audio_log_dir=str(tmp_path / "audio")))
+    assert AudioLog.from_settings(get_settings(audio_log_dir=None)) is None  # off by default
+    log = AudioLog.from_settings(get_settings(audio_log_dir=str(tmp_path / "audio")))
     assert log is not None
     pcm = bytes(range(256)) * 40
     user = log.write("abc123", 0, "user", pcm, 16000)

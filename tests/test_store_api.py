@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
-from voxgate.config import Settings
+from voxgate.config import get_settings
 from voxgate.gateway.api_conversations import router
 from voxgate.gateway.auth import Authenticator
 from voxgate.store.audio_log import AudioLog
@@ -32,7 +32,7 @@ async def _make_app(
     app = FastAPI()
     app.include_router(router)
     app.state.store = store
-    app.state.authenticator = Authenticator(Settings(auth=auth, jwt_secret=SECRET))
+    app.state.authenticator = Authenticator(get_settings(auth=auth, jwt_secret=SECRET))
     app.state.audio_log = AudioLog(audio_dir) if audio_dir else None
     return app, store
 

@@ -33,6 +33,16 @@ class TurnRecord:
     #: Position in the conversation (0, 1, ...), in write order; set by the store.
     turn_index: int | None = None
 
+    @property
+    def remembered_text(self) -> str:
+        """What the conversation should remember of this turn (resume, reconnect history).
+
+        For an interrupted assistant turn that is what the listener heard, not what was planned.
+        """
+        if self.interrupted and self.heard_text is not None:
+            return self.heard_text
+        return self.text
+
     def to_json(self) -> dict[str, Any]:
         """The public JSON shape (REST API, `voxgate conversations export`)."""
         return {

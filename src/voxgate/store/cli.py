@@ -20,7 +20,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from voxgate.config import Settings
+from voxgate.config import get_settings
 from voxgate.store.base import ConversationRecord
 from voxgate.store.sql import SqlConversationStore, upgrade_database
 
@@ -46,7 +46,7 @@ class ExportFormat(StrEnum):
 
 def _run(action: Callable[[SqlConversationStore], Awaitable[T]]) -> T:
     async def main() -> T:
-        store = SqlConversationStore(Settings().database_url)
+        store = SqlConversationStore(get_settings().database_url)
         await store.open()
         try:
             return await action(store)
@@ -160,5 +160,5 @@ def export_command(
 @db_app.command("upgrade")
 def upgrade_command() -> None:
     """Apply schema migrations (the server also does this when it starts)."""
-    url, revision = asyncio.run(upgrade_database(Settings().database_url))
+    url, revision = asyncio.run(upgrade_database(get_settings().database_url))
     typer.echo(f"Database {url} is at schema revision {revision} (head).")

@@ -17,13 +17,13 @@ import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import delete, event, func, select, text, update
+from sqlalchemy import Table, delete, event, func, select, text, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import URL, Connection, make_url
@@ -109,6 +109,9 @@ def _turn_record(row: Any) -> TurnRecord:
     )
 
 
+_CONVERSATIONS = cast(Table, Conversation.__table__)
+_TURNS = cast(Table, Turn.__table__)
+
 _CONVERSATION_COLUMNS = (
     Conversation.id,
     Conversation.user_id,
@@ -173,7 +176,7 @@ class SqlConversationStore(ConversationStore):
         if self.dialect == "sqlite":
             database = self.url.database
             memory = not database or database == ":memory:" or database.startswith("file::memory:")
-            if memory:
+            if memory or database is None:
                 # One shared connection, otherwise every pooled connection is a new empty DB.
                 kwargs["poolclass"] = StaticPool
             else:
@@ -263,7 +266,7 @@ class SqlConversationStore(ConversationStore):
                 .on_conflict_do_nothing(index_elements=["id"])
             )
             await conn.execute(
-                Conversation.__table__.insert().values(
+                _CONVERSATIONS.insert().values(
                     id=record.id,
                     user_id=user_id,
                     engine=engine,
@@ -355,7 +358,7 @@ class SqlConversationStore(ConversationStore):
             turn_index = int(bumped[0]) - 1
             turn_id = (
                 await conn.execute(
-                    Turn.__table__.insert()
+                    _TURNS.insert()
                     .values(
                         conversation_id=conversation_id,
                         turn_index=turn_index,
