@@ -1,0 +1,45 @@
+"""The docs are part of the product: they must name every variable, code and message the code has."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from voxgate import protocol
+from voxgate.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env_names() -> list[str]:
+    names = []
+    for field in Settings.model_fields.values():
+        alias = field.validation_alias
+        names.append(alias.choices[0])  # type: ignore[union-attr]
+    return names
+
+
+def test_readme_starts_with_the_two_commands_and_documents_every_variable() -> None:
+    readme = (ROOT / "README.md").read_text()
+    first_block = re.search(r"```sh\n(.*?)```", readme, re.S)
+    assert first_block is not None
+    commands = [line.split("#")[0].strip() for line in first_block.group(1).splitlines() if line.strip()]
+    assert commands == ["make run", "make test"]
+    missing = [name for name in _env_names() if f"`{name}`" not in readme]
+    assert not missing, f"README configuration table lacks: {missing}"
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in ci
+
+
+def test_protocol_doc_covers_every_message_and_code() -> None:
+    doc = (ROOT / "docs" / "protocol.md").read_text()
+    for code in protocol.ErrorCode:
+        assert f"`{code.value}`" in doc, code
+    for close in protocol.CloseCode:
+        assert str(close.value) in doc, close
+    for kind in sorted(protocol.CLIENT_TYPES | protocol.SERVER_TYPES):
+        assert f"`{kind}`" in doc, kind
+    assert "PROTOCOL_VERSION" in doc or "version 1" in doc
