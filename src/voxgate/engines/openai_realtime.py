@@ -1,0 +1,666 @@
+"""OpenAI Realtime (GA) behind the `ConversationEngine` seam, over one WebSocket.
+
+Why it looks the way it does:
+
+- **GA only.** The beta interface is shut down (protocol notes §0): no `OpenAI-Beta` header,
+  GA session shape, GA event names.
+- **Hot path.** `send_audio` is a base64 call and a byte concatenation into a pre-built JSON
+  template; no models, no dict building, no JSON encoder.
+- **The client knows what was heard.** `interrupt(played_ms)` truncates the assistant item to
+  what was actually played (clamped to the audio received), and the engine drops every later
+  audio delta of the cancelled response so no stale audio follows `Interrupted`.
+- **Upstream faults are survivable.** One reader task owns the socket. When it drops (close,
+  TCP reset, missed pongs) the engine reconnects with jittered backoff, re-sends the session
+  config and replays the conversation so far as `conversation.item.create` items, and tells the
+  session through `StatusChanged`. Audio sent while reconnecting is **dropped**, not buffered:
+  stale speech replayed seconds late would trigger a turn the user no longer means.
+- **Session recycle.** OpenAI ends sessions at 60 minutes; the engine opens a fresh upstream
+  session at a quiet moment before that (`VOXGATE_OPENAI_SESSION_RECYCLE_S`) and swaps it in
+  without any status change. A provider `session_expired` is handled the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import httpx
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from voxgate.engines.base import (
+    AssistantSpeaking,
+    AudioOut,
+    Capabilities,
+    ConversationEngine,
+    EngineError,
+    EngineUnavailable,
+    HistoryTurn,
+    Interrupted,
+    ReconnectPolicy,
+    ResponseDone,
+    StartOptions,
+    StatusChanged,
+    Transcript,
+    UserSpeaking,
+)
+
+if TYPE_CHECKING:
+    from voxgate.config import Settings
+
+log = logging.getLogger("voxgate.engines.openai")
+
+RATE = 24000
+BYTES_PER_MS = 48  # PCM16 mono @ 24 kHz
+_APPEND_PREFIX = b'{"type":"input_audio_buffer.append","audio":"'
+_APPEND_SUFFIX = b'"}'
+#: Upstream error codes that retrying cannot fix.
+FATAL_CODES = {"invalid_api_key", "insufficient_quota", "account_deactivated"}
+#: Upstream errors that are expected and harmless.
+HARMLESS_CODES = {"response_cancel_not_active"}
+_STATUS_MAP = {"completed": "completed", "cancelled": "cancelled"}
+
+
+class OpenAIRequestError(Exception):
+    """A REST call to OpenAI failed; the message never contains the API key."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def create_client_secret(settings: Settings, body: dict[str, Any]) -> dict[str, Any]:
+    """Mint a browser-safe ephemeral secret (`POST /realtime/client_secrets`, §15).
+
+    Returns OpenAI's JSON (`value`, `expires_at`, `session`). Raises `OpenAIRequestError` with
+    OpenAI's own error sentence on 4xx/5xx, and `EngineUnavailable` when no key is configured.
+    """
+    if settings.openai_api_key is None:
+        raise EngineUnavailable(
+            "OPENAI_API_KEY is not set: the server needs it to mint OpenAI client secrets",
+            upstream=True,
+            retryable=False,
+        )
+    key = settings.openai_api_key.get_secret_value()
+    url = settings.openai_api_base.rstrip("/") + "/realtime/client_secrets"
+    try:
+        async with httpx.AsyncClient(timeout=settings.start_timeout_s) as client:
+            resp = await client.post(url, json=body, headers={"Authorization": f"Bearer {key}"})
+    except httpx.HTTPError as exc:
+        raise OpenAIRequestError(
+            502, f"could not reach OpenAI to create a client secret: {type(exc).__name__}"
+        ) from None
+    if resp.status_code >= 400:
+        detail = ""
+        with contextlib.suppress(Exception):
+            detail = str(resp.json()["error"]["message"])
+        detail = _scrub(detail or resp.reason_phrase, key)
+        raise OpenAIRequestError(
+            resp.status_code,
+            f"OpenAI refused to create a client secret (HTTP {resp.status_code}): {detail}",
+        )
+    data: dict[str, Any] = resp.json()
+    return data
+
+
+def _scrub(text: str, key: str) -> str:
+    return text.replace(key, "****") if key else text
+
+
+def heard_estimate(text: str, played_ms: int, received_ms: int) -> str:
+    """The transcript cut in proportion to the audio played, at a word boundary."""
+    if received_ms <= 0 or played_ms <= 0 or not text:
+        return ""
+    if played_ms >= received_ms:
+        return text
+    cut = int(len(text) * played_ms / received_ms)
+    head = text[:cut]
+    if cut < len(text) and not text[cut].isspace():
+        head = head.rsplit(" ", 1)[0] if " " in head else ""
+    return head.strip()
+
+
+@dataclass
+class _Item:
+    """An assistant output item: what we received of it, and whether it was cut off."""
+
+    id: str
+    response_id: str
+    audio_bytes: int = 0
+    transcript: str = ""
+    interrupted: bool = False
+    truncated: bool = False
+    final: bool = False
+    heard: str | None = None
+
+
+class _Upstream:
+    """One upstream connection: its socket plus what `start()`/restore learned."""
+
+    def __init__(self, ws: ClientConnection, opened_at: float) -> None:
+        self.ws = ws
+        self.opened_at = opened_at
+        self.expired = False
+
+
+class OpenAIRealtimeEngine(ConversationEngine):
+    """OpenAI Realtime GA over WebSocket; see the module docstring for the design."""
+
+    name = "openai"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.capabilities = Capabilities(
+            audio_in=True, audio_out=True, tools=False, server_vad=True,
+            input_rate=RATE, output_rate=RATE,
+        )  # fmt: skip
+        self._options = StartOptions()
+        self._up: _Upstream | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._recycler: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._reconnecting = False
+        #: Everything said so far, in order (role, text); roles include "system" for context.
+        self._turns: list[tuple[str, str]] = []
+        self._user_partial: dict[str, str] = {}
+        self._response_id: str | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._item: _Item | None = None  # the current/last assistant item
+        self._dropped_responses: set[str] = set()
+        self._server_vad = True
+        self._user_speaking = False
+
+    # --- connection --------------------------------------------------------------------------
+    def _url(self) -> str:
+        parts = urlsplit(self.settings.openai_url)
+        query = parts.query + ("&" if parts.query else "")
+        query += urlencode({"model": self.settings.openai_realtime_model})
+        return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+
+    def _session_config(self) -> dict[str, Any]:
+        td = self._options.turn_detection
+        turn_detection: dict[str, Any] | None = None
+        if td.mode == "server_vad":
+            turn_detection = {"type": "server_vad", "create_response": True,
+                              "interrupt_response": True}  # fmt: skip
+            if td.threshold is not None:
+                turn_detection["threshold"] = td.threshold
+            if td.silence_ms is not None:
+                turn_detection["silence_duration_ms"] = td.silence_ms
+            if td.prefix_ms is not None:
+                turn_detection["prefix_padding_ms"] = td.prefix_ms
+        audio_format = {"type": "audio/pcm", "rate": RATE}
+        return {
+            "type": "realtime",
+            "instructions": self._options.system_prompt(),
+            "output_modalities": ["audio"],
+            "audio": {
+                "input": {
+                    "format": audio_format,
+                    "transcription": {"model": self.settings.openai_transcription_model},
+                    "turn_detection": turn_detection,
+                },
+                "output": {
+                    "format": audio_format,
+                    "voice": self._options.voice or self.settings.openai_voice,
+                },
+            },
+        }
+
+    async def _open(self) -> _Upstream:
+        """Dial, configure and restore one upstream session; raises `EngineUnavailable`."""
+        key = (
+            self.settings.openai_api_key.get_secret_value() if self.settings.openai_api_key else ""
+        )
+        if not key:
+            raise EngineUnavailable(
+                "OPENAI_API_KEY is not set: configure an OpenAI API key to use the openai engine",
+                upstream=True,
+                retryable=False,
+            )
+        started = time.monotonic()
+        ws: ClientConnection | None = None
+        try:
+            async with asyncio.timeout(self.settings.start_timeout_s):
+                ping = self.settings.upstream_ping_interval_s or None
+                ws = await connect(
+                    self._url(),
+                    additional_headers={"Authorization": f"Bearer {key}"},
+                    ping_interval=ping,
+                    ping_timeout=ping,
+                    max_size=None,
+                    open_timeout=self.settings.start_timeout_s,
+                    close_timeout=2,
+                )
+                await self._configure(ws)
+        except EngineUnavailable:
+            self.report_connect(False, time.monotonic() - started)
+            await _close_quietly(ws)
+            raise
+        except InvalidStatus as exc:
+            self.report_connect(False, time.monotonic() - started)
+            status = exc.response.status_code
+            if status in (401, 403):
+                raise EngineUnavailable(
+                    f"OpenAI rejected the API key (HTTP {status}): check OPENAI_API_KEY",
+                    upstream=True,
+                    retryable=False,
+                ) from None
+            raise EngineUnavailable(
+                f"OpenAI refused the connection (HTTP {status}); try again shortly",
+                upstream=True,
+                retryable=True,
+            ) from None
+        except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as exc:
+            self.report_connect(False, time.monotonic() - started)
+            await _close_quietly(ws)
+            reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
+            raise EngineUnavailable(
+                f"could not connect to OpenAI Realtime ({reason}); check the network and "
+                "VOXGATE_OPENAI_URL",
+                upstream=True,
+                retryable=True,
+            ) from None
+        self.report_connect(True, time.monotonic() - started)
+        return _Upstream(ws, time.monotonic())
+
+    async def _configure(self, ws: ClientConnection) -> None:
+        """session.update, wait for session.updated, then replay the conversation so far."""
+        await ws.send(
+            orjson.dumps({"type": "session.update", "session": self._session_config()}).decode()
+        )
+        while True:
+            event = orjson.loads(await ws.recv())
+            etype = event.get("type")
+            if etype == "session.updated":
+                break
+            if etype == "error":
+                err = event.get("error") or {}
+                code = err.get("code")
+                raise EngineUnavailable(
+                    f"OpenAI rejected the session configuration: {err.get('message')} ({code})",
+                    upstream=True,
+                    retryable=code not in FATAL_CODES and code != "unknown_parameter",
+                )
+        for role, text in self._turns:
+            content_type = "output_text" if role == "assistant" else "input_text"
+            item = {
+                "type": "message",
+                "role": role,
+                "content": [{"type": content_type, "text": text}],
+            }
+            await ws.send(orjson.dumps({"type": "conversation.item.create", "item": item}).decode())
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    async def start(self, options: StartOptions) -> None:
+        self._options = options
+        self._server_vad = options.turn_detection.mode == "server_vad"
+        self._turns = [(t.role, t.text) for t in options.history]
+        await self.emit(StatusChanged("connecting"))
+        self._up = await self._open()
+        await self.emit(StatusChanged("connected"))
+        self._reader = asyncio.create_task(self._run(), name="openai-reader")
+        if self.settings.openai_session_recycle_s > 0:
+            self._recycler = asyncio.create_task(self._recycle_loop(), name="openai-recycle")
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        current = asyncio.current_task()
+        for task in (self._recycler, self._reader):
+            if task is not None and task is not current and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self._up is not None:
+            await _close_quietly(self._up.ws)
+        self._up = None
+        await self.emit(StatusChanged("disconnected"))
+        self._finish_events()
+
+    @property
+    def history(self) -> list[HistoryTurn]:
+        """The user/assistant turns so far (replay material for a later resume)."""
+        return [HistoryTurn(role, text) for role, text in self._turns if role != "system"]  # type: ignore[arg-type]
+
+    # --- input -------------------------------------------------------------------------------
+    async def send_audio(self, pcm16: bytes) -> None:
+        up = self._up
+        if up is None or self._reconnecting:
+            return  # dropped while reconnecting (see module docstring)
+        with contextlib.suppress(ConnectionClosed):
+            await up.ws.send(_APPEND_PREFIX + base64.b64encode(pcm16) + _APPEND_SUFFIX, text=True)
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        up = self._up
+        if up is None or self._reconnecting:
+            return
+        with contextlib.suppress(ConnectionClosed):
+            await up.ws.send(orjson.dumps(event).decode())
+
+    async def _respond_now(self) -> None:
+        """`response.create`, after cancelling (and waiting out) any active response: only one
+        response may write to the conversation at a time."""
+        if self._response_id is not None:
+            await self.interrupt(None)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), self.settings.first_byte_timeout_s)
+        await self._send({"type": "response.create"})
+
+    async def commit(self) -> None:
+        await self._send({"type": "input_audio_buffer.commit"})
+        await self._respond_now()
+
+    async def send_user_message(self, text: str) -> None:
+        self._turns.append(("user", text))
+        item = {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": text}],
+        }
+        await self._send({"type": "conversation.item.create", "item": item})
+        await self._respond_now()
+
+    async def send_context_update(self, payload: dict[str, Any]) -> None:
+        text = "Context update (JSON): " + orjson.dumps(payload).decode()
+        self._turns.append(("system", text))
+        item = {
+            "type": "message",
+            "role": "system",
+            "content": [{"type": "input_text", "text": text}],
+        }
+        await self._send({"type": "conversation.item.create", "item": item})
+
+    async def interrupt(self, played_ms: int | None) -> None:
+        if self._response_id is not None:
+            self._dropped_responses.add(self._response_id)
+            await self._send({"type": "response.cancel", "response_id": self._response_id})
+        item = self._item
+        if item is None or (item.interrupted and item.truncated):
+            if self.is_speaking:
+                await self.emit(AssistantSpeaking(False))
+            return
+        received_ms = item.audio_bytes // BYTES_PER_MS
+        clamped = received_ms if played_ms is None else max(0, min(int(played_ms), received_ms))
+        if clamped > 0:
+            await self._send({"type": "conversation.item.truncate", "item_id": item.id,
+                              "content_index": 0, "audio_end_ms": clamped})  # fmt: skip
+            item.truncated = True
+        await self._mark_interrupted(item, clamped)
+
+    async def _mark_interrupted(self, item: _Item, played_ms: int) -> None:
+        """Emit `Interrupted`; the assistant turn becomes what was heard (that is what stays in
+        OpenAI's context after a truncate, and what a later replay must restore)."""
+        heard = heard_estimate(item.transcript, played_ms, item.audio_bytes // BYTES_PER_MS)
+        item.interrupted = True
+        self._dropped_responses.add(item.response_id)
+        await self.emit(Interrupted(item.id, played_ms=played_ms, heard_text=heard))
+        if self.is_speaking:
+            await self.emit(AssistantSpeaking(False))
+        if item.final:
+            # Already in the history (as the full transcript, or an earlier estimate): replace.
+            held = item.transcript if item.heard is None else item.heard
+            for i in range(len(self._turns) - 1, -1, -1):
+                if self._turns[i] == ("assistant", held):
+                    if heard:
+                        self._turns[i] = ("assistant", heard)
+                    else:
+                        del self._turns[i]
+                    break
+        else:
+            item.final = True
+            if heard:
+                self._turns.append(("assistant", heard))
+            # Close the client's transcript of this item with what was actually heard.
+            await self.emit(Transcript("assistant", item.id, heard, "", True))
+        item.heard = heard
+
+    # --- reading -----------------------------------------------------------------------------
+    async def _run(self) -> None:
+        """Own the upstream socket: read events, recover from drops, swap recycled sessions."""
+        try:
+            while not self._stopping:
+                up = self._up
+                assert up is not None
+                try:
+                    async for raw in up.ws:
+                        await self._dispatch(orjson.loads(raw))
+                        if self._closed:
+                            return
+                except ConnectionClosed:
+                    pass
+                if self._stopping or self._closed:
+                    return
+                if self._up is not up:
+                    continue  # recycled: the new session is already in place
+                await self._recover(expected=up.expired)
+                if self._closed:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must end the conversation visibly, not hang it
+            log.exception("openai engine reader failed")
+            await self.emit(EngineError("internal", f"the OpenAI engine failed: {exc}", fatal=True))
+
+    async def _recover(self, *, expected: bool) -> None:
+        """The upstream went away: fail the response in flight, reconnect and restore."""
+        if self._response_id is not None:
+            rid = self._response_id
+            self._end_response()
+            await self.emit(ResponseDone(rid, "failed"))
+            await self.emit(EngineError(
+                "upstream_error", "the connection to OpenAI dropped mid-response; reconnecting"
+            ))  # fmt: skip
+        if self.is_speaking:
+            await self.emit(AssistantSpeaking(False))
+        self._reconnecting = True
+        try:
+            if expected:
+                # Session expiry: try a silent swap first, like a recycle.
+                with contextlib.suppress(EngineUnavailable):
+                    self._up = await self._open()
+                    return
+            await self.emit(StatusChanged("reconnecting", "upstream connection lost"))
+            policy = ReconnectPolicy(
+                self.settings.reconnect_attempts,
+                self.settings.reconnect_base_s,
+                self.settings.reconnect_max_s,
+            )
+            last = "no attempt was made"
+            for delay in policy.delays():
+                await asyncio.sleep(policy.jittered(delay))
+                try:
+                    self._up = await self._open()
+                except EngineUnavailable as exc:
+                    last = exc.message
+                    if not exc.retryable:
+                        break
+                    continue
+                await self.emit(StatusChanged("connected"))
+                return
+            await self.emit(EngineError(
+                "upstream_unavailable",
+                f"Lost the connection to OpenAI and could not reconnect ({last}).",
+                fatal=True,
+            ))  # fmt: skip
+        finally:
+            self._reconnecting = False
+
+    async def _recycle_loop(self) -> None:
+        """Swap in a fresh upstream session before OpenAI's 60-minute limit, when quiet."""
+        while not self._stopping:
+            up = self._up
+            if up is None:
+                return
+            wait = up.opened_at + self.settings.openai_session_recycle_s - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            if self._response_id is not None or self._reconnecting or self._user_speaking:
+                await asyncio.sleep(0.2)
+                continue
+            try:
+                fresh = await self._open()
+            except EngineUnavailable:
+                await asyncio.sleep(min(30.0, self.settings.openai_session_recycle_s))
+                continue
+            if self._up is not up or self._stopping:
+                await _close_quietly(fresh.ws)
+                continue
+            self._up = fresh
+            await _close_quietly(up.ws)
+
+    def _end_response(self) -> None:
+        self._response_id = None
+        self._idle.set()
+
+    async def _dispatch(self, event: dict[str, Any]) -> None:
+        etype = event.get("type")
+        if etype == "response.output_audio.delta":
+            rid = event.get("response_id")
+            if rid in self._dropped_responses:
+                return
+            item = self._item
+            if item is None or item.id != event.get("item_id"):
+                item = self._item = _Item(event.get("item_id", ""), rid or "")
+            pcm = base64.b64decode(event.get("delta", ""))
+            item.audio_bytes += len(pcm)
+            if not self.is_speaking:
+                await self.emit(AssistantSpeaking(True))
+            await self.emit(AudioOut(pcm, item.id))
+        elif (
+            etype == "response.output_audio_transcript.delta"
+            or etype == "response.output_text.delta"
+        ):
+            item = self._assistant_item(event)
+            if item is None or item.interrupted:
+                return
+            delta = event.get("delta") or ""
+            item.transcript += delta
+            await self.emit(Transcript("assistant", item.id, item.transcript, delta, False))
+        elif (
+            etype == "response.output_audio_transcript.done" or etype == "response.output_text.done"
+        ):
+            item = self._assistant_item(event)
+            if item is None or item.interrupted or item.final:
+                return
+            text = event.get("transcript") if "transcript" in event else event.get("text")
+            text = text or item.transcript
+            delta = text[len(item.transcript) :] if text.startswith(item.transcript) else ""
+            item.transcript = text
+            item.final = True
+            if text:
+                self._turns.append(("assistant", text))
+            await self.emit(Transcript("assistant", item.id, text, delta, True))
+        elif etype == "input_audio_buffer.speech_started":
+            self._user_speaking = True
+            await self.emit(UserSpeaking(True))
+            item = self._item
+            if (
+                self._server_vad
+                and self._response_id is not None
+                and item is not None
+                and item.response_id == self._response_id
+                and not item.interrupted
+                and item.audio_bytes > 0
+            ):
+                # OpenAI cancels the response itself; we only stop its audio and say so.
+                await self._mark_interrupted(item, item.audio_bytes // BYTES_PER_MS)
+        elif etype == "input_audio_buffer.speech_stopped":
+            self._user_speaking = False
+            await self.emit(UserSpeaking(False))
+        elif etype == "conversation.item.input_audio_transcription.delta":
+            item_id = event.get("item_id", "")
+            delta = event.get("delta") or ""
+            text = self._user_partial.get(item_id, "") + delta
+            self._user_partial[item_id] = text
+            await self.emit(Transcript("user", item_id, text, delta, False))
+        elif etype == "conversation.item.input_audio_transcription.completed":
+            item_id = event.get("item_id", "")
+            text = event.get("transcript") or ""
+            so_far = self._user_partial.pop(item_id, "")
+            delta = text[len(so_far) :] if text.startswith(so_far) else text
+            if text.strip():
+                self._insert_user_turn(text)
+            await self.emit(Transcript("user", item_id, text, delta, True))
+        elif etype == "response.created":
+            rid = (event.get("response") or {}).get("id")
+            self._response_id = rid
+            self._idle.clear()
+        elif etype == "response.output_item.added":
+            item = event.get("item") or {}
+            if item.get("type") == "message" and item.get("role") == "assistant":
+                self._item = _Item(item.get("id", ""), event.get("response_id", ""))
+        elif etype == "response.done":
+            response = event.get("response") or {}
+            rid = response.get("id", "")
+            status = _STATUS_MAP.get(response.get("status", ""), "failed")
+            if rid == self._response_id:
+                self._end_response()
+            self._dropped_responses.discard(rid)
+            if self.is_speaking:
+                await self.emit(AssistantSpeaking(False))
+            await self.emit(ResponseDone(rid, status, response.get("usage")))  # type: ignore[arg-type]
+        elif etype == "error":
+            await self._on_error(event.get("error") or {})
+
+    def _assistant_item(self, event: dict[str, Any]) -> _Item | None:
+        item = self._item
+        if event.get("response_id") in self._dropped_responses and (
+            item is None or item.id != event.get("item_id")
+        ):
+            return None
+        if item is None or item.id != event.get("item_id"):
+            item = self._item = _Item(event.get("item_id", ""), event.get("response_id", ""))
+        return item
+
+    def _insert_user_turn(self, text: str) -> None:
+        """Transcription is asynchronous and may finish after the reply it prompted; keep the
+        replay order right by putting the user turn before that reply."""
+        item = self._item
+        last = (
+            "assistant",
+            item.heard if item and item.heard is not None else getattr(item, "transcript", ""),
+        )
+        if item is not None and item.final and self._turns and self._turns[-1] == last:
+            self._turns.insert(len(self._turns) - 1, ("user", text))
+        else:
+            self._turns.append(("user", text))
+
+    async def _on_error(self, err: dict[str, Any]) -> None:
+        code = err.get("code") or err.get("type") or "error"
+        message = err.get("message") or "OpenAI reported an error"
+        if code in HARMLESS_CODES:
+            return
+        if code == "session_expired" and self._up is not None:
+            self._up.expired = True
+            return
+        if code in FATAL_CODES:
+            await self.emit(
+                EngineError("upstream_unavailable", f"OpenAI: {message} ({code})", fatal=True)
+            )
+            if self._up is not None:
+                await _close_quietly(self._up.ws)
+            return
+        await self.emit(EngineError("upstream_error", f"OpenAI: {message} ({code})"))
+
+
+async def _close_quietly(ws: ClientConnection | None) -> None:
+    if ws is None:
+        return
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(ws.close(), 3)
+
+
+__all__ = ["OpenAIRealtimeEngine", "OpenAIRequestError", "create_client_secret", "heard_estimate"]
