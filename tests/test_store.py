@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from voxgate.audio import read_wav
 from voxgate.config import get_settings
 from voxgate.store.audio_log import AudioLog
 from voxgate.store.base import ConversationNotFound, TurnRecord, UserSettings
 from voxgate.store.models import Base
-from voxgate.store.sql import SqlConversationStore, head_revision
+from voxgate.store.sql import SchemaError, SqlConversationStore, head_revision
 
 try:  # the fixtures live in our own module; conftest.py belongs to the lead
     from pg_fixture import pg_database_url, pg_server  # noqa: F401
@@ -231,6 +231,18 @@ async def test_conversation_survives_restart_and_migrations_are_idempotent(store
         assert {"users", "conversations", "turns", "alembic_version"} <= tables
     finally:
         await second.close()
+
+
+async def test_open_refuses_a_schema_from_the_future(store_url: str) -> None:
+    first = SqlConversationStore(store_url)
+    await first.open()
+    async with first.engine.begin() as conn:
+        await conn.execute(text("UPDATE alembic_version SET version_num = 'f00dfeed'"))
+    await first.close()
+    later = SqlConversationStore(store_url)
+    with pytest.raises(SchemaError, match="f00dfeed"):
+        await later.open()
+    assert await later.ping() is False
 
 
 async def test_concurrent_open_of_a_fresh_database(store_url: str) -> None:

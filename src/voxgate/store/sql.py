@@ -23,6 +23,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import Table, delete, event, func, select, text, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -46,6 +47,10 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: Arbitrary constant key for the PostgreSQL advisory lock that serialises concurrent migrators.
 _PG_MIGRATION_LOCK = 0x766F7867  # "voxg"
+
+
+class SchemaError(RuntimeError):
+    """The database's schema cannot be migrated to this version's head (e.g. it is newer)."""
 
 
 def normalize_database_url(database_url: str) -> URL:
@@ -153,6 +158,13 @@ class SqlConversationStore(ConversationStore):
         self._engine = self._create_engine()
         try:
             await self._migrate()
+        except CommandError as exc:
+            await self._engine.dispose()
+            self._engine = None
+            raise SchemaError(
+                f"cannot bring the database at {self.display_url()} to schema revision "
+                f"{head_revision()}: {exc}. Was it created by a newer voxgate?"
+            ) from exc
         except BaseException:
             await self._engine.dispose()
             self._engine = None
