@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import logging
 import secrets
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from voxgate.audio import bytes_for_ms, duration_ms
@@ -49,6 +52,7 @@ from voxgate.engines.cascade.responder import (
 from voxgate.engines.cascade.stt import Recognizer, SpeechToTextError, make_recognizer
 from voxgate.engines.cascade.text import SentenceSplitter, SpokenSentence, heard_text, is_speakable
 from voxgate.engines.cascade.tts import (
+    ESPEAK_INSTALL_HINT,
     EspeakSynthesizer,
     OpenAISpeechSynthesizer,
     Synthesizer,
@@ -103,6 +107,38 @@ def describe_parts(settings: Settings) -> dict[str, str]:
     else:
         tts = f"espeak-ng '{settings.espeak_bin}', voice {settings.tts_voice}, offline"
     return {"vad": vad, "stt": stt, "responder": responder, "tts": tts}
+
+
+def availability_problem(settings: Settings) -> str | None:
+    """The first configuration problem that would make `start()` fail, as an actionable sentence."""
+    s = settings
+    if s.tts == "espeak":
+        if shutil.which(s.espeak_bin) is None and not Path(s.espeak_bin).is_file():
+            return ESPEAK_INSTALL_HINT
+    elif s.tts != "openai":
+        return f"unknown text-to-speech '{s.tts}': set VOXGATE_TTS to espeak or openai"
+    if "openai" in (s.tts, s.stt) and not _secret(s.openai_api_key):
+        return "VOXGATE_STT/VOXGATE_TTS=openai needs OPENAI_API_KEY"
+    if s.vad == "silero":
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "Silero VAD needs onnxruntime: run `pip install 'voxgate[silero]'`"
+        if not s.silero_model_path or not Path(s.silero_model_path).is_file():
+            return "Silero VAD needs VOXGATE_SILERO_MODEL (path of silero_vad.onnx)"
+    elif s.vad != "webrtc":
+        return f"unknown VAD '{s.vad}': set VOXGATE_VAD to webrtc or silero"
+    if s.stt == "whisper":
+        if importlib.util.find_spec("faster_whisper") is None:
+            return "faster-whisper is not installed: run `pip install 'voxgate[whisper]'`"
+        if not s.whisper_model_path or not Path(s.whisper_model_path).exists():
+            return "VOXGATE_STT=whisper needs VOXGATE_WHISPER_MODEL (a local model directory)"
+    elif s.stt == "pocketsphinx":
+        if s.stt_grammar and not Path(s.stt_grammar).is_file():
+            return f"the JSGF grammar file {s.stt_grammar} does not exist: fix VOXGATE_STT_GRAMMAR"
+    elif s.stt != "openai":
+        return (
+            f"unknown speech-to-text '{s.stt}': set VOXGATE_STT to pocketsphinx, openai or whisper"
+        )
+    return None
 
 
 @dataclass(eq=False)
@@ -185,6 +221,17 @@ class CascadeEngine(ConversationEngine):
         self._response: _Response | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._chunk_bytes = bytes_for_ms(self.AUDIO_CHUNK_MS, OUTPUT_RATE)
+
+    # --- operator view (`voxgate serve`, /health) -------------------------------------------
+    @classmethod
+    def describe(cls, settings: Settings) -> list[str]:
+        """One line per part: which one is active and why."""
+        return [f"{part}: {why}" for part, why in describe_parts(settings).items()]
+
+    @classmethod
+    def availability(cls, settings: Settings) -> str | None:
+        """A sentence saying why sessions would fail to start, or None. Cheap: no model loads."""
+        return availability_problem(settings)
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self, options: StartOptions) -> None:
