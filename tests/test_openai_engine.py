@@ -28,7 +28,12 @@ from voxgate.engines.base import (
     TurnDetectionOptions,
     UserSpeaking,
 )
-from voxgate.engines.openai_realtime import OpenAIRealtimeEngine, heard_estimate
+from voxgate.engines.openai_realtime import (
+    OpenAIRealtimeEngine,
+    OpenAIRequestError,
+    create_client_secret,
+    heard_estimate,
+)
 from voxgate.testing.openai_sim import OpenAISimulator
 from voxgate.testing.speech import silence, synthesize
 
@@ -234,13 +239,15 @@ async def test_interrupt_truncates_to_what_was_played(
     second = await r.wait(lambda e: isinstance(e, Interrupted), start=n)
     assert second.played_ms == 0 and second.heard_text == ""
     await r.wait(_done("cancelled"), start=n)
-    later = r.events[r.pos(second):]
+    later = r.events[r.pos(second) :]
     assert not [e for e in later if isinstance(e, AudioOut)]
     assert len([e for e in rec.received if e.get("type") == "conversation.item.truncate"]) == 1
     assert not [e for e in rec.sent if e["type"] == "error"]
 
 
-async def test_server_vad_barge_in_interrupts(run: Callable[..., Any], sim: OpenAISimulator) -> None:
+async def test_server_vad_barge_in_interrupts(
+    run: Callable[..., Any], sim: OpenAISimulator
+) -> None:
     sim.pace = 2.0
     sim.responder = lambda items: LONG_REPLY
     r = await run()
@@ -249,7 +256,7 @@ async def test_server_vad_barge_in_interrupts(run: Callable[..., Any], sim: Open
     await _speak(r.engine, "stop")
     cut = await r.wait(lambda e: isinstance(e, Interrupted))
     index = r.pos(cut)
-    assert any(isinstance(e, UserSpeaking) and e.is_speaking for e in r.events[:index + 1])
+    assert any(isinstance(e, UserSpeaking) and e.is_speaking for e in r.events[: index + 1])
     cancelled = await r.wait(_done("cancelled"))
     assert not [e for e in r.events[index:] if isinstance(e, AudioOut) and e.item_id == cut.item_id]
     assert cut.played_ms > 0
@@ -297,7 +304,10 @@ async def test_history_is_replayed_on_start(run: Callable[..., Any], sim: OpenAI
         return "Your name is Ada." if "Ada" in texts else "I do not know your name."
 
     sim.responder = remembers
-    history = [HistoryTurn("user", "My name is Ada."), HistoryTurn("assistant", "Nice to meet you.")]
+    history = [
+        HistoryTurn("user", "My name is Ada."),
+        HistoryTurn("assistant", "Nice to meet you."),
+    ]
     r = await run(StartOptions(instructions="Be brief.", history=history))
     await r.engine.send_user_message("What is my name?")
     said = await r.wait(_final("assistant"))
@@ -337,7 +347,9 @@ async def test_upstream_drop_mid_response_reconnects_and_restores(
     await r.wait(_done("completed"), start=m)
 
 
-async def test_every_reconnect_failing_is_fatal(run: Callable[..., Any], sim: OpenAISimulator) -> None:
+async def test_every_reconnect_failing_is_fatal(
+    run: Callable[..., Any], sim: OpenAISimulator
+) -> None:
     r = await run()
     sim.faults.refuse_status = 503
     sim.faults.close_mid_response = 1011
@@ -348,7 +360,9 @@ async def test_every_reconnect_failing_is_fatal(run: Callable[..., Any], sim: Op
     assert [c.rejected_status for c in sim.connections[1:]] == [503, 503, 503]
 
 
-async def test_missed_pongs_trigger_reconnect(run: Callable[..., Any], sim: OpenAISimulator) -> None:
+async def test_missed_pongs_trigger_reconnect(
+    run: Callable[..., Any], sim: OpenAISimulator
+) -> None:
     r = await run(upstream_ping_interval_s=0.3, start_timeout_s=3.0)
     sim.faults.blackhole = True
     lost = await r.wait(lambda e: isinstance(e, StatusChanged) and e.status == "reconnecting",
@@ -393,3 +407,17 @@ def test_heard_estimate_cuts_at_a_word_boundary() -> None:
     assert heard_estimate(text, 500, 1000) == "one two"
     assert heard_estimate(text, 400, 1000) == "one two"
     assert heard_estimate(text, 100, 1000) == ""
+
+
+async def test_create_client_secret(
+    engine_settings: Callable[..., Settings], sim: OpenAISimulator
+) -> None:
+    body = {"expires_after": {"anchor": "created_at", "seconds": 60},
+            "session": {"type": "realtime", "model": "gpt-realtime"}}  # fmt: skip
+    secret = await create_client_secret(engine_settings(), body)
+    assert secret["value"].startswith("ek_") and secret["session"]["type"] == "realtime"
+    wrong = "sk-not-a-valid-key-4242"
+    with pytest.raises(OpenAIRequestError) as info:
+        await create_client_secret(engine_settings(openai_api_key=wrong), body)
+    assert info.value.status == 401 and "401" in info.value.message
+    assert wrong not in str(info.value)

@@ -167,7 +167,9 @@ async def test_official_sdk_client_round_trip(sim: OpenAISimulator) -> None:
             # An audio turn (server VAD).
             pcm = _speech()
             for i in range(0, len(pcm), 4800):
-                await conn.input_audio_buffer.append(audio=base64.b64encode(pcm[i : i + 4800]).decode())
+                await conn.input_audio_buffer.append(
+                    audio=base64.b64encode(pcm[i : i + 4800]).decode()
+                )
             heard = said = ""
             audio = b""
             async for event in conn:
@@ -190,7 +192,10 @@ async def test_official_sdk_client_round_trip(sim: OpenAISimulator) -> None:
 
 
 async def test_handshake_rejected_without_or_with_wrong_key(sim: OpenAISimulator) -> None:
-    for headers, code in (({}, None), ({"Authorization": "Bearer sk-wrong-key-0000"}, "invalid_api_key")):
+    for headers, code in (
+        ({}, None),
+        ({"Authorization": "Bearer sk-wrong-key-0000"}, "invalid_api_key"),
+    ):
         with pytest.raises(websockets.InvalidStatus) as info:
             await _open(sim, headers=headers)
         response = info.value.response
@@ -235,14 +240,34 @@ async def test_invalid_events_get_error_events_and_socket_stays_open(sim: OpenAI
         ("{not json", "invalid_json", None),
         (json.dumps({"type": "response.frobnicate", "event_id": "c1"}), "invalid_value", "type"),
         (json.dumps({"no": "type"}), "missing_required_parameter", "type"),
-        (json.dumps({"type": "conversation.item.truncate", "content_index": 0,
-                     "audio_end_ms": 5}), "missing_required_parameter", "item_id"),  # fmt: skip
-        (json.dumps({"type": "session.update", "session": {"instructions": "x"}}),
-         "missing_required_parameter", "session.type"),  # fmt: skip
-        (json.dumps({"type": "session.update", "event_id": "c2",
-                     "session": {"type": "realtime", "temperature": 0.8}}),
-         "unknown_parameter", "session.temperature"),  # fmt: skip
-        (json.dumps({"type": "input_audio_buffer.commit"}), "input_audio_buffer_commit_empty", None),
+        (
+            json.dumps(
+                {"type": "conversation.item.truncate", "content_index": 0, "audio_end_ms": 5}
+            ),
+            "missing_required_parameter",
+            "item_id",
+        ),  # fmt: skip
+        (
+            json.dumps({"type": "session.update", "session": {"instructions": "x"}}),
+            "missing_required_parameter",
+            "session.type",
+        ),  # fmt: skip
+        (
+            json.dumps(
+                {
+                    "type": "session.update",
+                    "event_id": "c2",
+                    "session": {"type": "realtime", "temperature": 0.8},
+                }
+            ),
+            "unknown_parameter",
+            "session.temperature",
+        ),  # fmt: skip
+        (
+            json.dumps({"type": "input_audio_buffer.commit"}),
+            "input_audio_buffer_commit_empty",
+            None,
+        ),
         (json.dumps({"type": "response.cancel"}), "response_cancel_not_active", None),
     ]
     for frame, code, param in cases:
@@ -254,10 +279,12 @@ async def test_invalid_events_get_error_events_and_socket_stays_open(sim: OpenAI
         assert err["type"] == "invalid_request_error"
         assert (err["code"], err["param"]) == (code, param), frame
         assert err["message"]
-        sent = json.loads(frame) if frame.startswith("{\"") else {}
+        sent = json.loads(frame) if frame.startswith('{"') else {}
         assert err["event_id"] == sent.get("event_id")
     # Still open and working.
-    await _send(ws, {"type": "session.update", "session": {"type": "realtime", "instructions": "ok"}})
+    await _send(
+        ws, {"type": "session.update", "session": {"type": "realtime", "instructions": "ok"}}
+    )
     updated = await _recv_until(ws, "session.updated", 5)
     assert updated[-1]["session"]["instructions"] == "ok"
     await ws.close()
@@ -318,7 +345,9 @@ async def test_client_secret_mints_a_working_ephemeral_key(sim: OpenAISimulator)
 
 async def test_fault_control_endpoint_refuses_handshakes(sim: OpenAISimulator) -> None:
     async with httpx.AsyncClient(base_url=sim.api_base.removesuffix("/v1"), timeout=10) as http:
-        assert (await http.post("/_sim/faults", json={"refuse_next": 1, "refuse_status": 500})).status_code == 200
+        assert (
+            await http.post("/_sim/faults", json={"refuse_next": 1, "refuse_status": 500})
+        ).status_code == 200
         with pytest.raises(websockets.InvalidStatus) as info:
             await _open(sim)
         assert info.value.response.status_code == 500
@@ -327,3 +356,24 @@ async def test_fault_control_endpoint_refuses_handshakes(sim: OpenAISimulator) -
         await _recv_until(ws, "session.created")
         await ws.close()
         assert (await http.post("/_sim/faults", json={"nonsense": 1})).status_code == 400
+
+
+async def test_pocketsphinx_transcription_with_a_grammar(tmp_path: Any) -> None:
+    grammar = tmp_path / "phrases.jsgf"
+    grammar.write_text(
+        "#JSGF V1.0;\ngrammar phrases;\n"
+        "public <phrase> = what is the weather like today | tell me a joke | good morning;\n"
+    )
+    async with OpenAISimulator(
+        keys={KEY}, pace=8.0, pocketsphinx=True, grammar=str(grammar)
+    ) as sim:
+        ws = await _open(sim)
+        await _recv_until(ws, "conversation.created")
+        await _send(ws, {"type": "session.update", "session": {"type": "realtime",
+                    "audio": {"input": {"transcription": {"model": "whisper-1"}}}}})  # fmt: skip
+        await _append(ws, _speech("tell me a joke"))
+        events = await _recv_until(ws, "response.output_audio_transcript.done")
+        await ws.close()
+    completed = [e for e in events if e["type"].endswith("input_audio_transcription.completed")]
+    assert completed[0]["transcript"] == "tell me a joke"
+    assert events[-1]["transcript"] == "You said: tell me a joke."

@@ -599,9 +599,9 @@ class OpenAIRealtimeEngine(ConversationEngine):
             self._response_id = rid
             self._idle.clear()
         elif etype == "response.output_item.added":
-            item = event.get("item") or {}
-            if item.get("type") == "message" and item.get("role") == "assistant":
-                self._item = _Item(item.get("id", ""), event.get("response_id", ""))
+            added = event.get("item") or {}
+            if added.get("type") == "message" and added.get("role") == "assistant":
+                self._item = _Item(added.get("id", ""), event.get("response_id", ""))
         elif etype == "response.done":
             response = event.get("response") or {}
             rid = response.get("id", "")

@@ -121,12 +121,13 @@ def pocketsphinx_transcriber(grammar: str | None = None) -> Transcriber:
 
         from voxgate.audio import resample
 
-        config: dict[str, Any] = {"samprate": 16000, "loglevel": "FATAL"}
+        # Second/third passes off: with a JSGF grammar the lattice pass truncates hypotheses.
+        config: dict[str, Any] = {"fwdflat": False, "bestpath": False, "loglevel": "FATAL"}
         if grammar:
             config["jsgf"] = grammar
         decoder = Decoder(**config)
         decoder.start_utt()
-        decoder.process_raw(resample(pcm, RATE, 16000), full_utt=True)
+        decoder.process_raw(resample(pcm, RATE, 16000), False, True)
         decoder.end_utt()
         hyp = decoder.hyp()
         return hyp.hypstr if hyp is not None else ""
@@ -224,7 +225,7 @@ class SimConnection:
     items: list[dict[str, Any]] = field(default_factory=list)
 
     def received_types(self) -> list[str]:
-        return [e.get("type") for e in self.received if isinstance(e, dict)]
+        return [str(e.get("type")) for e in self.received if isinstance(e, dict)]
 
     def sent_types(self) -> list[str]:
         return [e["type"] for e in self.sent]
@@ -1111,9 +1112,23 @@ class OpenAISimulator:
         self.port = self._server.servers[0].sockets[0].getsockname()[1]
         return self
 
-    def serve_forever(self) -> None:
-        """Blocking serve with uvicorn's own signal handling (Ctrl-C stops it cleanly)."""
-        uvicorn.Server(self._config()).run()
+    async def serve_forever(
+        self, on_ready: Callable[[OpenAISimulator], None] | None = None
+    ) -> None:
+        """Serve until SIGINT/SIGTERM, with uvicorn's own signal handling (the CLI)."""
+        self._server = uvicorn.Server(self._config())
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started and not self._task.done():
+            await asyncio.sleep(0.01)
+        if self._server.started:
+            self.port = self._server.servers[0].sockets[0].getsockname()[1]
+            if on_ready is not None:
+                on_ready(self)
+        try:
+            await self._task
+        finally:
+            self._server = None
+            self._task = None
 
     async def stop(self) -> None:
         if self._server is None or self._task is None:
@@ -1323,8 +1338,35 @@ def run_openai_sim(
         keys, host=host, port=port, pace=pace, transcript=transcript,
         pocketsphinx=pocketsphinx, grammar=grammar, record_audio=False,
     )  # fmt: skip
-    print(f"OpenAI Realtime GA simulator on {sim.url} (REST {sim.api_base})", flush=True)
-    sim.serve_forever()
+
+    def ready(sim: OpenAISimulator) -> None:
+        print(f"OpenAI Realtime GA simulator on {sim.url} (REST {sim.api_base})", flush=True)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(sim.serve_forever(ready))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m voxgate.testing.openai_sim --port 8765 --key sk-test --pace 1`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="OpenAI Realtime GA simulator")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--key", action="append", help="accepted API key (repeatable)")
+    parser.add_argument("--pace", type=float, default=1.0, help="4.0 = four times real time")
+    parser.add_argument("--transcript", help="what the simulator hears for every utterance")
+    parser.add_argument("--pocketsphinx", action="store_true", help="recognise speech for real")
+    parser.add_argument("--grammar", help="JSGF grammar file for pocketsphinx")
+    args = parser.parse_args(argv)
+    run_openai_sim(
+        args.host, args.port, args.key or ["sk-test"], args.pace, args.transcript,
+        args.pocketsphinx or bool(args.grammar), args.grammar,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
 
 
 __all__ = [
@@ -1333,6 +1375,7 @@ __all__ = [
     "SimFaults",
     "default_responder",
     "error_event",
+    "main",
     "pocketsphinx_transcriber",
     "run_openai_sim",
 ]
