@@ -274,6 +274,18 @@ async def test_barge_in_cancels_reply_and_starts_new_turn(engine_factory, gramma
         assert len([r for r in sim.requests if r.path.endswith("/chat/completions")]) == 2
 
 
+async def test_speech_inside_echo_guard_is_not_a_barge_in(engine_factory, grammar):
+    engine, rec = await engine_factory(stt_grammar=grammar, echo_guard_ms=5000)
+    await engine.send_user_message("A fairly long sentence to speak back. " * 4)
+    await rec.wait_for(done("completed"))  # generated; several seconds of audio still "playing"
+    n = len(rec.events)
+    # Our own voice coming back through the speaker, all within the guard window.
+    await speak(engine, utterance("hello can you hear me"), pace_s=0)
+    await asyncio.sleep(0.3)
+    assert rec.kinds(n) == []
+    assert engine.history[-1]["role"] == "assistant"
+
+
 async def test_interrupt_with_played_ms_records_heard_sentences(engine_factory):
     engine, rec = await engine_factory()
     await engine.send_user_message("One two three. Four five six seven. Eight nine ten.")
@@ -414,6 +426,11 @@ async def test_missing_espeak_fails_start_with_install_sentence(make_settings, t
     assert "espeak-ng is not installed" in info.value.message
     assert "apt-get install espeak-ng" in info.value.message
     await engine.stop()
+    # `voxgate serve` and /health see the same problem before any session starts.
+    settings = make_settings(espeak_bin=str(tmp_path / "no-espeak-ng"))
+    assert "apt-get install espeak-ng" in (CascadeEngine.availability(settings) or "")
+    assert CascadeEngine.availability(make_settings()) is None
+    assert "responder: echo (VOXGATE_LLM_URL unset)" in CascadeEngine.describe(make_settings())
 
 
 @pytest.mark.skipif(

@@ -23,6 +23,7 @@ import logging
 import secrets
 import shutil
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -155,6 +156,7 @@ class _Response:
     speaking: bool = False
     done: bool = False  # generation finished (completed, failed or cancelled)
     interrupted: bool = False
+    cancelling: bool = False
     history_index: int | None = None
 
     def emitted_ms(self) -> float:
@@ -210,6 +212,7 @@ class CascadeEngine(ConversationEngine):
         self._responder: Responder | None = None
         self._tts: Synthesizer | None = None
         self._manual = False
+        self._odd = b""  # a trailing odd byte of input, kept for the next chunk
         # user turn state
         self._user_item: str | None = None
         self._fed_ms = 0.0
@@ -334,6 +337,10 @@ class CascadeEngine(ConversationEngine):
         if self._manual:
             if self._user_item is None:
                 self._begin_user_turn(b"")
+            if self._odd:
+                pcm16, self._odd = self._odd + pcm16, b""
+            if len(pcm16) % 2:
+                pcm16, self._odd = pcm16[:-1], pcm16[-1:]
             self._feed_stt(pcm16)
             return
         assert self._segmenter is not None
@@ -470,16 +477,20 @@ class CascadeEngine(ConversationEngine):
             self._partial_task.cancel()
         if announce:
             await self.emit(UserSpeaking(False))
-        # The final decode runs in its own task so incoming audio is never held up by it
-        # (a remote transcription back end can take a second).
-        task = asyncio.create_task(self._finish_user_turn(item_id, self._last_partial))
+        assert self._stt is not None
+        # The utterance ends now (a new one may begin with the next frame); the final decode
+        # runs in its own task so incoming audio is never held up by it (a remote
+        # transcription back end can take a second).
+        final_text = self._stt.finish()
+        task = asyncio.create_task(self._finish_user_turn(item_id, self._last_partial, final_text))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _finish_user_turn(self, item_id: str, last_partial: str) -> None:
-        assert self._stt is not None
+    async def _finish_user_turn(
+        self, item_id: str, last_partial: str, final_text: Awaitable[str]
+    ) -> None:
         try:
-            text = await self._stt.finish()
+            text = await final_text
         except SpeechToTextError as exc:
             await self.emit(EngineError("upstream_unavailable", f"speech-to-text failed: {exc}"))
             return
@@ -630,7 +641,7 @@ class CascadeEngine(ConversationEngine):
         is no barge-in: like OpenAI, it only cancels a reply still being generated).
         """
         resp = self._response
-        if resp is None or resp.interrupted:
+        if resp is None or resp.interrupted or resp.cancelling:
             return
         now = time.monotonic()
         running = not resp.done
@@ -639,6 +650,7 @@ class CascadeEngine(ConversationEngine):
         audible = resp.audible(now)
         if not running and not audible and not (explicit and played_ms is not None):
             return
+        resp.cancelling = True  # a concurrent interrupt/barge-in must not report it twice
         if running and resp.task is not None:
             resp.task.cancel()
             await asyncio.wait({resp.task}, timeout=5.0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -24,6 +24,12 @@ from voxgate.engines.base import EngineUnavailable
 log = logging.getLogger("voxgate.cascade")
 
 STT_RATE = 16000
+
+
+def _done(text: str) -> Awaitable[str]:
+    fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    fut.set_result(text)
+    return fut
 
 
 class SpeechToTextError(Exception):
@@ -43,9 +49,10 @@ class Recognizer(Protocol):
 
     async def partial(self) -> str: ...
 
-    async def finish(self) -> str: ...
-
-    def abandon(self) -> None: ...
+    def finish(self) -> Awaitable[str]:
+        """End the utterance now (so a new one may `begin()` at once) and return the final
+        text as an awaitable: the decode itself may take a while."""
+        ...
 
     def close(self) -> None: ...
 
@@ -109,17 +116,11 @@ class PocketSphinxRecognizer:
         self._decoder.end_utt()  # type: ignore[attr-defined]
         return self._hyp()
 
-    async def finish(self) -> str:
+    def finish(self) -> Awaitable[str]:
         if not self._in_utt:
-            return ""
+            return _done("")
         self._in_utt = False
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._end)
-
-    def abandon(self) -> None:
-        if self._in_utt:
-            self._in_utt = False
-            self._submit(self._decoder.end_utt)  # type: ignore[attr-defined]
+        return asyncio.wrap_future(self._pool.submit(self._end))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -149,22 +150,21 @@ class _BufferedRecognizer:
     async def partial(self) -> str:
         return ""
 
-    async def finish(self) -> str:
+    def finish(self) -> Awaitable[str]:
         if not self._in_utt:
-            return ""
+            return _done("")
         self._in_utt = False
-        audio = b"".join(self._chunks)
+        audio = b"".join(self._chunks)  # taken now: the next utterance may begin at once
         self._chunks = []
         if not audio:
-            return ""
+            return _done("")
+        return self._final(audio)
+
+    async def _final(self, audio: bytes) -> str:
         return (await self._transcribe(audio)).strip()
 
     async def _transcribe(self, pcm16: bytes) -> str:
         raise SpeechToTextError("no transcription back end")
-
-    def abandon(self) -> None:
-        self._in_utt = False
-        self._chunks = []
 
     def close(self) -> None:
         self._chunks = []
