@@ -110,6 +110,10 @@ class Settings(BaseSettings):
         default_factory=list, validation_alias=_env("VOXGATE_ALLOWED_ORIGINS")
     )
     session_token_ttl_s: int = Field(60, validation_alias=_env("VOXGATE_SESSION_TOKEN_TTL_S"))
+    #: `POST /api/realtime/session` calls per minute per user (per client address when anonymous).
+    token_requests_per_min: int = Field(
+        10, ge=1, validation_alias=_env("VOXGATE_TOKEN_REQUESTS_PER_MIN")
+    )
 
     # --- limits -------------------------------------------------------------------------------
     max_sessions: int = Field(500, validation_alias=_env("VOXGATE_MAX_SESSIONS"))

@@ -7,6 +7,9 @@ Modes (`VOXGATE_AUTH`):
 
 A token may arrive as `Authorization: Bearer`, as `?token=`, or as the WebSocket subprotocol
 `voxgate.bearer.<token>` (browsers cannot set headers on a WebSocket).
+
+Session tokens are for `/ws` only: HTTP routes refuse them, so a leaked page-held token cannot
+mint its own successor (an endless chain past its 60 s life) or reach the admin routes.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ from voxgate.config import Settings
 SUBPROTOCOL = "voxgate.v1"
 BEARER_SUBPROTOCOL_PREFIX = "voxgate.bearer."
 SESSION_TOKEN_PREFIX = "vxs_"
+#: Longest user id we accept from a JWT `sub`: it lands in logs, metrics labels and the store.
+MAX_USER_ID_CHARS = 256
+#: Clock skew tolerated on `exp`/`nbf`/`iat`, in seconds.
+JWT_LEEWAY_S = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +70,9 @@ class SessionTokens:
         self._tokens[token] = (bound, expires_at)
         return token, session_id, int(expires_at)
 
+    def __len__(self) -> int:
+        return len(self._tokens)
+
     def redeem(self, token: str) -> Identity:
         entry = self._tokens.pop(token, None)  # pop: a second use finds nothing
         if entry is None:
@@ -94,7 +104,7 @@ class Authenticator:
 
     def verify_jwt(self, token: str) -> Identity:
         secret = self.settings.jwt_secret
-        if secret is None:
+        if secret is None or not secret.get_secret_value():
             raise AuthError("server misconfigured: VOXGATE_JWT_SECRET is not set")
         try:
             claims = jwt.decode(
@@ -102,6 +112,7 @@ class Authenticator:
                 secret.get_secret_value(),
                 algorithms=["HS256"],  # only HS256: `none` and RS/ES confusion are refused
                 options={"require": ["exp", "sub"]},
+                leeway=JWT_LEEWAY_S,
             )
         except jwt.ExpiredSignatureError:
             raise AuthError("the token has expired") from None
@@ -111,39 +122,68 @@ class Authenticator:
             raise AuthError("the token's algorithm is not allowed (HS256 only)") from None
         except jwt.InvalidTokenError:
             raise AuthError("the token is invalid (bad signature or malformed)") from None
-        sub = str(claims["sub"])
-        is_admin = bool(claims.get("admin")) or sub in self.settings.admin_users
+        sub = claims["sub"]
+        if (
+            not isinstance(sub, str)
+            or not sub
+            or len(sub) > MAX_USER_ID_CHARS
+            or not sub.isprintable()  # a newline in a user id would forge log lines
+        ):
+            raise AuthError(
+                f"the token's 'sub' claim must be a printable user id of 1-{MAX_USER_ID_CHARS} "
+                "characters"
+            )
+        # `is True`: a claim of "false" (a non-empty string) must not make anyone an admin.
+        is_admin = claims.get("admin") is True or sub in self.settings.admin_users
         return Identity(user_id=sub, is_admin=is_admin)
 
-    def verify_token(self, token: str) -> Identity:
+    def verify_token(self, token: str, *, allow_session_token: bool = True) -> Identity:
         if token.startswith(SESSION_TOKEN_PREFIX):
+            if not allow_session_token:
+                raise AuthError(
+                    "a session token (vxs_...) only opens /ws; HTTP routes need the JWT it was "
+                    "minted with"
+                )
             return self.session_tokens.redeem(token)
         return self.verify_jwt(token)
 
     def mint_jwt(self, user_id: str, ttl_s: int = 3600, admin: bool = False) -> str:
         secret = self.settings.jwt_secret
-        if secret is None:
+        if secret is None or not secret.get_secret_value():
             raise AuthError("VOXGATE_JWT_SECRET is not set")
+        if ttl_s <= 0:
+            raise AuthError(f"the token lifetime must be positive, got {ttl_s} s")
         claims: dict[str, object] = {"sub": user_id, "iat": int(time.time()), "exp": int(time.time()) + ttl_s}
         if admin:
             claims["admin"] = True
         return jwt.encode(claims, secret.get_secret_value(), algorithm="HS256")
 
-    def authenticate(self, conn: HTTPConnection) -> tuple[Identity, str | None]:
+    def authenticate(
+        self, conn: HTTPConnection, *, allow_session_token: bool = True
+    ) -> tuple[Identity, str | None]:
         """Identify an HTTP request or a WebSocket handshake.
 
         Returns the identity and, for a WebSocket, the subprotocol to select (or None).
         Raises `AuthError` with a sentence for the client.
+
+        With auth off any token is ignored, except that a live session token is still redeemed
+        on `/ws`: the session then gets the `sessionId` the token endpoint promised, and a page
+        written for `VOXGATE_AUTH=jwt` behaves the same on a loopback development server.
         """
         token, subprotocol = extract_token(conn)
         if not self.enabled:
+            if allow_session_token and token and token.startswith(SESSION_TOKEN_PREFIX):
+                try:
+                    return self.session_tokens.redeem(token), subprotocol
+                except AuthError:
+                    pass  # auth is off: an unknown or used token is simply ignored
             return self.anonymous(), subprotocol
         if not token:
             raise AuthError(
                 "authentication required: send a token as 'Authorization: Bearer <token>', "
                 "'?token=', or the 'voxgate.bearer.<token>' subprotocol"
             )
-        return self.verify_token(token), subprotocol
+        return self.verify_token(token, allow_session_token=allow_session_token), subprotocol
 
 
 def extract_token(conn: HTTPConnection) -> tuple[str | None, str | None]:
@@ -174,9 +214,11 @@ def current_identity(request: Request) -> Identity:
     """FastAPI dependency for HTTP routes: 401 with a sentence when auth fails."""
     authenticator: Authenticator = request.app.state.authenticator
     try:
-        identity, _ = authenticator.authenticate(request)
+        identity, _ = authenticator.authenticate(request, allow_session_token=False)
     except AuthError as exc:
-        raise HTTPException(status_code=401, detail=exc.message) from None
+        raise HTTPException(
+            status_code=401, detail=exc.message, headers={"WWW-Authenticate": "Bearer"}
+        ) from None
     return identity
 
 

@@ -1,6 +1,7 @@
 """Limits that keep one user (or one dead provider) from hurting everyone else.
 
 - `TokenBucket`: control messages per minute, audio bytes per second.
+- `KeyedTokenBuckets`: one bucket per user (or client address), e.g. for the token endpoint.
 - `WindowCounter`: invalid frames within a sliding minute (flood detection).
 - `SessionLimiter`: the global session cap and the per-user cap.
 - `CircuitBreaker`: one per engine; stops hammering a provider that keeps failing to connect.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 
 class TokenBucket:
@@ -40,10 +41,61 @@ class TokenBucket:
         self._tokens = tokens
         return False
 
+    def available(self) -> float:
+        """Tokens available now (without taking any)."""
+        return min(self.capacity, self._tokens + (self._clock() - self._stamp) * self.rate)
+
     @classmethod
     def per_minute(cls, count: int) -> TokenBucket:
         # The whole minute's allowance may be spent at once (a burst), then it refills steadily.
         return cls(capacity=count, rate=count / 60.0)
+
+
+class KeyedTokenBuckets:
+    """One `TokenBucket` per key (a user id, or a client address for anonymous callers).
+
+    Memory stays bounded: past `max_keys` entries, buckets that have refilled completely are
+    forgotten (a fresh bucket would be identical), and if every bucket is still draining the
+    oldest entries go. Forgetting a draining bucket can only ever be generous to one caller.
+    """
+
+    def __init__(
+        self, capacity: float, rate: float, *, max_keys: int = 10_000, clock=time.monotonic
+    ) -> None:
+        self.capacity = float(capacity)
+        self.rate = float(rate)
+        self.max_keys = max_keys
+        self._clock = clock
+        self._buckets: dict[str, TokenBucket] = {}
+
+    @classmethod
+    def per_minute(cls, count: int, **kw: Any) -> KeyedTokenBuckets:
+        return cls(capacity=count, rate=count / 60.0, **kw)
+
+    def take(self, key: str, amount: float = 1.0) -> bool:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.max_keys:
+                self._prune()
+            bucket = TokenBucket(self.capacity, self.rate, clock=self._clock)
+            self._buckets[key] = bucket
+        return bucket.take(amount)
+
+    def retry_after_s(self, key: str, amount: float = 1.0) -> float:
+        """Seconds until `amount` tokens are back for `key` (0 when available now)."""
+        bucket = self._buckets.get(key)
+        if bucket is None or self.rate <= 0:
+            return 0.0
+        return max(0.0, (amount - bucket.available()) / self.rate)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _prune(self) -> None:
+        for key in [k for k, b in self._buckets.items() if b.available() >= self.capacity]:
+            del self._buckets[key]
+        while len(self._buckets) >= self.max_keys:
+            del self._buckets[next(iter(self._buckets))]  # dicts keep insertion order
 
 
 class WindowCounter:
