@@ -262,6 +262,8 @@ class GatewaySession:
         self._shutdown_reason = "server_shutdown"
         self._audio_log = state.audio_log
         self._user_audio = bytearray()
+        self._last_status = "disconnected"
+        self._seen_status_change = False
         self._engine_out_bytes_per_s = 48000
 
     # ----------------------------------------------------------------------------------------
@@ -488,7 +490,7 @@ class GatewaySession:
                     counts_as_invalid=True,
                 )
             for turn in resumed.turns:
-                text = turn.heard_text if turn.interrupted and turn.heard_text is not None else turn.text
+                text = turn.remembered_text
                 if text:
                     history.append(HistoryTurn(turn.role, text))
 
@@ -572,8 +574,8 @@ class GatewaySession:
                 binary=msg.binary,
             )
         )
-        if engine.status == "connected":
-            self._send_now(P.status_message("connected"))
+        self._send_now(P.status_message("connected"))
+        self._last_status = "connected"
         log.info(
             "session %s started: user=%s engine=%s conversation=%s%s",
             self.id,
@@ -730,7 +732,7 @@ class GatewaySession:
                     pcm = self._out_resampler.process(pcm)
                     if not pcm:
                         continue
-                if item_id != self._announced_item:
+                if item_id != self._announced_item or not self._client_speaking:
                     self._announced_item = item_id
                     self._client_speaking = True
                     outbox.put(P.speaking_message(True, item_id))
@@ -762,14 +764,24 @@ class GatewaySession:
                 if not event.is_speaking:
                     self._mark_turn()
             elif isinstance(event, AssistantSpeaking):
-                if event.is_speaking != self._client_speaking:
-                    self._client_speaking = event.is_speaking
-                    outbox.put(P.speaking_message(event.is_speaking))
+                # "Speaking" is announced with the first audio of an item (it carries the
+                # itemId that binary frames belong to); only the end is forwarded as is.
+                if not event.is_speaking and self._client_speaking:
+                    self._client_speaking = False
+                    outbox.put(P.speaking_message(False))
             elif isinstance(event, Interrupted):
                 self._on_interrupted(event)
             elif isinstance(event, ResponseDone):
                 outbox.put(P.response_done_message(event.response_id, event.status, event.usage))
             elif isinstance(event, StatusChanged):
+                # Engines report connecting/connected during start(); the client already got
+                # those around session_ready, so only changes after that are news.
+                if event.status == self._last_status and not event.reason:
+                    continue
+                if not self._seen_status_change and event.status == "connecting":
+                    continue
+                self._seen_status_change = True
+                self._last_status = event.status
                 outbox.put(P.status_message(event.status, event.reason))
                 if event.status == "disconnected":
                     raise SessionEnded(CloseCode.NORMAL, event.reason or "the conversation ended")

@@ -1,0 +1,143 @@
+"""End to end with the default offline engine: a client talks to the gateway over protocol v1.
+
+Real sockets, real espeak-ng speech, real webrtcvad + pocketsphinx (a JSGF grammar makes the
+transcript exact), real espeak-ng replies, a real SQLite file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from voxgate.audio import rms_dbfs
+from voxgate.client import VoxgateClient
+from voxgate.store.sql import SqlConversationStore
+from voxgate.testing.speech import silence, synthesize
+
+PHRASES = ["hello can you hear me", "what time is it", "tell me a story"]
+
+
+@pytest.fixture
+def grammar(tmp_path: Path) -> str:
+    path = tmp_path / "phrases.jsgf"
+    path.write_text("#JSGF V1.0;\ngrammar phrases;\npublic <phrase> = " + " | ".join(PHRASES) + ";\n")
+    return str(path)
+
+
+async def speak(client: VoxgateClient, text: str, rate: int) -> None:
+    pcm = silence(300, rate) + synthesize(text, rate) + silence(900, rate)
+    await client.stream_audio(pcm, realtime=True, speed=4.0)
+
+
+async def test_spoken_typed_and_resumed_conversation(make_settings, gateway_factory, grammar, tmp_path) -> None:
+    settings = make_settings(stt_grammar=grammar)
+    async with gateway_factory(settings) as gw:
+        async with VoxgateClient(gw.ws_url) as client:
+            # The client declares 48 kHz input and 16 kHz output: the gateway resamples both ways.
+            ready = await client.start(binary=True, inputRate=48000, outputRate=16000)
+            assert ready["engine"] == "cascade" and ready["protocol"] == 1
+            assert ready["inputAudio"] == {"format": "pcm16", "rate": 48000}
+            await speak(client, "hello can you hear me", 48000)
+            reply = await client.collect_reply(timeout=30)
+            assert reply.user_text == "hello can you hear me"
+            assert "hello can you hear me" in reply.assistant_text.lower()
+            assert reply.response_status == "completed"
+            seconds = len(reply.audio) / 2 / 16000
+            assert 0.8 < seconds < 10, seconds
+            assert rms_dbfs(bytes(reply.audio)) > -40  # speech, not silence
+            kinds = [e["type"] for e in reply.events]
+            assert "user_speaking" in kinds and "speaking" in kinds
+
+            await client.user_message("typed words arrive too")
+            typed = await client.collect_reply(timeout=30)
+            assert "typed words arrive too" in typed.assistant_text.lower()
+            conversation_id = ready["conversationId"]
+            await client.stop()
+
+        # Every final turn was stored as it happened.
+        store = gw.state.store
+        record = await store.get_conversation(conversation_id)
+        assert record is not None
+        roles = [(t.role, t.text.lower()) for t in record.turns]
+        assert roles[0] == ("user", "hello can you hear me")
+        assert roles[1][0] == "assistant" and "hello can you hear me" in roles[1][1]
+        assert roles[2] == ("user", "typed words arrive too")
+        assert roles[3][0] == "assistant"
+        assert record.turns[1].audio_ms and record.turns[1].audio_ms > 500
+
+        # Resume: the stored turns come back, and new turns join the same conversation.
+        async with VoxgateClient(gw.ws_url) as client:
+            ready = await client.start(conversationId=conversation_id)
+            assert ready["conversationId"] == conversation_id
+            await client.user_message("one more")
+            await client.collect_reply(timeout=30)
+            await client.stop()
+        record = await store.get_conversation(conversation_id)
+        assert record is not None and len(record.turns) == 6
+
+    # The conversation survives a restart: a new server on the same SQLite file serves it.
+    async with gateway_factory(settings) as gw2, httpx.AsyncClient(base_url=gw2.http_url) as http:
+        body = (await http.get(f"/api/conversations/{conversation_id}")).json()
+        assert [t["role"] for t in body["turns"]] == ["user", "assistant"] * 3
+
+
+async def test_manual_commit_and_interrupt(make_settings, gateway_factory, grammar) -> None:
+    async with gateway_factory(make_settings(stt_grammar=grammar)) as gw:
+        async with VoxgateClient(gw.ws_url) as client:
+            ready = await client.start(binary=False, turnDetection={"mode": "manual"})
+            rate = client.input_rate
+            await client.stream_audio(synthesize("what time is it", rate), realtime=True, speed=4.0)
+            await client.commit()
+            reply = await client.collect_reply(timeout=30)
+            assert reply.user_text == "what time is it"
+            assert reply.audio  # JSON audio frames decoded by the client
+
+            # A long reply, interrupted after "hearing" 600 ms of it.
+            await client.user_message(
+                "this is a long message so that the echo takes several seconds to say it all"
+            )
+            speaking = await client.wait_for("speaking", where=lambda m: m["isSpeaking"], timeout=30)
+            item_id = speaking["itemId"]
+            await client.interrupt(600)
+            interrupted = await client.wait_for("interrupted", timeout=10)
+            assert interrupted["itemId"] == item_id
+            # After `interrupted`, no audio of that item arrives.
+            late = []
+            done = await client.wait_for("response_done", timeout=10)
+            assert done["status"] == "cancelled"
+            for message in client.received[client.received.index(interrupted) + 1 :]:
+                if message["type"] == "audio" and message.get("itemId") == item_id:
+                    late.append(message)
+            assert late == []
+            conversation_id = ready["conversationId"]
+            await client.stop()
+        record = await gw.state.store.get_conversation(conversation_id)
+        assert record is not None
+        cut = [t for t in record.turns if t.interrupted]
+        assert len(cut) == 1 and cut[0].role == "assistant"
+        assert cut[0].heard_text is not None
+        assert len(cut[0].heard_text) < len(cut[0].text)
+
+
+async def test_silence_only_makes_no_turn(make_settings, gateway_factory) -> None:
+    async with gateway_factory(make_settings()) as gw:
+        async with VoxgateClient(gw.ws_url) as client:
+            await client.start(binary=True)
+            await client.stream_audio(silence(2000, client.input_rate), realtime=True, speed=4.0)
+            with pytest.raises(TimeoutError):
+                await client.wait_for("transcript", timeout=2.0)
+            assert not [m for m in client.received if m["type"] in ("user_speaking", "audio")]
+
+
+async def test_missing_espeak_fails_start_with_install_sentence(make_settings, gateway_factory) -> None:
+    async with gateway_factory(make_settings(espeak_bin="/nonexistent/espeak-ng")) as gw:
+        async with VoxgateClient(gw.ws_url) as client:
+            await client.send({"type": "start"})
+            error = await client.wait_for("error", timeout=10, fail_on_fatal=False)
+            assert error["code"] == "engine_unavailable" and error["fatal"] is True
+            assert "apt-get install espeak-ng" in error["message"]
+            with pytest.raises(Exception):
+                await client.recv(5)
+            assert client.close_code == 4503
