@@ -13,7 +13,6 @@ import pytest
 
 from voxgate.audio import rms_dbfs
 from voxgate.client import VoxgateClient
-from voxgate.store.sql import SqlConversationStore
 from voxgate.testing.speech import silence, synthesize
 
 PHRASES = ["hello can you hear me", "what time is it", "tell me a story"]
