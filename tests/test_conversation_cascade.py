@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from voxgate.audio import rms_dbfs
-from voxgate.client import VoxgateClient
+from voxgate.client import ProtocolFailure, VoxgateClient
 from voxgate.testing.speech import silence, synthesize
 
 PHRASES = ["hello can you hear me", "what time is it", "tell me a story"]
@@ -137,6 +137,6 @@ async def test_missing_espeak_fails_start_with_install_sentence(make_settings, g
             error = await client.wait_for("error", timeout=10, fail_on_fatal=False)
             assert error["code"] == "engine_unavailable" and error["fatal"] is True
             assert "apt-get install espeak-ng" in error["message"]
-            with pytest.raises(Exception):
+            with pytest.raises(ProtocolFailure):
                 await client.recv(5)
             assert client.close_code == 4503
