@@ -421,3 +421,18 @@ async def test_create_client_secret(
         await create_client_secret(engine_settings(openai_api_key=wrong), body)
     assert info.value.status == 401 and "401" in info.value.message
     assert wrong not in str(info.value)
+
+
+async def test_upstream_error_events(run: Callable[..., Any], sim: OpenAISimulator) -> None:
+    r = await run()
+    sim.inject_error("response_cancel_not_active", "Nothing to cancel.")  # harmless: swallowed
+    sim.inject_error("rate_limit_exceeded", "Slow down.", type_="invalid_request_error")
+    first = await r.wait(lambda e: isinstance(e, EngineError))
+    assert (first.code, first.fatal) == ("upstream_error", False)
+    assert "Slow down." in first.message and "rate_limit_exceeded" in first.message
+    sim.inject_error("insufficient_quota", "You exceeded your current quota.")
+    fatal = await r.wait(lambda e: isinstance(e, EngineError) and e.fatal)
+    assert fatal.code == "upstream_unavailable" and "quota" in fatal.message
+    await asyncio.wait_for(r.ended.wait(), 5)
+    assert len(r.of(EngineError)) == 2
+    assert len(sim.connections) == 1  # never retried

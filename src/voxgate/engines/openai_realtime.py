@@ -33,7 +33,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from voxgate.engines.base import (
     AssistantSpeaking,
@@ -179,6 +179,8 @@ class OpenAIRealtimeEngine(ConversationEngine):
         self._dropped_responses: set[str] = set()
         self._server_vad = True
         self._user_speaking = False
+        #: Set while an upstream session is usable; cleared during a reconnect.
+        self._ready = asyncio.Event()
 
     # --- connection --------------------------------------------------------------------------
     def _url(self) -> str:
@@ -247,6 +249,13 @@ class OpenAIRealtimeEngine(ConversationEngine):
             self.report_connect(False, time.monotonic() - started)
             await _close_quietly(ws)
             raise
+        except InvalidURI:
+            self.report_connect(False, time.monotonic() - started)
+            raise EngineUnavailable(
+                "VOXGATE_OPENAI_URL is not a valid WebSocket URL (expected wss://host/v1/realtime)",
+                upstream=True,
+                retryable=False,
+            ) from None
         except InvalidStatus as exc:
             self.report_connect(False, time.monotonic() - started)
             status = exc.response.status_code
@@ -261,7 +270,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
                 upstream=True,
                 retryable=True,
             ) from None
-        except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as exc:
+        except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError, ValueError) as exc:
             self.report_connect(False, time.monotonic() - started)
             await _close_quietly(ws)
             reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
@@ -308,6 +317,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
         self._turns = [(t.role, t.text) for t in options.history]
         await self.emit(StatusChanged("connecting"))
         self._up = await self._open()
+        self._ready.set()
         await self.emit(StatusChanged("connected"))
         self._reader = asyncio.create_task(self._run(), name="openai-reader")
         if self.settings.openai_session_recycle_s > 0:
@@ -343,8 +353,13 @@ class OpenAIRealtimeEngine(ConversationEngine):
             await up.ws.send(_APPEND_PREFIX + base64.b64encode(pcm16) + _APPEND_SUFFIX, text=True)
 
     async def _send(self, event: dict[str, Any]) -> None:
+        """Send a control event. Unlike audio, control events wait out a reconnect (bounded),
+        so a message typed during a blip still gets its answer."""
+        if self._reconnecting:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), 2 * self.settings.start_timeout_s)
         up = self._up
-        if up is None or self._reconnecting:
+        if up is None or self._reconnecting or self._closed:
             return
         with contextlib.suppress(ConnectionClosed):
             await up.ws.send(orjson.dumps(event).decode())
@@ -363,24 +378,25 @@ class OpenAIRealtimeEngine(ConversationEngine):
         await self._respond_now()
 
     async def send_user_message(self, text: str) -> None:
-        self._turns.append(("user", text))
         item = {
             "type": "message",
             "role": "user",
             "content": [{"type": "input_text", "text": text}],
         }
         await self._send({"type": "conversation.item.create", "item": item})
+        # After the send: a send that waited out a reconnect must not be replayed twice.
+        self._turns.append(("user", text))
         await self._respond_now()
 
     async def send_context_update(self, payload: dict[str, Any]) -> None:
         text = "Context update (JSON): " + orjson.dumps(payload).decode()
-        self._turns.append(("system", text))
         item = {
             "type": "message",
             "role": "system",
             "content": [{"type": "input_text", "text": text}],
         }
         await self._send({"type": "conversation.item.create", "item": item})
+        self._turns.append(("system", text))
 
     async def interrupt(self, played_ms: int | None) -> None:
         if self._response_id is not None:
@@ -435,7 +451,13 @@ class OpenAIRealtimeEngine(ConversationEngine):
                 assert up is not None
                 try:
                     async for raw in up.ws:
-                        await self._dispatch(orjson.loads(raw))
+                        try:
+                            event = orjson.loads(raw)
+                        except orjson.JSONDecodeError:
+                            log.warning("ignoring an unparsable frame from OpenAI")
+                            continue
+                        if isinstance(event, dict):
+                            await self._dispatch(event)
                         if self._closed:
                             return
                 except ConnectionClosed:
@@ -464,7 +486,13 @@ class OpenAIRealtimeEngine(ConversationEngine):
             ))  # fmt: skip
         if self.is_speaking:
             await self.emit(AssistantSpeaking(False))
+        # The new upstream session knows nothing of these: never truncate/cancel across sessions.
+        self._item = None
+        self._dropped_responses.clear()
+        self._user_partial.clear()
+        self._user_speaking = False
         self._reconnecting = True
+        self._ready.clear()
         try:
             if expected:
                 # Session expiry: try a silent swap first, like a recycle.
@@ -496,6 +524,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
             ))  # fmt: skip
         finally:
             self._reconnecting = False
+            self._ready.set()  # release waiting senders (they check `_closed`)
 
     async def _recycle_loop(self) -> None:
         """Swap in a fresh upstream session before OpenAI's 60-minute limit, when quiet."""
