@@ -1,0 +1,304 @@
+"""`voxgate bench ...`: the benchmark suite (docs/benchmarks.md).
+
+Each command runs one benchmark with fresh processes, prints a JSON summary and a table, and
+writes the full result to `benchmarks/results/<name>-<UTC timestamp>.json` (`--out-dir`,
+`--no-save`). `voxgate bench all` runs every benchmark once at its default size.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+
+from voxgate.benchmarking import report
+from voxgate.benchmarking._run import LOOP_ENV, LOOPS
+
+bench_app = typer.Typer(
+    help="Measure the gateway's cost against a raw relay and a direct connection.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+#: Wide enough for the relay table when piped to a file or CI log (rich defaults to 80 there).
+console = Console(width=None if Console().is_terminal else 160)
+
+OutDir = Annotated[
+    Path, typer.Option("--out-dir", help="Where result JSON files go.")
+]
+NoSave = Annotated[bool, typer.Option("--no-save", help="Print only; write no result file.")]
+Loop = Annotated[
+    str, typer.Option("--loop", help="Event loop for every process: asyncio (as `voxgate serve`) or uvloop.")
+]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _setup(loop: str) -> None:
+    if loop not in LOOPS:
+        raise typer.BadParameter(f"--loop must be one of {', '.join(LOOPS)}")
+    os.environ[LOOP_ENV] = loop
+
+
+def _emit(name: str, result: dict[str, Any], summary: Any, out_dir: Path, no_save: bool) -> None:
+    path = report.write_result(name, result, None if no_save else out_dir)
+    console.print_json(orjson.dumps(summary).decode())
+    if path is not None:
+        console.print(f"[dim]full result: {path}[/dim]")
+
+
+# --- summaries and tables -----------------------------------------------------------------------
+
+
+def relay_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for run in result["runs"]:
+        rtt = run["rtt_ms"]
+        cpu = run["cpu_cores"]
+        rows.append({
+            "sessions": run["sessions"],
+            "path": run["path"] + (" (json)" if run.get("json_audio") else ""),
+            "p50_ms": rtt["p50"], "p90_ms": rtt["p90"], "p99_ms": rtt["p99"], "max_ms": rtt["max"],
+            "lost": run["lost_frames"], "late": run["late_sends"],
+            "connect_failures": run["connect_failures"], "errors": run["errors"],
+            "target_cores": run["target_cores"],
+            "target_rss_mib": round(run["target_rss_bytes"] / 2**20, 1) if run["target_rss_bytes"] else None,
+            "echo_cores": cpu.get("echo"), "loadgen_cores": cpu.get("loadgen"),
+            "machine_cores": cpu.get("machine"),
+        })  # fmt: skip
+    return rows
+
+
+def print_relay(result: dict[str, Any], title: str = "Relay overhead (round trip of 20 ms frames)") -> None:
+    f = report.fmt
+    rows = [
+        [str(r["sessions"]), r["path"], f(r["p50_ms"], 2), f(r["p90_ms"], 2), f(r["p99_ms"], 2),
+         f(r["max_ms"], 1), str(r["lost"]), str(r["late"]), f(r["target_cores"], 2),
+         f(r["target_rss_mib"], 0), f(r["echo_cores"], 2), f(r["loadgen_cores"], 2),
+         f(r["machine_cores"], 2)]
+        for r in relay_rows(result)
+    ]  # fmt: skip
+    report.print_table(
+        console, title,
+        ["N", "path", "p50 ms", "p90 ms", "p99 ms", "max ms", "lost", "late", "cores",
+         "RSS MiB", "echo cores", "loadgen cores", "machine cores"],
+        rows,
+    )  # fmt: skip
+    ratios = result.get("ratios")
+    if isinstance(ratios, list) and ratios:
+        report.print_table(
+            console, "Against the raw relay (ratio; added p99 = p99 minus the direct path's)",
+            ["N", "path", "CPU", "p99", "added p99", "RSS", "lost"],
+            [[str(r["sessions"]), r["path"], f(r["cpu"], 2), f(r["p99"], 2), f(r["added_p99"], 2),
+              f(r["rss"], 2), str(r["lost_frames"])] for r in ratios],
+        )  # fmt: skip
+    for path, why in (result.get("skipped") or {}).items():
+        console.print(f"[yellow]skipped {path}: {why}[/yellow]")
+
+
+def print_memory(result: dict[str, Any]) -> None:
+    rows = []
+    for mode, m in result["modes"].items():
+        pts = ", ".join(f"{p['sessions']}:{p['rss_bytes'] / 2**20:.0f}" for p in m["points"])
+        rows.append([mode, report.fmt(m["kib_per_session"]), report.mib(m["baseline_rss_bytes"]),
+                     str(m["connect_failures"]), pts])  # fmt: skip
+    report.print_table(
+        console, "Gateway memory per session (RSS slope)",
+        ["mode", "KiB/session", "baseline MiB", "failures", "sessions:RSS MiB"], rows,
+    )  # fmt: skip
+
+
+def print_connect(result: dict[str, Any]) -> None:
+    f = report.fmt
+    rows = []
+    for path in ("direct", "voxgate"):
+        r = result[path]
+        for kind in ("sequential", "burst"):
+            s = r[kind]
+            label = kind if kind == "sequential" else f"burst of {s['size']}"
+            rows.append([path, label, str(s["n"]), f(s["p50"], 2), f(s["p90"], 2), f(s["p99"], 2),
+                         f(s["max"], 1), str(r["failures"])])  # fmt: skip
+    report.print_table(
+        console, "Connect to ready (voxgate: session_ready; direct: session.updated)",
+        ["path", "kind", "n", "p50 ms", "p90 ms", "p99 ms", "max ms", "failures"], rows,
+    )  # fmt: skip
+
+
+def print_cascade(result: dict[str, Any]) -> None:
+    rows = [
+        [stage, report.fmt(s["p50"]), report.fmt(s["p90"]), report.fmt(s["mean"])]
+        for stage, s in (result.get("summary_ms") or {}).items()
+    ]
+    report.print_table(
+        console,
+        f"Cascade turn latency ({result.get('measured')} of {result.get('utterances')} turns measured)",
+        ["stage", "p50 ms", "p90 ms", "mean ms"], rows,
+    )  # fmt: skip
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+
+def _relay(sizes: str, paths: str, duration: float, warmup: float, drain: float) -> dict[str, Any]:
+    from voxgate.benchmarking.relay import PATHS, relay_benchmark
+
+    wanted = [p.strip() for p in paths.split(",") if p.strip()]
+    for p in wanted:
+        if p not in PATHS:
+            raise typer.BadParameter(f"unknown path {p!r}; known: {', '.join(PATHS)}")
+    return relay_benchmark(_ints(sizes), wanted, duration, warmup, drain)
+
+
+@bench_app.command()
+def relay(
+    sizes: Annotated[str, typer.Option(help="Session counts, comma-separated.")] = "50,200,400",
+    paths: Annotated[str, typer.Option(help="direct,raw,voxgate,compat")] = "direct,raw,voxgate,compat",
+    duration: Annotated[float, typer.Option(help="Measured seconds per run.")] = 10.0,
+    warmup: Annotated[float, typer.Option(help="Streaming seconds before measuring.")] = 2.0,
+    drain: Annotated[float, typer.Option(help="Seconds to wait for the last echoes.")] = 3.0,
+    loop: Loop = "asyncio",
+    out_dir: OutDir = report.DEFAULT_RESULTS_DIR,
+    no_save: NoSave = False,
+) -> None:
+    """Relay overhead: direct vs raw relay vs voxgate (vs /v1/realtime) at each size."""
+    _setup(loop)
+    result = {"benchmark": "relay", "machine": report.machine(), **_relay(sizes, paths, duration, warmup, drain)}
+    _emit("relay", result, {"rows": relay_rows(result), "ratios": result["ratios"]}, out_dir, no_save)
+    print_relay(result)
+
+
+@bench_app.command()
+def frames(
+    sessions: Annotated[int, typer.Option(help="Concurrent sessions.")] = 100,
+    duration: Annotated[float, typer.Option(help="Measured seconds per run.")] = 10.0,
+    warmup: Annotated[float, typer.Option(help="Streaming seconds before measuring.")] = 2.0,
+    drain: Annotated[float, typer.Option(help="Seconds to wait for the last echoes.")] = 3.0,
+    loop: Loop = "asyncio",
+    out_dir: OutDir = report.DEFAULT_RESULTS_DIR,
+    no_save: NoSave = False,
+) -> None:
+    """Binary audio frames against base64 JSON on the client link."""
+    from voxgate.benchmarking.relay import frames_benchmark
+
+    _setup(loop)
+    result = {"benchmark": "frames", "machine": report.machine(),
+              **frames_benchmark(sessions, duration, warmup, drain)}  # fmt: skip
+    summary = {"rows": relay_rows(result), "ratios": result["ratios"],
+               "bytes_per_frame": result["bytes_per_frame"]}  # fmt: skip
+    _emit("frames", result, summary, out_dir, no_save)
+    print_relay(result, "Client link: binary frames vs base64 JSON (voxgate path)")
+
+
+@bench_app.command()
+def memory(
+    steps: Annotated[str, typer.Option(help="Session counts to step through.")] = "0,100,200,300,400,500",
+    modes: Annotated[str, typer.Option(help="idle,active")] = "idle,active",
+    active_fps: Annotated[float, typer.Option(help="Frames per second per active session.")] = 10.0,
+    settle: Annotated[float, typer.Option(help="Seconds to settle before reading RSS.")] = 2.0,
+    loop: Loop = "asyncio",
+    out_dir: OutDir = report.DEFAULT_RESULTS_DIR,
+    no_save: NoSave = False,
+) -> None:
+    """Gateway RSS per idle and per active session (slope over the steps)."""
+    from voxgate.benchmarking.memory import memory_benchmark
+
+    _setup(loop)
+    result = {"benchmark": "memory", "machine": report.machine(),
+              **memory_benchmark(_ints(steps), [m.strip() for m in modes.split(",") if m.strip()],
+                                 active_fps, settle)}  # fmt: skip
+    summary = {mode: {"kib_per_session": m["kib_per_session"], "points": m["points"]}
+               for mode, m in result["modes"].items()}  # fmt: skip
+    _emit("memory", result, summary, out_dir, no_save)
+    print_memory(result)
+
+
+@bench_app.command()
+def connect(
+    sequential: Annotated[int, typer.Option(help="Connections made one after another.")] = 30,
+    burst: Annotated[int, typer.Option(help="Connections made all at once.")] = 50,
+    loop: Loop = "asyncio",
+    out_dir: OutDir = report.DEFAULT_RESULTS_DIR,
+    no_save: NoSave = False,
+) -> None:
+    """Time from connect to session_ready (and the direct upstream handshake for reference)."""
+    from voxgate.benchmarking.connect import connect_benchmark
+
+    _setup(loop)
+    result = {"benchmark": "connect", "machine": report.machine(), **connect_benchmark(sequential, burst)}
+    summary = {p: {"sequential": result[p]["sequential"], "burst": result[p]["burst"]}
+               for p in ("direct", "voxgate")}  # fmt: skip
+    _emit("connect", result, summary, out_dir, no_save)
+    print_connect(result)
+
+
+@bench_app.command()
+def cascade(
+    utterances: Annotated[int, typer.Option(help="Spoken turns to measure.")] = 10,
+    script: Annotated[Path | None, typer.Option(help="Path to cascade_latency.py.")] = None,
+    out_dir: OutDir = report.DEFAULT_RESULTS_DIR,
+    no_save: NoSave = False,
+) -> None:
+    """Cascade turn latency with its per-stage breakdown (benchmarks/cascade_latency.py)."""
+    from voxgate.benchmarking.cascade import cascade_benchmark
+
+    try:
+        data = cascade_benchmark(utterances, script)
+    except FileNotFoundError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    result = {"benchmark": "cascade", "machine": report.machine(), **data}
+    _emit("cascade", result, data.get("summary_ms"), out_dir, no_save)
+    print_cascade(result)
+
+
+@bench_app.command("all")
+def all_(
+    sizes: Annotated[str, typer.Option(help="Relay session counts.")] = "50,200,400",
+    duration: Annotated[float, typer.Option(help="Measured seconds per relay run.")] = 10.0,
+    memory_steps: Annotated[str, typer.Option(help="Memory benchmark steps.")] = "0,100,200,300,400,500",
+    frames_sessions: Annotated[int, typer.Option(help="Sessions for the frames benchmark.")] = 100,
+    utterances: Annotated[int, typer.Option(help="Cascade turns.")] = 10,
+    loop: Loop = "asyncio",
+    out_dir: OutDir = report.DEFAULT_RESULTS_DIR,
+    no_save: NoSave = False,
+) -> None:
+    """Every benchmark once, side by side, in one result file (a few minutes)."""
+    from voxgate.benchmarking.cascade import cascade_benchmark
+    from voxgate.benchmarking.connect import connect_benchmark
+    from voxgate.benchmarking.memory import memory_benchmark
+    from voxgate.benchmarking.relay import PATHS, frames_benchmark
+
+    _setup(loop)
+    started = time.monotonic()
+    result: dict[str, Any] = {"benchmark": "all", "machine": report.machine()}
+    result["relay"] = _relay(sizes, ",".join(PATHS), duration, 2.0, 3.0)
+    print_relay(result["relay"])
+    result["frames"] = frames_benchmark(frames_sessions, duration, 2.0, 3.0)
+    print_relay(result["frames"], "Client link: binary frames vs base64 JSON (voxgate path)")
+    result["memory"] = memory_benchmark(_ints(memory_steps), ["idle", "active"])
+    print_memory(result["memory"])
+    result["connect"] = connect_benchmark(30, 50)
+    print_connect(result["connect"])
+    try:
+        result["cascade"] = cascade_benchmark(utterances)
+        print_cascade(result["cascade"])
+    except FileNotFoundError as exc:
+        result["cascade"] = {"skipped": str(exc)}
+        console.print(f"[yellow]cascade skipped: {exc}[/yellow]")
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    summary = {
+        "relay": relay_rows(result["relay"]),
+        "relay_ratios": result["relay"]["ratios"],
+        "frames": result["frames"]["ratios"],
+        "memory_kib_per_session": {m: r["kib_per_session"] for m, r in result["memory"]["modes"].items()},
+        "connect_p50_ms": {p: result["connect"][p]["sequential"]["p50"] for p in ("direct", "voxgate")},
+        "cascade_ms": result["cascade"].get("summary_ms"),
+        "elapsed_s": result["elapsed_s"],
+    }
+    _emit("all", result, summary, out_dir, no_save)

@@ -1,0 +1,234 @@
+"""Benchmark 1 (relay overhead) and 2 (binary frames against base64 JSON on the client link).
+
+For each session count N, the same load runs over each path, each with fresh processes:
+
+- `direct`: the load generator speaks OpenAI GA events straight to the echo upstream;
+- `raw`: through `raw_relay` (websockets, byte-for-byte);
+- `voxgate`: voxgate protocol v1 with binary frames on `/ws`, OpenAI engine to the echo;
+- `compat`: OpenAI GA events to voxgate's OpenAI-compatible `/v1/realtime` (when present).
+
+The process under test is the relay or gateway; its CPU (cores) and RSS come from psutil.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from voxgate.benchmarking._run import LOOP_ENV, loop_name
+from voxgate.benchmarking.procs import ServerProcess, server_process
+from voxgate.benchmarking.stats import ratio
+
+PATHS = ("direct", "raw", "voxgate", "compat")
+OPENAI_PATH = "/v1/realtime?model=gpt-realtime"
+_SCRUBBED_PREFIXES = ("VOXGATE_", "OPENAI_", "ELEVENLABS_")
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The parent's environment without any voxgate/provider settings, plus `extra`.
+
+    A developer's own `VOXGATE_*` or `OPENAI_API_KEY` must never leak into a benchmark (nor
+    change its result); the loop choice is passed on explicitly.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
+    env[LOOP_ENV] = loop_name()
+    env["PYTHONUNBUFFERED"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def gateway_env(echo_port: int, db_path: Path, **overrides: str) -> dict[str, str]:
+    env = {
+        "VOXGATE_ENGINE": "openai",
+        "VOXGATE_OPENAI_URL": f"ws://127.0.0.1:{echo_port}/v1/realtime",
+        "OPENAI_API_KEY": "sk-bench",
+        "VOXGATE_DATABASE_URL": f"sqlite+aiosqlite:///{db_path}",
+        "VOXGATE_MAX_SESSIONS": "5000",
+        "VOXGATE_LOG_LEVEL": "warning",
+        "VOXGATE_CONTROL_MESSAGES_PER_MIN": "100000",
+        "VOXGATE_AUTH": "none",
+        "VOXGATE_START_TIMEOUT_S": "60",
+    }
+    env.update(overrides)
+    return child_env(env)
+
+
+def compat_available() -> bool:
+    """Whether this install has the OpenAI-compatible endpoint (issue 10)."""
+    return importlib.util.find_spec("voxgate.gateway.openai_compat") is not None
+
+
+@contextmanager
+def echo_upstream() -> Iterator[ServerProcess]:
+    with server_process("echo", "voxgate.benchmarking.echo_upstream", env=child_env()) as proc:
+        yield proc
+
+
+@contextmanager
+def gateway(echo_port: int, **overrides: str) -> Iterator[ServerProcess]:
+    with tempfile.TemporaryDirectory(prefix="voxgate-bench-") as tmp:
+        env = gateway_env(echo_port, Path(tmp) / "bench.db", **overrides)
+        with server_process("gateway", "voxgate.benchmarking.gateway_proc", env=env) as proc:
+            yield proc
+
+
+@contextmanager
+def raw_relay(echo_port: int) -> Iterator[ServerProcess]:
+    args = ["--upstream", f"ws://127.0.0.1:{echo_port}"]
+    with server_process("raw relay", "voxgate.benchmarking.raw_relay", args, env=child_env()) as proc:
+        yield proc
+
+
+def run_loadgen(args: list[str], timeout: float) -> dict[str, Any]:
+    """Run the load generator in its own process and return its JSON result."""
+    with tempfile.TemporaryDirectory(prefix="voxgate-loadgen-") as tmp:
+        out = Path(tmp) / "result.json"
+        proc = subprocess.run(
+            [sys.executable, "-m", "voxgate.benchmarking.loadgen", *args, "--out", str(out)],
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if proc.returncode != 0 or not out.exists():
+            raise RuntimeError(
+                f"load generator failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+            )
+        return orjson.loads(out.read_bytes())  # type: ignore[no-any-return]
+
+
+def run_path(
+    path: str,
+    sessions: int,
+    duration: float,
+    warmup: float,
+    drain: float = 3.0,
+    json_audio: bool = False,
+    gateway_overrides: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One (path, N) measurement with fresh processes."""
+    with ExitStack() as stack:
+        echo = stack.enter_context(echo_upstream())
+        watch = {"echo": echo.pid}
+        target_name = None
+        if path == "direct":
+            protocol, url = "openai", f"ws://127.0.0.1:{echo.port}{OPENAI_PATH}"
+        elif path == "raw":
+            relay = stack.enter_context(raw_relay(echo.port))
+            watch["target"] = relay.pid
+            target_name = relay
+            protocol, url = "openai", f"ws://127.0.0.1:{relay.port}{OPENAI_PATH}"
+        elif path in ("voxgate", "compat"):
+            gw = stack.enter_context(gateway(echo.port, **(gateway_overrides or {})))
+            watch["target"] = gw.pid
+            target_name = gw
+            if path == "voxgate":
+                protocol, url = "voxgate", f"ws://127.0.0.1:{gw.port}/ws"
+            else:
+                protocol, url = "openai", f"ws://127.0.0.1:{gw.port}{OPENAI_PATH}"
+        else:
+            raise ValueError(f"unknown path {path!r}; known: {', '.join(PATHS)}")
+        args = [
+            "--scenario", "relay", "--protocol", protocol, "--url", url,
+            "--sessions", str(sessions), "--duration", str(duration),
+            "--warmup", str(warmup), "--drain", str(drain),
+        ]  # fmt: skip
+        if json_audio:
+            args.append("--json-audio")
+        for name, pid in watch.items():
+            args += ["--watch", f"{name}={pid}"]
+        timeout = 120 + sessions * 0.5 + duration + warmup + drain
+        result = run_loadgen(args, timeout)
+        if target_name is not None and target_name.popen.poll() is not None:
+            result["target_exited"] = target_name.popen.returncode
+            result["target_stderr"] = target_name.stderr_tail[-10:]
+    result["path"] = path
+    result["json_audio"] = json_audio
+    cpu = result.get("cpu_cores", {})
+    result["target_cores"] = cpu.get("target", 0.0) if path != "direct" else 0.0
+    result["target_rss_bytes"] = result.get("rss_bytes_end", {}).get("target")
+    return result
+
+
+def relay_benchmark(
+    sizes: list[int],
+    paths: list[str],
+    duration: float,
+    warmup: float,
+    drain: float = 3.0,
+) -> dict[str, Any]:
+    """Every path at every size; ratios against the raw relay per size."""
+    runs: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
+    for n in sizes:
+        for path in paths:
+            if path == "compat" and not compat_available():
+                skipped["compat"] = "voxgate.gateway.openai_compat is not installed in this build"
+                continue
+            runs.append(run_path(path, n, duration, warmup, drain))
+    return {"runs": runs, "ratios": relay_ratios(runs), "skipped": skipped}
+
+
+def relay_ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """voxgate (and compat) against the raw relay at each size.
+
+    `added_p99` subtracts the direct path's p99, so the ratio compares what each relay adds
+    on top of the load generator and the echo.
+    """
+    by: dict[tuple[int, str], dict[str, Any]] = {(r["sessions"], r["path"]): r for r in runs}
+    out = []
+    for n in sorted({r["sessions"] for r in runs}):
+        raw = by.get((n, "raw"))
+        direct = by.get((n, "direct"))
+        if raw is None:
+            continue
+        for path in ("voxgate", "compat"):
+            run = by.get((n, path))
+            if run is None:
+                continue
+            base_p99 = direct["rtt_ms"]["p99"] if direct else None
+            raw_p99, run_p99 = raw["rtt_ms"]["p99"], run["rtt_ms"]["p99"]
+            added_raw = raw_p99 - base_p99 if raw_p99 is not None and base_p99 is not None else None
+            added_run = run_p99 - base_p99 if run_p99 is not None and base_p99 is not None else None
+            out.append({
+                "sessions": n,
+                "path": path,
+                "cpu": ratio(run["target_cores"], raw["target_cores"]),
+                "p99": ratio(run_p99, raw_p99),
+                "added_p99": ratio(added_run, added_raw) if added_raw and added_raw > 0 else None,
+                "rss": ratio(run["target_rss_bytes"], raw["target_rss_bytes"]),
+                "lost_frames": run["lost_frames"],
+            })  # fmt: skip
+    return out
+
+
+def frames_benchmark(sessions: int, duration: float, warmup: float, drain: float = 3.0) -> dict[str, Any]:
+    """Binary audio frames against base64 JSON on the client link, same load otherwise."""
+    runs = [
+        run_path("voxgate", sessions, duration, warmup, drain, json_audio=False),
+        run_path("voxgate", sessions, duration, warmup, drain, json_audio=True),
+    ]
+    binary, js = runs
+    frame = 960
+    b64_len = 4 * ((frame + 2) // 3)
+    up_json = len('{"type":"audio_chunk","pcm16Base64":""}') + b64_len
+    down_json = len('{"type":"audio","chunkBase64":"","itemId":"item_bench_1"}') + b64_len
+    return {
+        "runs": runs,
+        "bytes_per_frame": {"binary": frame, "json_up": up_json, "json_down": down_json},
+        "ratios": {
+            "cpu_json_over_binary": ratio(js["target_cores"], binary["target_cores"]),
+            "p99_json_over_binary": ratio(js["rtt_ms"]["p99"], binary["rtt_ms"]["p99"]),
+            "p50_json_over_binary": ratio(js["rtt_ms"]["p50"], binary["rtt_ms"]["p50"]),
+        },
+    }
