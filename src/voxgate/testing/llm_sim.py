@@ -75,7 +75,8 @@ def _parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], di
         name = part.get_param("name", header="content-disposition")
         if not name:
             continue
-        payload = part.get_payload(decode=True) or b""
+        raw = part.get_payload(decode=True)
+        payload = raw if isinstance(raw, bytes) else b""
         if part.get_filename():
             files[str(name)] = payload
         else:

@@ -461,7 +461,7 @@ class CascadeEngine(ConversationEngine):
     async def _emit_partial(self, item_id: str | None) -> None:
         assert self._stt is not None
         text = await self._stt.partial()
-        if not text or item_id != self._user_item or text == self._last_partial:
+        if item_id is None or not text or item_id != self._user_item or text == self._last_partial:
             return
         last = self._last_partial
         delta = text[len(last) :] if text.startswith(last) else text

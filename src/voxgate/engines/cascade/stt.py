@@ -14,7 +14,7 @@ import concurrent.futures
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
@@ -77,7 +77,7 @@ class PocketSphinxRecognizer:
         self._grammar = grammar_path
         # One worker keeps the decoder calls in order and off the event loop.
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pocketsphinx")
-        self._decoder: object | None = None
+        self._decoder: Any = None
         self._in_utt = False
 
     def _load(self) -> None:
@@ -98,14 +98,14 @@ class PocketSphinxRecognizer:
 
     def begin(self) -> None:
         self._in_utt = True
-        self._submit(self._decoder.start_utt)  # type: ignore[attr-defined]
+        self._submit(self._decoder.start_utt)
 
     def feed(self, pcm16: bytes) -> None:
         if self._in_utt and pcm16:
-            self._submit(self._decoder.process_raw, pcm16, False, False)  # type: ignore[attr-defined]
+            self._submit(self._decoder.process_raw, pcm16, False, False)
 
     def _hyp(self) -> str:
-        hyp = self._decoder.hyp()  # type: ignore[attr-defined]
+        hyp = self._decoder.hyp()
         return hyp.hypstr.strip() if hyp is not None and hyp.hypstr else ""
 
     async def partial(self) -> str:
@@ -113,7 +113,7 @@ class PocketSphinxRecognizer:
         return await loop.run_in_executor(self._pool, self._hyp)
 
     def _end(self) -> str:
-        self._decoder.end_utt()  # type: ignore[attr-defined]
+        self._decoder.end_utt()
         return self._hyp()
 
     def finish(self) -> Awaitable[str]:
@@ -223,7 +223,7 @@ class WhisperRecognizer(_BufferedRecognizer):
             )
         self._module = faster_whisper
         self._path = model_path
-        self._model: object | None = None
+        self._model: Any = None
 
     async def prepare(self) -> None:
         def load() -> object:
@@ -237,7 +237,7 @@ class WhisperRecognizer(_BufferedRecognizer):
         audio = np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768.0
 
         def run() -> str:
-            segments, _info = self._model.transcribe(audio, language="en", beam_size=1)  # type: ignore[attr-defined]
+            segments, _info = self._model.transcribe(audio, language="en", beam_size=1)
             return " ".join(seg.text.strip() for seg in segments)
 
         return await asyncio.to_thread(run)

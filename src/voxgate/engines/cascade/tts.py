@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Protocol
 
@@ -31,7 +31,7 @@ class TextToSpeechError(Exception):
 class Synthesizer(Protocol):
     name: str
 
-    def speak(self, text: str) -> AsyncIterator[bytes]: ...
+    def speak(self, text: str) -> AsyncGenerator[bytes, None]: ...
 
     async def aclose(self) -> None: ...
 
@@ -104,7 +104,7 @@ class EspeakSynthesizer:
         self.output_rate = output_rate
         self.speed_wpm = speed_wpm
 
-    async def speak(self, text: str) -> AsyncIterator[bytes]:
+    async def speak(self, text: str) -> AsyncGenerator[bytes, None]:
         args = [self.binary, "--stdout", "-v", self.voice]
         if self.speed_wpm:
             args += ["-s", str(self.speed_wpm)]
@@ -189,7 +189,7 @@ class OpenAISpeechSynthesizer:
             headers={"Authorization": f"Bearer {api_key}"}, timeout=httpx.Timeout(30.0, connect=5.0)
         )
 
-    async def speak(self, text: str) -> AsyncIterator[bytes]:
+    async def speak(self, text: str) -> AsyncGenerator[bytes, None]:
         body = {"model": self.model, "input": text, "voice": self.voice, "response_format": "pcm"}
         resampler = (
             StreamResampler(self.SOURCE_RATE, self.output_rate)
