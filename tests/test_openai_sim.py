@@ -377,3 +377,33 @@ async def test_pocketsphinx_transcription_with_a_grammar(tmp_path: Any) -> None:
     completed = [e for e in events if e["type"].endswith("input_audio_transcription.completed")]
     assert completed[0]["transcript"] == "tell me a joke"
     assert events[-1]["transcript"] == "You said: tell me a joke."
+
+
+async def test_server_vad_honours_threshold_and_create_response(sim: OpenAISimulator) -> None:
+    import numpy as np
+
+    ws = await _open(sim)
+    await _recv_until(ws, "conversation.created")
+    await _send(ws, {"type": "session.update", "session": {"type": "realtime", "audio": {"input": {
+        "turn_detection": {"type": "server_vad", "threshold": 0.9, "create_response": False}}}}})  # fmt: skip
+    updated = (await _recv_until(ws, "session.updated"))[-1]["session"]
+    assert (
+        updated["audio"]["input"]["turn_detection"]["silence_duration_ms"] == 500
+    )  # defaults kept
+    loud = _speech()
+    quiet = (np.frombuffer(loud, dtype="<i2") // 10).astype("<i2").tobytes()  # -20 dB
+    await _append(ws, quiet)
+    await _send(ws, {"type": "input_audio_buffer.clear"})
+    events = await _recv_until(ws, "input_audio_buffer.cleared")
+    assert [e["type"] for e in events] == ["input_audio_buffer.cleared"]  # below threshold
+    await _append(ws, loud)
+    events = await _recv_until(ws, "conversation.item.done")
+    started = events[0]
+    assert started["type"] == "input_audio_buffer.speech_started"
+    # Speech begins 200 ms into this audio, which follows the quiet clip; prefix padding is 300 ms.
+    begin_ms = len(quiet) // 48 + 200
+    assert begin_ms - 300 - 30 <= started["audio_start_ms"] <= begin_ms - 300 + 60
+    await _send(ws, {"type": "input_audio_buffer.clear"})
+    events = await _recv_until(ws, "input_audio_buffer.cleared")
+    assert "response.created" not in [e["type"] for e in events]  # create_response: false
+    await ws.close()
