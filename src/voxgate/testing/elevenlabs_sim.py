@@ -185,6 +185,8 @@ class SimConversation:
     agent_responses: list[str] = field(default_factory=list)
     corrections: list[tuple[str, str]] = field(default_factory=list)
     interruptions: list[int] = field(default_factory=list)
+    #: (text, PCM16 bytes of it actually sent) for each interrupted agent turn.
+    interrupted_turns: list[tuple[str, int]] = field(default_factory=list)
     close_code: int | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -813,6 +815,7 @@ class _SimSession:
             return
         interruption_id = self.next_id()
         self.conv.interruptions.append(interruption_id)
+        self.conv.interrupted_turns.append((turn.text, turn.sent_bytes))
         await self.send(
             {"type": "interruption", "interruption_event": {"event_id": interruption_id}}
         )
