@@ -1077,7 +1077,11 @@ class OpenAISimulator:
         event = error_event(code, message, type_=type_)
         for session in list(self._sessions):
             if not session.closed:
-                asyncio.get_running_loop().create_task(self._inject(session, dict(event), close))
+                task = asyncio.get_running_loop().create_task(
+                    self._inject(session, dict(event), close)
+                )
+                session.tasks.add(task)  # owned (and cancelled) by the connection
+                task.add_done_callback(session.tasks.discard)
 
     async def _inject(self, session: _Session, event: dict[str, Any], close: int | None) -> None:
         await session.send(event)
