@@ -389,6 +389,20 @@ async def test_llm_error_and_outage_are_non_fatal(engine_factory):
         await rec.wait_for(done("completed"), after=n)
 
 
+async def test_llm_too_slow_is_a_non_fatal_timeout(engine_factory):
+    async with LLMSimulator(reply="Late.", slow_s=1.0) as sim:
+        engine, rec = await engine_factory(llm_url=sim.base_url, first_byte_timeout_s=0.3)
+        sim.fault, sim.fault_count = "slow", 1
+        await engine.send_user_message("hello?")
+        err = await rec.wait_for(lambda e: isinstance(e, EngineError))
+        assert isinstance(err, EngineError)
+        assert err.code == "upstream_unavailable" and not err.fatal and "in time" in err.message
+        await rec.wait_for(done("failed"))
+        n = len(rec.events)
+        await engine.send_user_message("and now?")
+        await rec.wait_for(done("completed"), after=n)
+
+
 # --- optional cloud parts against the simulator ----------------------------------------------------
 
 

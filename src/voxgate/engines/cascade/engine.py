@@ -286,7 +286,10 @@ class CascadeEngine(ConversationEngine):
             await self._stt.prepare()
             if s.llm_url:
                 self._responder = ChatCompletionsResponder(
-                    s.llm_url, s.llm_model, _secret(s.llm_api_key)
+                    s.llm_url,
+                    s.llm_model,
+                    _secret(s.llm_api_key),
+                    read_timeout_s=s.first_byte_timeout_s,
                 )
             else:
                 self._responder = EchoResponder()
