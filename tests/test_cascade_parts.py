@@ -1,0 +1,74 @@
+"""The cascade's parts on their own: the WAV stream reader against real espeak-ng output, the
+sentence splitter, heard-text truncation and the VAD segmenter's hangover."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+
+from voxgate.audio import bytes_for_ms
+from voxgate.engines.cascade.text import SentenceSplitter, SpokenSentence, heard_text
+from voxgate.engines.cascade.tts import WavStreamHeader
+from voxgate.engines.cascade.vad import TurnSegmenter, WebRtcClassifier
+from voxgate.testing.speech import silence, synthesize
+
+
+def test_espeak_stream_header_with_bogus_sizes_read_in_small_pieces():
+    binary = shutil.which("espeak-ng")
+    assert binary is not None
+    raw = subprocess.run(
+        [binary, "--stdout", "--", "testing one two three"], capture_output=True, check=True
+    ).stdout
+    riff_size = int.from_bytes(raw[4:8], "little")
+    assert riff_size in (0, 0xFFFFFFFF) or riff_size + 8 != len(raw)  # the lie we must survive
+    header = WavStreamHeader()
+    samples = b"".join(header.feed(raw[i : i + 7]) for i in range(0, len(raw), 7))
+    assert header.rate == 22050 and header.channels == 1
+    data_at = raw.index(b"data") + 8
+    assert samples == raw[data_at:]
+
+
+def test_sentence_splitter_cuts_at_sentence_ends_as_text_streams():
+    splitter = SentenceSplitter(max_chars=60)
+    out: list[str] = []
+    for piece in ["Hel", "lo there. How", " are you", "? I am", " fine, 3.5 times", " better!"]:
+        out += splitter.push(piece)
+    assert out == ["Hello there.", "How are you?"]
+    assert splitter.flush() == "I am fine, 3.5 times better!"
+    long = SentenceSplitter(max_chars=30)
+    cut = long.push("one two three four five, six seven eight nine ten eleven")
+    assert cut == ["one two three four five,"]
+
+
+def test_heard_text_keeps_played_sentences_and_the_played_words():
+    sentences = [
+        SpokenSentence("One two three.", 0, 1000),
+        SpokenSentence("Four five six seven.", 1000, 2000),
+    ]
+    assert heard_text(sentences, 0) == ""
+    assert heard_text(sentences, 1000) == "One two three."
+    assert heard_text(sentences, 1500) == "One two three. Four five"
+    assert heard_text(sentences, 5000) == "One two three. Four five six seven."
+
+
+def test_segmenter_hangover_is_the_configured_silence():
+    seg = TurnSegmenter(WebRtcClassifier(2), silence_ms=400, prefix_ms=300)
+    speech = synthesize("hello can you hear me", 16000)
+    x = np.abs(np.frombuffer(speech, dtype="<i2"))
+    last_voiced = int(np.nonzero(x > 300)[0][-1])
+    audio = silence(500, 16000) + speech + silence(1000, 16000)
+    events = []
+    pos = 0
+    for i in range(0, len(audio), 640):
+        for ev in seg.feed(audio[i : i + 640]):
+            events.append((ev.kind, pos + 640, len(ev.audio)))
+        pos += 640
+    kinds = [k for k, _, _ in events if k != "speech"]
+    assert kinds == ["start", "end"]
+    start = next(e for e in events if e[0] == "start")
+    assert start[2] >= bytes_for_ms(300, 16000)  # the prefix padding came with the start
+    end_at = next(p for k, p, _ in events if k == "end")
+    hangover_ms = (end_at - (bytes_for_ms(500, 16000) + last_voiced * 2)) / 32
+    assert 400 <= hangover_ms <= 440, hangover_ms
