@@ -1044,7 +1044,7 @@ class OpenAISimulator:
         self.responder: Responder = responder or default_responder
         #: Scripted transcripts: one string for every utterance, or a list consumed in order
         #: (the last one repeats). None with `pocketsphinx=False` hears "hello".
-        self.transcript = transcript
+        self.transcript = list(transcript) if isinstance(transcript, list) else transcript
         if transcriber is None and pocketsphinx:
             transcriber = pocketsphinx_transcriber(grammar)
         self.transcriber = transcriber
