@@ -243,7 +243,9 @@ async def test_invalid_json_flood_after_start_closes_only_that_session(
         bystander = await VoxgateClient(gw.ws_url).connect()
         try:
             async with connect(gw.ws_url) as ws:
-                await ws.send(orjson.dumps({"type": "start", "turnDetection": {"mode": "manual"}}).decode())
+                await ws.send(
+                    orjson.dumps({"type": "start", "turnDetection": {"mode": "manual"}}).decode()
+                )
                 async with asyncio.timeout(20):
                     while orjson.loads(await ws.recv())["type"] != "session_ready":
                         pass
@@ -315,4 +317,3 @@ async def test_silent_upstream_hits_the_start_timeout(
             assert client.close_code == 4502
         # The process is fine; only the engine's breaker counts the failure.
         assert await healthy(gw.http_url)
-

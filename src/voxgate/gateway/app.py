@@ -19,7 +19,7 @@ from voxgate import protocol as P
 from voxgate.config import Settings
 from voxgate.engines import ENGINES, engine_class
 from voxgate.gateway.auth import SUBPROTOCOL, AuthError, Identity, admin_identity
-from voxgate.gateway.limits import LimitExceeded
+from voxgate.gateway.limits import HeaderSizeLimit, LimitExceeded
 from voxgate.gateway.origins import origin_allowed
 from voxgate.gateway.session import GatewaySession
 from voxgate.gateway.state import GatewayState
@@ -134,6 +134,8 @@ def create_app(settings: Settings | None = None, store: ConversationStore | None
         await serve_websocket(state, websocket)
 
     _include_optional_routers(app)
+    # Absurd headers get a clear 431 whichever HTTP parser uvicorn runs (issue 5).
+    app.add_middleware(HeaderSizeLimit)
 
     # The browser client last, so API routes win.
     web_dir = importlib.resources.files("voxgate") / "web"

@@ -5,6 +5,7 @@
 - `WindowCounter`: invalid frames within a sliding minute (flood detection).
 - `SessionLimiter`: the global session cap and the per-user cap.
 - `CircuitBreaker`: one per engine; stops hammering a provider that keeps failing to connect.
+- `HeaderSizeLimit`: ASGI middleware refusing requests whose headers are absurdly large.
 
 All of them are plain, synchronous and O(1) per call: they run on every frame.
 """
@@ -210,3 +211,47 @@ class CircuitBreaker:
         if self._opened_at is None:
             return 0.0
         return max(0.0, self.cooldown_s - (self.clock() - self._opened_at))  # type: ignore[operator]
+
+
+class HeaderSizeLimit:
+    """Pure ASGI middleware: refuse HTTP requests and WebSocket handshakes whose headers total
+    more than `max_bytes` with 431 (Request Header Fields Too Large).
+
+    Why here and not only in the HTTP parser: uvicorn's `h11_max_incomplete_event_size` binds
+    only its h11 parser; with httptools (uvicorn's default when installed) headers of any size
+    reach the app. This gives one clear answer whichever parser runs. It cannot bound the
+    parser's own memory, which is why the server should run h11 (see `gateway/server.py`).
+    """
+
+    def __init__(self, app: Any, max_bytes: int = 64 * 1024) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope.get("type")
+        if kind in ("http", "websocket"):
+            size = sum(len(k) + len(v) for k, v in scope.get("headers") or ())
+            if size > self.max_bytes:
+                if kind == "websocket":
+                    # Before accept, a close makes the server answer the handshake with 403.
+                    await send({"type": "websocket.close", "code": 1009})
+                    return
+                body = (
+                    b'{"detail":"request headers total more than '
+                    + str(self.max_bytes).encode()
+                    + b' bytes","code":"payload_too_large"}'
+                )
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 431,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close"),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
