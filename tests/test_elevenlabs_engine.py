@@ -502,6 +502,44 @@ async def test_socket_closing_mid_response(
         assert [d.status for d in rec.done()] == ["failed"]
 
 
+async def test_dropped_connection_reconnects_with_history(
+    started: Callable[..., Any], sim: ElevenLabsSim
+) -> None:
+    engine, rec = await started(reconnect_base_s=0.05, reconnect_attempts=3)
+    await engine.send_user_message("hi")
+    await rec.wait_for(lambda: rec.done("completed"))
+    sim.fault.close_mid_response = 1012  # "service restart": a transport drop, not a decision
+    await engine.send_user_message("again")
+    await rec.wait_for(lambda: [s for s in rec.of(StatusChanged) if s.status == "reconnecting"])
+    sim.fault.close_mid_response = None
+    await rec.wait_for(
+        lambda: rec.of(StatusChanged)[-1].status == "connected" and len(sim.conversations) == 2
+    )
+    assert [d.status for d in rec.done()] == ["completed", "failed"]
+    new = sim.conversations[-1]
+    await rec.wait_for(lambda: new.contextual_updates)
+    briefing = new.contextual_updates[0]
+    assert "user: hi\nassistant: You said: hi.\nuser: again" in briefing
+    await engine.send_user_message("third")
+    await rec.wait_for(lambda: len(rec.done("completed")) == 2)
+    assert rec.final("assistant")[-1].text == "You said: third."
+    assert not rec.of(EngineError)
+
+
+async def test_reconnect_gives_up_with_a_fatal_error(
+    started: Callable[..., Any], sim: ElevenLabsSim
+) -> None:
+    engine, rec = await started(reconnect_base_s=0.05, reconnect_attempts=2)
+    sim.fault.close_mid_response = 1012
+    sim.fault.refuse = True  # every new socket is refused
+    await engine.send_user_message("hi")
+    await asyncio.wait_for(rec.ended.wait(), 15)
+    (error,) = rec.of(EngineError)
+    assert error.fatal and error.code == "upstream_unavailable"
+    assert "could not be restored" in error.message and "1012" in error.message
+    assert [s.status for s in rec.of(StatusChanged)][-2:] == ["reconnecting", "disconnected"]
+
+
 @pytest.mark.parametrize("sim_options", [{"fault": SimFault(malformed=True)}])
 async def test_malformed_server_messages_are_skipped(
     started: Callable[..., Any], sim: ElevenLabsSim

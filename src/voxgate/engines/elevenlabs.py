@@ -24,10 +24,13 @@ How the seam maps onto it, and why:
   Client `interrupt(played_ms)`: the rest of the turn's audio is dropped at the gateway until the
   next turn marker, `user_activity` is sent (all ElevenLabs offers), and the turn ends at once with
   the heard text estimated from `played_ms`.
-- **Faults.** Malformed server messages are logged and skipped. A close ends the engine: 1000 as
-  `status: disconnected` (the agent ended the call), anything else as a fatal `EngineError` with
-  the provider's own sentence. There is no reconnect: ElevenLabs cannot replay a conversation, so
-  a new one would be a different conversation; the session's fatal error is the honest outcome.
+- **Faults.** Malformed server messages are logged and skipped. A close by the provider ends
+  the engine: 1000 as `status: disconnected` (the agent ended the call), 1002/1008/1011 as a
+  fatal `EngineError` with the provider's own sentence. A dropped transport (1001/1006/1012/1013)
+  is retried with backoff as a *new* ElevenLabs conversation briefed with the history as a
+  `contextual_update` (ElevenLabs cannot replay items; the agent's own state is lost), with
+  `status: reconnecting`; the turn in flight ends as `failed`. When every attempt fails the
+  fatal error follows.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from voxgate.engines.base import (
     EngineUnavailable,
     HistoryTurn,
     Interrupted,
+    ReconnectPolicy,
     ResponseDone,
     StartOptions,
     StatusChanged,
@@ -104,6 +108,10 @@ _IGNORED_TYPES = frozenset(
         "conversation_initiation_metadata",
     }
 )
+
+#: Close codes of a dropped transport rather than a provider decision: worth a new conversation.
+#: (1002/1008/1011 are the provider ending this conversation on purpose: fatal, as documented.)
+_RECONNECT_CODES = frozenset({1001, 1006, 1012, 1013})
 
 #: Roughly how long speech takes per character; only used to estimate heard text while a turn's
 #: audio is still arriving (once it has all arrived, the real audio length is used).
@@ -280,6 +288,10 @@ class ElevenLabsEngine(ConversationEngine):
         self._seq = 0
         self._last_error: dict[str, Any] | None = None
         self.override_warning: str | None = None
+        #: Every final turn, so a reconnect can brief the new conversation.
+        self._history: list[HistoryTurn] = []
+        self._options = StartOptions()
+        self._override_used: dict[str, Any] = {}
 
     # --- start / stop -------------------------------------------------------------------------
     async def start(self, options: StartOptions) -> None:
@@ -294,6 +306,9 @@ class ElevenLabsEngine(ConversationEngine):
             )
         await self.emit(StatusChanged("connecting"))
         override = self._override(options)
+        self._options = options
+        self._history = list(options.history)
+        self._override_used = override
         try:
             async with asyncio.timeout(self.settings.start_timeout_s):
                 try:
@@ -308,6 +323,7 @@ class ElevenLabsEngine(ConversationEngine):
                         "its own prompt, voice and first message are used."
                     )
                     log.warning("%s", self.override_warning)
+                    self._override_used = {}
                     await self._connect({}, options)
         except TimeoutError:
             self.status = "disconnected"
@@ -496,6 +512,7 @@ class ElevenLabsEngine(ConversationEngine):
             await self.send_audio(silence[i : i + step])
 
     async def send_user_message(self, text: str) -> None:
+        self._history.append(HistoryTurn("user", text))
         await self._send({"type": "user_message", "text": text})
 
     async def send_context_update(self, payload: dict[str, Any]) -> None:
@@ -516,33 +533,27 @@ class ElevenLabsEngine(ConversationEngine):
                 await self.emit(AssistantSpeaking(False))
             await self.emit(Interrupted(turn.item_id, played, heard_text=heard))
             await self._final_transcript(turn, heard)
+            if heard:
+                self._history.append(HistoryTurn("assistant", heard))
             await self.emit(ResponseDone(turn.item_id, "cancelled"))
 
     # --- the reader ---------------------------------------------------------------------------
     async def _reader(self) -> None:
-        ws = self._ws
-        loop = asyncio.get_running_loop()
         try:
             while True:
-                deadline = self._deadline()
                 try:
-                    if deadline is None:
-                        raw = await ws.recv()
-                    else:
-                        async with asyncio.timeout_at(deadline):
-                            raw = await ws.recv()
-                except TimeoutError:
+                    await self._read(self._ws)
+                except ConnectionClosed as exc:
+                    if self._stopping:
+                        return
+                    code = exc.rcvd.code if exc.rcvd is not None else 1006
                     async with self._state_lock:
-                        await self._on_deadline(loop.time())
-                    continue
-                msg = self._parse(raw)
-                if msg is not None:
+                        await self._end_turn_on_close(code)
+                    if code in _RECONNECT_CODES and await self._reconnect(code):
+                        continue
                     async with self._state_lock:
-                        await self._dispatch(msg)
-        except ConnectionClosed as exc:
-            if not self._stopping:
-                async with self._state_lock:
-                    await self._on_closed(exc)
+                        await self._on_closed(exc)
+                    return
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug here must not hang the session
@@ -550,6 +561,65 @@ class ElevenLabsEngine(ConversationEngine):
             await self.emit(
                 EngineError("internal", f"The ElevenLabs engine failed: {exc}", fatal=True)
             )
+
+    async def _read(self, ws: Any) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            deadline = self._deadline()
+            try:
+                if deadline is None:
+                    raw = await ws.recv()
+                else:
+                    async with asyncio.timeout_at(deadline):
+                        raw = await ws.recv()
+            except TimeoutError:
+                async with self._state_lock:
+                    await self._on_deadline(loop.time())
+                continue
+            msg = self._parse(raw)
+            if msg is not None:
+                async with self._state_lock:
+                    await self._dispatch(msg)
+
+    async def _reconnect(self, code: int) -> bool:
+        """A dropped transport (not a provider decision): start a new ElevenLabs conversation
+        with backoff and give it the history as a `contextual_update` (ElevenLabs cannot replay
+        items). False when every attempt failed; the caller then reports the fatal error."""
+        settings = self.settings
+        policy = ReconnectPolicy(
+            settings.reconnect_attempts, settings.reconnect_base_s, settings.reconnect_max_s
+        )
+        self._ws = None
+        await self.emit(StatusChanged("reconnecting", f"ElevenLabs connection lost (close {code})"))
+        old_rates = (self.capabilities.input_rate, self.capabilities.output_rate)
+        for delay in policy.delays():
+            await asyncio.sleep(policy.jittered(delay))
+            if self._stopping:
+                return False
+            try:
+                async with asyncio.timeout(settings.start_timeout_s):
+                    await self._connect(self._override_used, self._options)
+            except (EngineUnavailable, _Rejected, TimeoutError) as exc:
+                log.warning("elevenlabs reconnect failed: %s", exc)
+                if isinstance(exc, EngineUnavailable) and not exc.retryable:
+                    break
+                continue
+            if (self.capabilities.input_rate, self.capabilities.output_rate) != old_rates:
+                # Rates are final once start() returned; a changed agent cannot continue here.
+                with contextlib.suppress(Exception):
+                    await self._ws.close()
+                self._ws = None
+                break
+            self._last_interrupt_id = 0  # event ids restart with the new conversation
+            self._muted = False
+            self._last_error = None
+            if self._history:
+                await self._send(
+                    {"type": "contextual_update", "text": _history_text(self._history)}
+                )
+            await self.emit(StatusChanged("connected", "reconnected"))
+            return True
+        return False
 
     def _parse(self, raw: str | bytes) -> dict[str, Any] | None:
         if isinstance(raw, bytes):
@@ -649,6 +719,8 @@ class ElevenLabsEngine(ConversationEngine):
         if self._user_item is not None:
             await self.emit(UserSpeaking(False))
         self._user_item, self._user_text = None, ""
+        if text:
+            self._history.append(HistoryTurn("user", text))
         await self.emit(Transcript("user", item_id, text, delta, final=True))
 
     async def _on_tentative(self, msg: dict[str, Any]) -> None:
@@ -758,7 +830,10 @@ class ElevenLabsEngine(ConversationEngine):
             self._turn = None
         if turn.speaking:
             await self.emit(AssistantSpeaking(False))
-        await self._final_transcript(turn, turn.corrected or turn.text or "")
+        text = turn.corrected or turn.text or ""
+        await self._final_transcript(turn, text)
+        if text:
+            self._history.append(HistoryTurn("assistant", text))
         await self.emit(ResponseDone(turn.item_id, "completed"))
 
     async def _flush_pending(self) -> None:
@@ -768,6 +843,8 @@ class ElevenLabsEngine(ConversationEngine):
         turn, _ = self._pending
         self._pending = None
         await self._final_transcript(turn, turn.heard or "")
+        if turn.heard:
+            self._history.append(HistoryTurn("assistant", turn.heard))
         await self.emit(ResponseDone(turn.item_id, "cancelled"))
 
     def _deadline(self) -> float | None:
@@ -785,23 +862,28 @@ class ElevenLabsEngine(ConversationEngine):
         if turn is not None and turn.last_activity + self.response_idle_s <= now:
             await self._complete(turn)
 
-    async def _on_closed(self, exc: ConnectionClosed) -> None:
-        code = exc.rcvd.code if exc.rcvd is not None else 1006
-        reason = exc.rcvd.reason if exc.rcvd is not None else ""
+    async def _end_turn_on_close(self, code: int) -> None:
+        """The socket is gone: close the turn in flight (its audio stops here)."""
         self._ws = None
         turn = self._turn
         self._turn = None
         await self._flush_pending()
-        if turn is not None:
-            if turn.speaking:
-                await self.emit(AssistantSpeaking(False))
-            # Ended by the agent: the turn stands as sent. Lost: only what arrived was heard.
-            received = self._ms(turn.audio_bytes)
-            text = turn.corrected or turn.text or ""
-            await self._final_transcript(
-                turn, text if code == 1000 else self._estimate_heard(turn, received)
-            )
-            await self.emit(ResponseDone(turn.item_id, "completed" if code == 1000 else "failed"))
+        if turn is None:
+            return
+        if turn.speaking:
+            await self.emit(AssistantSpeaking(False))
+        # Ended by the agent: the turn stands as sent. Lost: only what arrived was heard.
+        received = self._ms(turn.audio_bytes)
+        text = turn.corrected or turn.text or ""
+        heard = text if code == 1000 else self._estimate_heard(turn, received)
+        await self._final_transcript(turn, heard)
+        if heard:
+            self._history.append(HistoryTurn("assistant", heard))
+        await self.emit(ResponseDone(turn.item_id, "completed" if code == 1000 else "failed"))
+
+    async def _on_closed(self, exc: ConnectionClosed) -> None:
+        code = exc.rcvd.code if exc.rcvd is not None else 1006
+        reason = exc.rcvd.reason if exc.rcvd is not None else ""
         error = self._last_error or {}
         detail = str(error.get("message") or reason or "no reason given")
         if code == 1000:
@@ -816,7 +898,7 @@ class ElevenLabsEngine(ConversationEngine):
             1002: "ElevenLabs ended the conversation with an error",
             1008: "ElevenLabs rejected a message and ended the conversation",
             1011: "ElevenLabs failed internally and ended the conversation",
-        }.get(code, "The ElevenLabs connection was lost")
+        }.get(code, "The ElevenLabs connection was lost and could not be restored")
         sentence = f"{what}: {detail} (close {code}{', ' + str(error_type) if error_type else ''})."
         await self.emit(StatusChanged("disconnected", sentence))
         await self.emit(EngineError(code_name, sentence, fatal=True))
