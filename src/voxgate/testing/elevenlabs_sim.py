@@ -287,6 +287,7 @@ class ElevenLabsSim:
         silence_ms: int = 500,
         turn_timeout_s: float | None = None,
         transcripts: Sequence[str] | None = None,
+        transcript: str | None = None,
         reply: Callable[[str], str] | None = None,
         signed_url_ttl_s: float = 900.0,
         init_timeout_s: float = 10.0,
@@ -307,6 +308,9 @@ class ElevenLabsSim:
         #: Wall time without audio that ends an utterance in progress (default: silence_ms).
         self.turn_timeout_s = turn_timeout_s if turn_timeout_s is not None else silence_ms / 1000
         self.transcripts: list[str] = list(transcripts or [])
+        #: What every further utterance is heard as once `transcripts` is used up (else
+        #: pocketsphinx recognises the audio).
+        self.transcript = transcript
         self.reply = reply or (lambda text: f"You said: {text}.")
         self.signed_url_ttl_s = signed_url_ttl_s
         self.init_timeout_s = init_timeout_s
@@ -485,9 +489,11 @@ class ElevenLabsSim:
         return self._speech_cache[key]
 
     async def transcribe(self, pcm16: bytes, rate: int) -> str:
-        """Scripted transcript if one is queued, else pocketsphinx on the utterance."""
+        """Scripted transcript if one is queued (or fixed), else pocketsphinx on the utterance."""
         if self.transcripts:
             return self.transcripts.pop(0)
+        if self.transcript is not None:
+            return self.transcript
         audio = resample(pcm16, rate, 16000)
         return await asyncio.get_running_loop().run_in_executor(None, self._sphinx, audio)
 
@@ -1004,6 +1010,7 @@ def run_elevenlabs_sim(
     output_format: str = "pcm_16000",
     first_message: str | None = None,
     ping_interval_s: float = 20.0,
+    transcript: str | None = None,
     on_ready: Callable[[ElevenLabsSim], None] | None = None,
 ) -> None:
     """Run the simulator until interrupted (the `voxgate simulate elevenlabs` command).
@@ -1028,6 +1035,7 @@ def run_elevenlabs_sim(
             host=host,
             port=port,
             ping_interval_s=ping_interval_s,
+            transcript=transcript,
         ) as sim:
             if on_ready is not None:
                 on_ready(sim)
