@@ -246,10 +246,13 @@ async def test_open_refuses_a_schema_from_the_future(store_url: str) -> None:
 
 
 async def test_concurrent_open_of_a_fresh_database(store_url: str) -> None:
-    """Two gateways starting at once on an empty database both come up (one migrates)."""
-    stores = [SqlConversationStore(store_url) for _ in range(3)]
+    """Gateways starting at once on an empty database all come up (one migrates)."""
+    stores = [SqlConversationStore(store_url) for _ in range(4)]
     try:
-        await asyncio.wait_for(asyncio.gather(*(s.open() for s in stores)), timeout=60)
+        results = await asyncio.wait_for(
+            asyncio.gather(*(s.open() for s in stores), return_exceptions=True), timeout=60
+        )
+        assert [r for r in results if isinstance(r, BaseException)] == []
         for s in stores:
             assert await s.current_revision() == "0001"
     finally:

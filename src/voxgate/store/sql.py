@@ -28,6 +28,7 @@ from sqlalchemy import Table, delete, event, func, select, text, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
@@ -206,6 +207,7 @@ class SqlConversationStore(ConversationStore):
         """Bring the schema to Alembic head, safely even when several processes start at once."""
         engine = self.engine
         if self.dialect == "sqlite":
+            await self._sqlite_enable_wal()
             async with engine.connect() as conn:
                 # Table rebuilds in future migrations must not fire ON DELETE CASCADE; the pragma
                 # is a no-op inside a transaction, so it is flipped around it.
@@ -230,6 +232,28 @@ class SqlConversationStore(ConversationStore):
                         text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
                     )
                 await conn.run_sync(_upgrade_head)
+
+    async def _sqlite_enable_wal(self) -> None:
+        """Switch the file to WAL once (the mode is stored in the file and persists).
+
+        WAL lets readers run while a session writes a turn. Switching needs an exclusive lock
+        and SQLite reports "database is locked" at once, without the busy timeout, when another
+        process is switching a fresh file at the same moment; so retry here, asynchronously.
+        """
+        deadline = asyncio.get_running_loop().time() + SQLITE_BUSY_TIMEOUT_MS / 1000
+        delay = 0.01
+        while True:
+            try:
+                async with self.engine.connect() as conn:
+                    mode = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
+                    if str(mode).lower() not in ("wal", "memory"):
+                        await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                return
+            except OperationalError as exc:
+                if "locked" not in str(exc) or asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.25)
 
     async def current_revision(self) -> str | None:
         """The Alembic revision the database is at (None before the first migration)."""
@@ -437,16 +461,14 @@ class SqlConversationStore(ConversationStore):
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    """Per-connection SQLite settings.
+    """Per-connection SQLite settings (WAL is per file: see `_sqlite_enable_wal`).
 
-    WAL lets readers run while a session writes a turn; the busy timeout makes concurrent
-    writers queue instead of failing with "database is locked"; foreign keys are off by
-    default in SQLite. `synchronous` stays at its FULL default: a committed turn survives
-    even a power cut, which is worth one fsync per turn.
+    The busy timeout makes concurrent writers queue instead of failing with "database is
+    locked"; foreign keys are off by default in SQLite. `synchronous` stays at its FULL
+    default: a committed turn survives even a power cut, which is worth one fsync per turn.
     """
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
