@@ -56,7 +56,9 @@ class SessionTokenRequest(BaseModel):
         "voxgate /ws token. Needs an authenticated user.",
     )
     voice: str | None = Field(
-        None, min_length=1, max_length=64, description="direct=openai: the output voice."
+        None,
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="direct=openai: the output voice (e.g. marin, cedar, alloy).",
     )
     instructions: str | None = Field(
         None, max_length=16_000, description="direct=openai: the session instructions."
@@ -91,9 +93,10 @@ class ErrorBody(BaseModel):
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": why}
     for status, why in (
+        (400, "The provider refused the requested options"),
         (401, "Missing or invalid token"),
         (403, "Origin not allowed, or a direct credential asked for without authentication"),
-        (429, "Too many requests from this user"),
+        (429, "Too many requests from this user (or at the provider)"),
         (502, "The provider refused or could not be reached"),
         (503, "The provider is not configured on this server"),
     )
@@ -217,6 +220,11 @@ async def _openai_direct(
         return _refuse(request, 503, ErrorCode.ENGINE_UNAVAILABLE, exc.message)
     except OpenAIRequestError as exc:
         log.warning("OpenAI client secret for user %s failed: %s", identity.user_id, exc.message)
+        if exc.status in (400, 404, 422):
+            # OpenAI refused what was asked (a voice, instructions): the caller can fix it.
+            return _refuse(request, 400, ErrorCode.BAD_REQUEST, exc.message)
+        if exc.status == 429:
+            return _refuse(request, 429, ErrorCode.RATE_LIMITED, exc.message, {"Retry-After": "10"})
         return _refuse(request, 502, ErrorCode.UPSTREAM_ERROR, exc.message)
     value = data.get("value")
     expires_at = data.get("expires_at")
@@ -248,6 +256,8 @@ async def _elevenlabs_direct(request: Request, settings: Settings, identity: Ide
         # No status: the server is not configured (no key or agent) or the provider is down.
         not_configured = exc.status is None and not exc.retryable
         log.warning("ElevenLabs signed URL for user %s failed: %s", identity.user_id, exc.message)
+        if exc.status == 429:
+            return _refuse(request, 429, ErrorCode.RATE_LIMITED, exc.message, {"Retry-After": "10"})
         return _refuse(
             request,
             503 if not_configured else 502,
