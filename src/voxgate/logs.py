@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
@@ -23,6 +24,10 @@ _SECRET_PATTERNS = [
 ]
 
 _extra_secrets: list[str] = []
+
+#: The session a log line belongs to. Set once per session task; tasks the session (and its
+#: engine) create inherit it, so engine logs carry the id too without passing it around.
+session_id_var: ContextVar[str | None] = ContextVar("voxgate_session_id", default=None)
 
 
 def register_secret(value: str | None) -> None:
@@ -42,6 +47,8 @@ def scrub(text: str) -> str:
 
 class ScrubFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "session_id", None) is None:
+            record.session_id = session_id_var.get()
         message = record.getMessage()
         cleaned = scrub(message)
         if cleaned != message:
@@ -67,7 +74,11 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return scrub(super().format(record))
+        text = super().format(record)
+        session_id = getattr(record, "session_id", None)
+        if session_id:
+            text = f"{text} [session {session_id[:12]}]"
+        return scrub(text)
 
 
 def configure_logging(level: str = "info", fmt: str = "text") -> None:

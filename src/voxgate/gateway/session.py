@@ -45,6 +45,7 @@ from voxgate.engines.base import (
     UserSpeaking,
 )
 from voxgate.gateway.limits import TokenBucket, WindowCounter
+from voxgate.logs import session_id_var
 from voxgate.protocol import CloseCode, ErrorCode, ProtocolError
 from voxgate.store.base import TurnRecord
 
@@ -272,6 +273,7 @@ class GatewaySession:
 
     async def run(self) -> None:
         """Serve the (already accepted) socket until it ends; never raises."""
+        session_id_var.set(self.id)
         writer = asyncio.create_task(self._writer(), name=f"writer-{self.id}")
         ended = SessionEnded(CloseCode.NORMAL, "")
         try:
