@@ -356,10 +356,11 @@ class SqlConversationStore(ConversationStore):
         return [_conversation_record(r) for r in rows], int(total)
 
     async def end_conversation(self, conversation_id: str) -> None:
+        # Always the latest end: a resumed conversation ends when its last session does.
         async with self.engine.begin() as conn:
             await conn.execute(
                 update(Conversation)
-                .where(Conversation.id == conversation_id, Conversation.ended_at.is_(None))
+                .where(Conversation.id == conversation_id)
                 .values(ended_at=_now())
             )
 
@@ -376,6 +377,8 @@ class SqlConversationStore(ConversationStore):
     # --- turns ------------------------------------------------------------------------------
 
     async def add_turn(self, conversation_id: str, turn: TurnRecord) -> TurnRecord:
+        if turn.role not in ("user", "assistant"):
+            raise ValueError(f"a turn's role is 'user' or 'assistant', not {turn.role!r}")
         ended_at = turn.ended_at or _now()
         async with self.engine.begin() as conn:
             # The UPDATE comes first: it takes the write lock (SQLite) or the row lock
