@@ -343,6 +343,11 @@ class ElevenLabsEngine(ConversationEngine):
         except EngineUnavailable:
             self.status = "disconnected"
             raise
+        if self._stopping:  # stop() ran while we were connecting: leave nothing behind
+            ws, self._ws = self._ws, None
+            with contextlib.suppress(Exception):
+                await ws.close()
+            return
         self._reader_task = asyncio.create_task(self._reader(), name="elevenlabs-reader")
         await self.emit(StatusChanged("connected"))
         if self.override_warning:
@@ -406,7 +411,6 @@ class ElevenLabsEngine(ConversationEngine):
                 "conversation_config_override": override,
                 "custom_llm_extra_body": {},
                 "dynamic_variables": {},
-                "source_info": {"source": "voxgate", "version": "1"},
             }
             if options.session_id:
                 init["user_id"] = options.session_id

@@ -35,7 +35,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -267,6 +267,14 @@ def cut_at_word(text: str, fraction: float) -> str:
     return cut.rstrip(" ,;:")
 
 
+class _InLoopServer(uvicorn.Server):
+    """uvicorn inside someone else's loop (tests): the process's signal handlers stay alone."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 class ElevenLabsSim:
     """The simulator; an async context manager serving on 127.0.0.1 (port 0 by default) in the
     caller's event loop.
@@ -297,8 +305,11 @@ class ElevenLabsSim:
         host: str = "127.0.0.1",
         port: int = 0,
         fault: SimFault | None = None,
+        handle_signals: bool = False,
     ) -> None:
         self.api_key = api_key
+        #: True only for the CLI: uvicorn then owns SIGINT/SIGTERM and `serve_forever` returns.
+        self.handle_signals = handle_signals
         self.agents: dict[str, SimAgent] = {a.agent_id: a for a in (agents or [SimAgent()])}
         self.pace = pace
         self.ping_interval_s = ping_interval_s
@@ -356,8 +367,7 @@ class ElevenLabsSim:
             ws_max_size=16 * 1024 * 1024,
             timeout_graceful_shutdown=2,
         )
-        self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._server = (uvicorn.Server if self.handle_signals else _InLoopServer)(config)
         self._serve_task = asyncio.create_task(self._server.serve(), name="elevenlabs-sim")
         deadline = time.monotonic() + 10
         while not self._server.started:
@@ -383,6 +393,11 @@ class ElevenLabsSim:
                 with contextlib.suppress(BaseException):
                     await self._serve_task
             self._serve_task = None
+
+    async def serve_forever(self) -> None:
+        """Until the server exits (SIGINT/SIGTERM with `handle_signals`)."""
+        if self._serve_task is not None:
+            await asyncio.shield(self._serve_task)
 
     async def __aenter__(self) -> ElevenLabsSim:
         await self.start()
@@ -1036,13 +1051,14 @@ def run_elevenlabs_sim(
             port=port,
             ping_interval_s=ping_interval_s,
             transcript=transcript,
+            handle_signals=True,
         ) as sim:
             if on_ready is not None:
                 on_ready(sim)
             else:
                 print(f"ElevenLabs simulator: REST {sim.api_base}  socket {sim.ws_url}", flush=True)
                 print(f"  agent {agent_id} ({'public' if public else 'private'})", flush=True)
-            await asyncio.Event().wait()
+            await sim.serve_forever()
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
