@@ -565,3 +565,41 @@ async def test_oversized_headers_and_odd_paths_never_5xx(make_settings, gateway_
                 )
                 assert resp.status_code < 500, (raw[:40], resp.status_code)
             assert (await http.get("/health")).status_code == 200
+
+
+# --- `voxgate talk` with and without a token ------------------------------------------------
+
+
+async def _talk(url: str, *extra: str) -> tuple[int, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("VOXGATE_", "OPENAI_", "ELEVENLABS_"))
+    }
+    env["COLUMNS"] = "500"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voxgate", "talk", "--url", url, "--text", "hello there",
+        "--timeout", "30", *extra,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 90)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc.returncode or 0, " ".join(out.decode(errors="replace").split())
+
+
+async def test_voxgate_talk_works_with_a_token_and_is_refused_without(
+    direct_settings, gateway_factory
+) -> None:
+    settings = direct_settings(engine="openai", allowed_engines=[])
+    async with gateway_factory(settings) as gw:
+        code, out = await _talk(gw.ws_url)
+        assert code == 1 and "unauthorized" in out and "authentication required" in out, out
+        code, out = await _talk(gw.ws_url, "--token", make_jwt("dave"))
+        assert code == 0, out
+        assert "assistant:" in out and "response completed" in out, out
+        _, total = await gw.state.store.list_conversations(user_id="dave")
+        assert total == 1, "the conversation belongs to the token's user"
