@@ -188,11 +188,13 @@ async def test_official_sdk_through_voxgate_text_and_audio_turns(
         spoken = next(t for t in conv.turns if t.text == f"You said: {PHRASE}.")
         assert spoken.audio_ms and spoken.audio_ms > 500
 
+        # Audio counters are flushed once a second and when the session ends.
+        await _wait_for(lambda: _async(not state.sessions))
         summary = state.metrics.summary()
         assert summary["voxgate_sessions"]["engine=openai-compat"] == 1
         assert summary["voxgate_audio_in_seconds"]["total"] > 1.0
         assert summary["voxgate_audio_out_seconds"]["total"] > 1.0
-        await _wait_for(lambda: _async(not state.sessions))
+        assert summary["voxgate_active_sessions"]["engine=openai-compat"] == 0
 
 
 async def _async(value: Any) -> Any:
@@ -207,7 +209,8 @@ async def _raw(gw: GatewayHandle, **kw: Any) -> ClientConnection:
 
 async def _error_then_close(ws: ClientConnection) -> tuple[dict[str, Any], int | None]:
     async with asyncio.timeout(10):
-        error = json.loads(await ws.recv())
+        while (error := json.loads(await ws.recv()))["type"] != "error":
+            pass  # events relayed before the refusal (session.created, conversation.created)
         with pytest.raises(websockets.ConnectionClosed):
             await ws.recv()
     return error, ws.close_code
@@ -369,3 +372,36 @@ async def test_client_secrets_passthrough_needs_auth(
             session={"type": "realtime", "model": "gpt-realtime"}
         )
         assert sdk_secret.value.startswith("ek_")
+
+
+async def test_handshake_refusals_and_shutdown_are_openai_shaped(
+    make_settings, gateway_factory, sim: OpenAISimulator
+) -> None:
+    settings = _settings(
+        make_settings, sim, max_sessions=1, allowed_origins=["https://app.example"]
+    )
+    async with gateway_factory(settings) as gw:
+        # A page from another site.
+        ws = await _raw(gw, origin="https://evil.example")
+        error, code = await _error_then_close(ws)
+        assert (error["error"]["code"], code) == ("forbidden_origin", 4403)
+
+        # OpenAI refusing the upstream handshake: a clear error, then 4502 (no SDK reconnect).
+        sim.faults.refuse_next = 1
+        ws = await _raw(gw, origin="https://app.example")
+        error, code = await _error_then_close(ws)
+        assert (error["error"]["code"], code) == ("upstream_unavailable", 4502)
+        assert "503" in error["error"]["message"]
+        assert gw.state.limiter.total == 0  # the refused session gave its slot back
+
+        # The global session cap.
+        first = await _raw(gw)
+        assert json.loads(await asyncio.wait_for(first.recv(), 10))["type"] == "session.created"
+        second = await _raw(gw)
+        error, code = await _error_then_close(second)
+        assert (error["error"]["code"], code) == ("session_limit", 4429)
+
+        # Graceful shutdown: an error event a user can read, then 1001 (reconnect is right here).
+        await gw.state.shutdown_sessions()
+        error, code = await _error_then_close(first)
+    assert error["error"]["code"] == "server_shutdown" and code == 1001
