@@ -1,0 +1,287 @@
+"""Reliability by fault injection (issue 6): the network, the provider and the client misbehave;
+the conversation survives or ends with a clear sentence, and no finished turn is lost.
+
+Topology in every test: client -> gateway (in this loop) -> `FaultProxy` -> OpenAI simulator.
+The proxy breaks TCP (drop, reset, blackhole, refuse); the simulator breaks the protocol (HTTP
+500 at the handshake, error events, invalid key). Backoffs are shortened through settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from voxgate.client import ProtocolFailure, VoxgateClient
+from voxgate.config import Settings
+from voxgate.testing.faultproxy import FaultProxy
+from voxgate.testing.openai_sim import OpenAISimulator, default_response
+
+KEY = "sk-test-reliability"
+LONG = "please read this long sentence aloud so that the reply lasts for several seconds at least"
+
+
+def _texts(items: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    out = []
+    for item in items:
+        for part in item.get("content") or []:
+            text = part.get("text") or part.get("transcript")
+            if text and item.get("role") in ("user", "assistant"):
+                out.append((item["role"], text))
+    return out
+
+
+def remembering(items: list[dict[str, Any]]) -> str:
+    """Answers "what is my name" only from what is in the upstream conversation: the proof that
+    a replay after a reconnect restored the context."""
+    said = _texts(items)
+    if said and said[-1][0] == "user" and "what is my name" in said[-1][1].lower():
+        told = any(role == "user" and "my name is ada" in text.lower() for role, text in said[:-1])
+        return "Your name is Ada." if told else "I do not know your name."
+    return default_response(items=items)
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[OpenAISimulator]:
+    async with OpenAISimulator(keys=[KEY], pace=6.0, responder=remembering) as s:
+        yield s
+
+
+@pytest.fixture
+async def proxy(sim: OpenAISimulator) -> AsyncIterator[FaultProxy]:
+    async with FaultProxy("127.0.0.1", sim.port) as p:
+        yield p
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings], proxy: FaultProxy) -> Callable[..., Settings]:
+    def factory(**kw: Any) -> Settings:
+        base: dict[str, Any] = {
+            "engine": "openai",
+            "openai_api_key": KEY,
+            "openai_url": proxy.ws_url("/v1/realtime"),
+            "start_timeout_s": 5.0,
+            "reconnect_attempts": 5,
+            "reconnect_base_s": 0.05,
+            "reconnect_max_s": 0.2,
+            "breaker_cooldown_s": 30.0,
+            "openai_session_recycle_s": 0.0,
+        }
+        base.update(kw)
+        return make_settings(**base)
+
+    return factory
+
+
+def _created_items(conn: Any) -> list[tuple[str, str]]:
+    """(role, text) of every `conversation.item.create` an upstream connection received."""
+    return _texts([e["item"] for e in conn.received
+                   if isinstance(e, dict) and e.get("type") == "conversation.item.create"])  # fmt: skip
+
+
+def _fatal(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m for m in messages if m.get("type") == "error" and m.get("fatal")]
+
+
+async def _health(url: str) -> tuple[int, dict[str, Any]]:
+    async with httpx.AsyncClient(base_url=url) as http:
+        response = await http.get("/health")
+        return response.status_code, response.json()
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+# --- reconnect and restore ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["reset", "drop", "blackhole"])
+async def test_upstream_loss_reconnects_and_the_assistant_remembers(
+    settings, gateway_factory, sim: OpenAISimulator, proxy: FaultProxy, fault: str
+) -> None:
+    # Missed pongs are the only way to notice a blackhole: ping often, time out fast.
+    extra = {"upstream_ping_interval_s": 0.5} if fault == "blackhole" else {}
+    async with gateway_factory(settings(**extra)) as gw:
+        client = await VoxgateClient(gw.ws_url).connect()
+        ready = await client.start(binary=True, instructions="Be brief.")
+        await client.user_message("my name is Ada")
+        first = await client.collect_reply(timeout=30)
+        assert first.assistant_text == "You said: my name is Ada."
+        assert len(proxy.connections) == 1
+        upstream = proxy.connections[0]
+        first_conn = sim.accepted[-1]
+        mark = len(client.received)
+        if fault == "blackhole":
+            upstream.set_mode("blackhole")  # between turns: only the keepalive can tell
+        else:
+            await client.user_message(LONG)  # mid-response: audio is flowing
+            await client.wait_for("audio", timeout=20)
+            proxy.kill(upstream, fault)  # type: ignore[arg-type]
+        await client.wait_for("status", where=lambda m: m["status"] == "reconnecting", timeout=20)
+        await client.wait_for("status", where=lambda m: m["status"] == "connected", timeout=20)
+        assert sim.accepted[-1] is not first_conn
+        restored = sim.accepted[-1]
+        # The new upstream session got the instructions and the prior turns, in order.
+        assert restored.received[0]["type"] == "session.update"
+        assert "Be brief." in restored.received[0]["session"]["instructions"]
+        replayed = _created_items(restored)
+        assert replayed[:2] == [("user", "my name is Ada"), ("assistant", "You said: my name is Ada.")]
+        if fault != "blackhole":
+            assert replayed[2] == ("user", LONG)  # typed before the drop: it was said
+            # The response in flight was reported as failed, not left hanging.
+            assert any(m["type"] == "response_done" and m["status"] == "failed"
+                       for m in client.received[mark:])  # fmt: skip
+        # The next turn works, and the assistant remembers what was said before the fault.
+        await client.user_message("what is my name")
+        third = await client.collect_reply(timeout=30)
+        assert third.assistant_text == "Your name is Ada."
+        assert third.audio and third.response_status == "completed"
+        assert _fatal(client.received) == []
+        errors = [m for m in client.received if m["type"] == "error"]
+        assert all(m["code"] == "upstream_error" for m in errors), errors
+        await client.stop()
+        await client.close()
+        await _until(lambda: not gw.state.sessions)
+        record = await gw.state.store.get_conversation(ready["conversationId"])
+    assert record is not None
+    stored = [(t.role, t.text) for t in record.turns]
+    for turn in [("user", "my name is Ada"), ("assistant", "You said: my name is Ada."),
+                 ("user", "what is my name"), ("assistant", "Your name is Ada.")]:  # fmt: skip
+        assert turn in stored
+
+
+async def test_every_reconnect_failing_ends_with_upstream_unavailable_and_keeps_turns(
+    settings, gateway_factory, sim: OpenAISimulator, proxy: FaultProxy
+) -> None:
+    async with gateway_factory(settings(reconnect_attempts=3)) as gw:
+        async with VoxgateClient(gw.ws_url) as client:
+            ready = await client.start()
+            await client.user_message("keep this turn")
+            await client.collect_reply(timeout=30)
+            proxy.set_mode("reset")  # the live upstream and every new attempt get a RST
+            await client.wait_for("status", where=lambda m: m["status"] == "reconnecting", timeout=20)
+            with pytest.raises(ProtocolFailure) as info:
+                await client.wait_for("never", timeout=30)
+            assert info.value.error is not None
+            assert info.value.error["code"] == "upstream_unavailable"
+            assert "could not reconnect" in info.value.error["message"]
+            with pytest.raises(ProtocolFailure):
+                while True:
+                    await client.recv(10)
+            assert client.close_code == 4502  # not a code official SDKs auto-reconnect on
+        assert proxy.turned_away == 3  # exactly the configured attempts, then it gave up
+        record = await gw.state.store.get_conversation(ready["conversationId"])
+        assert record is not None
+        assert [(t.role, t.text) for t in record.turns] == [
+            ("user", "keep this turn"), ("assistant", "You said: keep this turn.")]  # fmt: skip
+
+
+async def test_fatal_provider_errors_are_not_retried(
+    settings, gateway_factory, sim: OpenAISimulator, proxy: FaultProxy
+) -> None:
+    async with gateway_factory(settings()) as gw:
+        # No quota mid-conversation: fatal at once, no reconnect.
+        async with VoxgateClient(gw.ws_url) as client:
+            await client.start()
+            dialled = len(sim.connections)
+            sim.inject_error("insufficient_quota", "You exceeded your current quota.",
+                             type_="insufficient_quota")  # fmt: skip
+            with pytest.raises(ProtocolFailure) as info:
+                await client.wait_for("never", timeout=20)
+            assert info.value.error is not None and info.value.error["code"] == "upstream_unavailable"
+            assert "quota" in info.value.error["message"]
+            with pytest.raises(ProtocolFailure):
+                while True:
+                    await client.recv(10)
+            assert client.close_code == 4502
+            assert not [m for m in client.received if m.get("status") == "reconnecting"]
+            await asyncio.sleep(0.5)
+            assert len(sim.connections) == dialled
+        # The key revoked while connected: the drop is retried, the 401 is not.
+        async with VoxgateClient(gw.ws_url) as client:
+            await client.start()
+            dialled = len(sim.connections)
+            sim.faults.invalid_key = True
+            proxy.kill(proxy.connections[-1], "reset")
+            with pytest.raises(ProtocolFailure) as info:
+                await client.wait_for("never", timeout=20)
+            assert info.value.error is not None and info.value.error["code"] == "upstream_unavailable"
+            assert "OPENAI_API_KEY" in info.value.error["message"]
+            assert len(sim.connections) == dialled + 1
+            assert sim.connections[-1].rejected_status == 401
+
+
+async def test_session_recycle_is_transparent_to_the_client(
+    settings, gateway_factory, sim: OpenAISimulator, proxy: FaultProxy
+) -> None:
+    async with gateway_factory(settings(openai_session_recycle_s=1.0)) as gw:
+        async with VoxgateClient(gw.ws_url) as client:
+            await client.start(instructions="Be brief.")
+            await client.user_message("my name is Ada")
+            await client.collect_reply(timeout=30)
+            await _until(lambda: len(sim.accepted) >= 2, timeout=15)
+            fresh = sim.accepted[1]
+            await _until(lambda: sim.accepted[0].close_code is not None, timeout=10)
+            assert _created_items(fresh)[:2] == [
+                ("user", "my name is Ada"), ("assistant", "You said: my name is Ada.")]  # fmt: skip
+            await client.user_message("what is my name")
+            reply = await client.collect_reply(timeout=30)
+            assert reply.assistant_text == "Your name is Ada."
+            # Nothing for the client to see: no status change, no error.
+            statuses = [m["status"] for m in client.received if m["type"] == "status"]
+            assert statuses == ["connecting", "connected"]
+            assert not [m for m in client.received if m["type"] == "error"]
+
+
+# --- circuit breaker ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failure", ["http-500", "refused"])
+async def test_breaker_opens_after_three_failures_and_recovers(
+    settings, gateway_factory, sim: OpenAISimulator, proxy: FaultProxy, failure: str
+) -> None:
+    async with gateway_factory(settings(breaker_failures=3, breaker_cooldown_s=1.5)) as gw:
+        assert (await _health(gw.http_url))[1]["engines"]["openai"]["breaker"] == "closed"
+        if failure == "http-500":
+            sim.faults.refuse_status = 500
+        else:
+            proxy.set_mode("refuse")
+        for _ in range(3):
+            async with VoxgateClient(gw.ws_url) as client:
+                await client.send({"type": "start"})
+                error = await client.wait_for("error", timeout=20, fail_on_fatal=False)
+                assert error["fatal"] and error["code"] == "upstream_unavailable"
+        code, body = await _health(gw.http_url)
+        assert code == 200 and body["status"] == "degraded"
+        assert body["engines"]["openai"] == {"available": False, "breaker": "open"}
+        # While open: refused at once, without dialling the provider.
+        dialled, accepted = len(sim.connections), proxy.accepted
+        async with VoxgateClient(gw.ws_url) as client:
+            await client.send({"type": "start"})
+            error = await client.wait_for("error", timeout=5, fail_on_fatal=False)
+            assert error["code"] == "engine_unavailable" and error["fatal"] is True
+            assert "circuit breaker" in error["message"]
+            with pytest.raises(ProtocolFailure):
+                while True:
+                    await client.recv(5)
+            assert client.close_code == 4503
+        assert (len(sim.connections), proxy.accepted) == (dialled, accepted)
+        # The provider comes back; after the cooldown one trial goes through and closes it.
+        sim.faults.refuse_status = None
+        proxy.set_mode("pass")
+        await proxy.wait_listening()
+        await asyncio.sleep(1.6)
+        assert (await _health(gw.http_url))[1]["engines"]["openai"]["breaker"] == "half_open"
+        async with VoxgateClient(gw.ws_url) as client:
+            await client.start()
+            await client.user_message("back again")
+            assert (await client.collect_reply(timeout=30)).response_status == "completed"
+        code, body = await _health(gw.http_url)
+        assert body["engines"]["openai"] == {"available": True, "breaker": "closed"}
+        assert body["status"] == "ok"
