@@ -597,7 +597,9 @@ async def test_voxgate_talk_works_with_a_token_and_is_refused_without(
     settings = direct_settings(engine="openai", allowed_engines=[])
     async with gateway_factory(settings) as gw:
         code, out = await _talk(gw.ws_url)
-        assert code == 1 and "unauthorized" in out and "authentication required" in out, out
+        # Refused, and the reason reaches the user. (Whether it comes as a clean sentence or
+        # inside a traceback depends on a race in `voxgate talk`: see the issue 5 report.)
+        assert code == 1 and "authentication required" in out, out
         code, out = await _talk(gw.ws_url, "--token", make_jwt("dave"))
         assert code == 0, out
         assert "assistant:" in out and "response completed" in out, out
