@@ -250,7 +250,8 @@ async def serve_compat(state: GatewayState, websocket: WebSocket) -> None:
         ) -> None:
             # Accept first so the client can read why: a bare HTTP 403 says nothing to an SDK.
             metrics.errors_total.labels(code).inc()
-            await websocket.accept(subprotocol=subprotocol)
+            if websocket.application_state == WebSocketState.CONNECTING:
+                await websocket.accept(subprotocol=subprotocol)
             await websocket.send_text(
                 orjson.dumps(openai_error(code, message, type_=type_)).decode()
             )
@@ -308,6 +309,10 @@ async def serve_compat(state: GatewayState, websocket: WebSocket) -> None:
             )
             return
         url, model = _upstream_url(state, websocket)
+        # Accept before dialling: the client's handshake completes at once (its open timeout is
+        # often shorter than ours for OpenAI), and whatever it sends meanwhile waits in the
+        # socket's receive buffer until the relay starts.
+        await websocket.accept(subprotocol=subprotocol)
         started = time.monotonic()
         try:
             upstream = await _dial(state, url, key)
@@ -324,7 +329,10 @@ async def serve_compat(state: GatewayState, websocket: WebSocket) -> None:
         metrics.upstream_connect_seconds.labels(ENGINE_NAME, "ok").observe(
             time.monotonic() - started
         )
-        await websocket.accept(subprotocol=subprotocol)
+        if state.shutting_down:  # the server began shutting down while we dialled
+            await reject("server_shutdown", "the server is shutting down; reconnect shortly",
+                         CloseCode.GOING_AWAY, "server_error")  # fmt: skip
+            return
         session = CompatSession(state, websocket, upstream, identity, model)
         state.sessions[session.id] = session  # type: ignore[assignment]  # same info()/shutdown shape
         try:
@@ -696,11 +704,13 @@ class CompatSession:
                 start = frame.find(_ITEM_ID_MARK, 0, 300)
                 if start >= 0:
                     start += len(_ITEM_ID_MARK)
-                    item_id = frame[start : frame.find('"', start, start + 80)]
-                    turn = turns.get(item_id)
-                    if turn is None:
-                        turn = self._turn("assistant", item_id)
-                    turn.audio_bytes += nbytes
+                    end = frame.find('"', start, start + 80)
+                    if end > start:
+                        item_id = frame[start:end]
+                        turn = turns.get(item_id)
+                        if turn is None:
+                            turn = self._turn("assistant", item_id)
+                        turn.audio_bytes += nbytes
                 if self._awaiting_audio:
                     self._first_audio()
             else:
