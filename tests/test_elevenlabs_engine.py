@@ -30,7 +30,13 @@ from voxgate.engines.base import (
     Transcript,
 )
 from voxgate.engines.elevenlabs import ElevenLabsEngine, fetch_signed_url
-from voxgate.testing.elevenlabs_sim import MALFORMED_MESSAGES, ElevenLabsSim, SimAgent, SimFault
+from voxgate.testing.elevenlabs_sim import (
+    DEFAULT_CLIENT_EVENTS,
+    MALFORMED_MESSAGES,
+    ElevenLabsSim,
+    SimAgent,
+    SimFault,
+)
 from voxgate.testing.speech import silence, synthesize
 
 KEY = "xi-test-key-5f3a9c"
@@ -297,9 +303,41 @@ async def test_server_interruption_drops_stale_audio_and_takes_the_correction(
     assert original == LONG_REPLY and corrected and corrected != LONG_REPLY
     final = [t for t in rec.final("assistant") if t.item_id == item]
     assert [t.text for t in final] == [corrected]
+    assert interrupted[0].heard_text == corrected  # what the session stores as heard
     # The conversation goes on: the barge-in gets its own answer.
     await rec.wait_for(lambda: rec.done("completed"))
     assert rec.final("assistant")[-1].text == "You said: stop."
+
+
+@pytest.mark.parametrize(
+    "sim_options",
+    [
+        {
+            "pace": 2.0,
+            "agents": [
+                SimAgent(
+                    agent_id=AGENT,
+                    client_events=DEFAULT_CLIENT_EVENTS,  # corrections not enabled on the agent
+                )
+            ],
+        }
+    ],
+)
+async def test_server_interruption_without_correction_estimates_heard_text(
+    started: Callable[..., Any], sim: ElevenLabsSim
+) -> None:
+    engine, rec = await started()
+    await engine.send_user_message("please give a long answer")
+    await rec.wait_for(lambda: len(rec.of(AudioOut)) >= 12)
+    sim.transcripts.append("stop")
+    await speak(engine, "stop please")
+    (interrupted,) = await rec.wait_for(lambda: rec.of(Interrupted))
+    await rec.wait_for(lambda: rec.done("cancelled"))
+    assert not sim.conversations[-1].sent_of_type("agent_response_correction")
+    heard = interrupted.heard_text
+    assert heard and LONG_REPLY.startswith(heard) and len(heard) < len(LONG_REPLY)
+    assert LONG_REPLY[len(heard)] in " ,."  # cut at a word boundary
+    assert rec.final("assistant")[0].text == heard
 
 
 @pytest.mark.parametrize("sim_options", [{"pace": 2.0}])

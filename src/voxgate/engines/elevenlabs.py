@@ -18,9 +18,10 @@ How the seam maps onto it, and why:
 - **Assistant text.** A non-final assistant `Transcript` with the full text is emitted with the
   first audio chunk (so a client shows the text as it starts to hear it); the final one comes at
   completion and carries the corrected text after an interruption.
-- **Interruptions.** Server `interruption` N: audio with `event_id <= N` is dropped (the Python
-  SDK's rule), `speaking false` and `Interrupted` go out at once, then the engine waits up to
-  `correction_wait_s` for `agent_response_correction`, whose text becomes the final transcript.
+- **Interruptions.** Server `interruption` N: audio with `event_id <= N` is dropped at once (the
+  Python SDK's rule) and `speaking false` goes out; `Interrupted` follows as soon as
+  `agent_response_correction` arrives (at most `correction_wait_s` later), carrying the corrected
+  text as the heard text, then the final transcript (same text) and `response_done: cancelled`.
   Client `interrupt(played_ms)`: the rest of the turn's audio is dropped at the gateway until the
   next turn marker, `user_activity` is sent (all ElevenLabs offers), and the turn ends at once with
   the heard text estimated from `played_ms`.
@@ -239,6 +240,7 @@ class _AgentTurn:
     speaking: bool = False
     last_activity: float = 0.0
     heard: str | None = None  # set when interrupted
+    played_ms: int = 0
 
 
 class ElevenLabsEngine(ConversationEngine):
@@ -248,8 +250,9 @@ class ElevenLabsEngine(ConversationEngine):
 
     #: Audio idle after which an agent turn counts as complete (no end event from ElevenLabs).
     response_idle_s: float = 1.0
-    #: After a server `interruption`, how long to wait for `agent_response_correction`.
-    correction_wait_s: float = 0.5
+    #: After a server `interruption`, how long `Interrupted` waits for
+    #: `agent_response_correction` (its text is what the session stores as heard).
+    correction_wait_s: float = 0.3
     #: Silence sent on `commit()`, so the provider's turn detection ends the user turn now.
     commit_silence_ms: int = 800
 
@@ -744,12 +747,13 @@ class ElevenLabsEngine(ConversationEngine):
         if turn is None:
             return
         self._turn = None
-        played = int(self._ms(turn.audio_bytes))
-        turn.heard = self._estimate_heard(turn, played)
+        turn.played_ms = int(self._ms(turn.audio_bytes))
+        turn.heard = self._estimate_heard(turn, turn.played_ms)
         if turn.speaking:
             await self.emit(AssistantSpeaking(False))
-        await self.emit(Interrupted(turn.item_id, played, heard_text=turn.heard))
         await self._flush_pending()
+        # `Interrupted` waits (briefly) for the correction: the session stores the heard text it
+        # carries, and the provider's correction is better than any estimate.
         self._pending = (turn, asyncio.get_running_loop().time() + self.correction_wait_s)
 
     async def _on_response_complete(self, msg: dict[str, Any]) -> None:
@@ -846,6 +850,7 @@ class ElevenLabsEngine(ConversationEngine):
             return
         turn, _ = self._pending
         self._pending = None
+        await self.emit(Interrupted(turn.item_id, turn.played_ms, heard_text=turn.heard or ""))
         await self._final_transcript(turn, turn.heard or "")
         if turn.heard:
             self._history.append(HistoryTurn("assistant", turn.heard))
