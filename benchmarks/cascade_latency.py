@@ -13,8 +13,9 @@ turn it records wall-clock (monotonic) times:
 `processing` is everything after the end-of-turn decision (target p50 <= 60 ms); `total` is
 last voiced sample -> first audio at the client (target p50 <= hangover + 100 ms).
 
-Run: `python benchmarks/cascade_latency.py [N]` (prints JSON and a table), or `voxgate bench
-cascade`, or `run(n_utterances=20)` from code.
+Run: `python benchmarks/cascade_latency.py [N] [sim]` (prints JSON and a table; `sim` streams
+the reply from the bundled OpenAI-compatible simulator over HTTP), or `voxgate bench cascade`,
+or `run(n_utterances=20)` from code.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from voxgate.audio import bytes_for_ms
 from voxgate.config import Settings
 from voxgate.engines.base import AudioOut, ResponseDone, StartOptions
 from voxgate.engines.cascade.engine import CascadeEngine
+from voxgate.testing.llm_sim import LLMSimulator
 from voxgate.testing.speech import silence, synthesize
 
 PHRASES = [
@@ -77,8 +79,21 @@ def _pct(values: list[float], p: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-async def _run(n_utterances: int, settings: Settings | None) -> dict[str, Any]:
+async def _run(n_utterances: int, settings: Settings | None, responder: str) -> dict[str, Any]:
     settings = settings or Settings(_env_file=None)  # type: ignore[call-arg]
+    sim: LLMSimulator | None = None
+    if responder == "sim":
+        # The streaming chat path over real HTTP (the simulator shares this event loop).
+        sim = await LLMSimulator(reply="Sure. Here is a short answer for you.").start()
+        settings = settings.model_copy(update={"llm_url": sim.base_url})
+    try:
+        return await _measure(n_utterances, settings)
+    finally:
+        if sim is not None:
+            await sim.stop()
+
+
+async def _measure(n_utterances: int, settings: Settings) -> dict[str, Any]:
     engine = CascadeEngine(settings)
     await engine.start(StartOptions())
     frame_bytes = bytes_for_ms(FRAME_MS, RATE)
@@ -175,9 +190,15 @@ async def _run(n_utterances: int, settings: Settings | None) -> dict[str, Any]:
     }
 
 
-def run(n_utterances: int = 20, settings: Settings | None = None) -> dict[str, Any]:
-    """Measure `n_utterances` real-time turns and return p50/p90/mean per stage (ms)."""
-    return asyncio.run(_run(n_utterances, settings))
+def run(
+    n_utterances: int = 20, settings: Settings | None = None, responder: str = "configured"
+) -> dict[str, Any]:
+    """Measure `n_utterances` real-time turns and return p50/p90/mean per stage (ms).
+
+    `responder="sim"` puts the bundled OpenAI-compatible simulator behind the responder (the
+    streaming HTTP path); otherwise the configured responder is used (echo by default).
+    """
+    return asyncio.run(_run(n_utterances, settings, responder))
 
 
 def _table(result: dict[str, Any]) -> str:
@@ -189,6 +210,6 @@ def _table(result: dict[str, Any]) -> str:
 
 if __name__ == "__main__":
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20
-    result = run(n)
+    result = run(n, responder=sys.argv[2] if len(sys.argv) > 2 else "configured")
     print(json.dumps(result, indent=2))
     print(_table(result))

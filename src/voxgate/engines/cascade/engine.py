@@ -186,6 +186,8 @@ class CascadeEngine(ConversationEngine):
     AUDIO_CHUNK_MS = 40
     PARTIAL_EVERY_MS = 300
     MAX_HISTORY = 60
+    #: Silence after speech that the recogniser still gets (it closes the last word).
+    STT_TAIL_MS = 160
     #: Audio held while speech onset is inside the echo guard window (then used or dropped).
     MAX_GUARD_MS = 3000
 
@@ -219,6 +221,7 @@ class CascadeEngine(ConversationEngine):
         self._last_partial = ""
         self._partial_task: asyncio.Task[None] | None = None
         self._guard_audio: list[bytes] | None = None
+        self._held: list[bytes] = []  # trailing silence not (yet) given to the recogniser
         self._guard_bytes = 0
         # assistant state
         self._response: _Response | None = None
@@ -350,6 +353,14 @@ class CascadeEngine(ConversationEngine):
         for ev in self._segmenter.feed(pcm16):
             if ev.kind == "speech":
                 if self._user_item is not None:
+                    if self._segmenter.silent_ms > self.STT_TAIL_MS:
+                        # Deep in the hangover: the recogniser needs no more silence, and a
+                        # short queue on its thread is what makes the final result instant.
+                        self._held.append(ev.audio)
+                        continue
+                    if self._held:
+                        self._feed_stt(b"".join(self._held))  # the pause was inside speech
+                        self._held.clear()
                     self._feed_stt(ev.audio)
                 elif self._guard_audio is not None:
                     await self._guarded_speech(ev.audio)
@@ -442,6 +453,7 @@ class CascadeEngine(ConversationEngine):
 
     def _begin_user_turn(self, prefix: bytes) -> None:
         assert self._stt is not None
+        self._held.clear()
         self._user_item = _new_id("item")
         self._fed_ms = 0.0
         self._last_partial = ""
@@ -456,6 +468,7 @@ class CascadeEngine(ConversationEngine):
         self._fed_ms += duration_ms(pcm16, INPUT_RATE)
         if (
             self._stt.streams_partials
+            and (self._segmenter is None or self._segmenter.silent_ms < 100)
             and int(self._fed_ms // self.PARTIAL_EVERY_MS) > int(before // self.PARTIAL_EVERY_MS)
             and (self._partial_task is None or self._partial_task.done())
         ):

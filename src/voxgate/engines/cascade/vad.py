@@ -156,6 +156,11 @@ class TurnSegmenter:
         self.in_speech = False
         self._silent_run = 0
 
+    @property
+    def silent_ms(self) -> int:
+        """How long the current turn has been silent (0 while the user is talking)."""
+        return self._silent_run * self.frame_ms
+
     def reset(self) -> None:
         self._prefix.clear()
         self._recent.clear()
