@@ -56,6 +56,7 @@ async def test_spoken_typed_and_resumed_conversation(make_settings, gateway_fact
             await client.stop()
 
         # Every final turn was stored as it happened.
+        await gw.wait_idle()
         store = gw.state.store
         record = await store.get_conversation(conversation_id)
         assert record is not None
@@ -73,6 +74,7 @@ async def test_spoken_typed_and_resumed_conversation(make_settings, gateway_fact
             await client.user_message("one more")
             await client.collect_reply(timeout=30)
             await client.stop()
+        await gw.wait_idle()
         record = await store.get_conversation(conversation_id)
         assert record is not None and len(record.turns) == 6
 
@@ -112,6 +114,7 @@ async def test_manual_commit_and_interrupt(make_settings, gateway_factory, gramm
             assert late == []
             conversation_id = ready["conversationId"]
             await client.stop()
+        await gw.wait_idle()
         record = await gw.state.store.get_conversation(conversation_id)
         assert record is not None
         cut = [t for t in record.turns if t.interrupted]

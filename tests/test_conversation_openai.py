@@ -75,6 +75,7 @@ async def test_spoken_conversation_with_interrupt(make_settings, gateway_factory
                 await client.stop()
                 assert leaks(client.received, KEY) == []
 
+            await gw.wait_idle()
             conn = sim.accepted[-1]
             assert conn.headers.get("authorization") == f"Bearer {KEY}"
             sent_types = conn.received_types()

@@ -39,6 +39,12 @@ class GatewayHandle:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
 
+    async def wait_idle(self, timeout: float = 15.0) -> None:
+        """Wait until every session has ended (and so finished writing its turns)."""
+        async with asyncio.timeout(timeout):
+            while self.state.sessions:
+                await asyncio.sleep(0.02)
+
 
 @contextlib.asynccontextmanager
 async def running_gateway(settings: Settings) -> AsyncIterator[GatewayHandle]:
