@@ -201,3 +201,23 @@ async def test_graceful_shutdown_tells_clients_and_keeps_turns(tmp_path: Path) -
         assert record.ended_at is not None
     finally:
         await store.close()
+
+
+async def test_audio_logs_write_a_wav_per_turn(make_settings, gateway_factory, tmp_path: Path) -> None:
+    from voxgate.audio import read_wav
+
+    logs = tmp_path / "audio-logs"
+    async with gateway_factory(make_settings(audio_log_dir=str(logs))) as gw:
+        async with VoxgateClient(gw.ws_url) as client:
+            ready = await client.start(binary=True)
+            rate = client.input_rate
+            await client.stream_audio(silence(200, rate) + synthesize("hello there", rate) + silence(900, rate), speed=4.0)
+            await client.collect_reply(timeout=30)
+            await client.stop()
+        await gw.wait_idle()
+    files = sorted((logs / ready["conversationId"]).glob("*.wav"))
+    assert [f.name.split("-", 1)[1] for f in files] == ["user.wav", "assistant.wav"]
+    user_pcm, user_rate = read_wav(files[0])
+    assert user_rate == 24000 and len(user_pcm) / 2 / user_rate > 0.5
+    reply_pcm, reply_rate = read_wav(files[1])
+    assert len(reply_pcm) / 2 / reply_rate > 0.5

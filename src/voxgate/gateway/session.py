@@ -906,7 +906,6 @@ class GatewaySession:
         if turn.role == "user" and self._audio_log is not None:
             audio = bytes(self._user_audio)
             self._user_audio.clear()
-        index = self.turns_stored
 
         async def write() -> None:
             saved = await store.add_turn(conversation_id, record)
@@ -914,7 +913,12 @@ class GatewaySession:
             if audio and self._audio_log is not None:
                 rate = self.client_in_rate if turn.role == "user" else self._engine_out_bytes_per_s // 2
                 await asyncio.to_thread(
-                    self._audio_log.write, conversation_id, index, turn.role, audio, rate
+                    self._audio_log.write,
+                    conversation_id,
+                    saved.turn_index or 0,
+                    turn.role,
+                    audio,
+                    rate,
                 )
 
         self._enqueue_write(write)
