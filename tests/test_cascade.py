@@ -235,6 +235,15 @@ async def test_manual_mode_commit_ends_the_turn(engine_factory, grammar):
     assert isinstance(err, EngineError) and not err.fatal and "nothing to commit" in err.message
 
 
+async def test_a_turn_without_pause_is_ended_at_the_turn_limit(engine_factory, grammar):
+    engine, rec = await engine_factory(stt_grammar=grammar)
+    engine.MAX_TURN_MS = 600  # the limit is 60 s; the behaviour is the same
+    await speak(engine, utterance("hello can you hear me"))
+    speaking = [e.is_speaking for e in rec.events if e.kind == "user_speaking"]
+    # Cut at the limit, then the rest of the speech is a turn of its own.
+    assert speaking[:3] == [True, False, True], speaking
+
+
 # --- interruption ------------------------------------------------------------------------------
 
 

@@ -186,6 +186,8 @@ class CascadeEngine(ConversationEngine):
     AUDIO_CHUNK_MS = 40
     PARTIAL_EVERY_MS = 300
     MAX_HISTORY = 60
+    #: The longest user turn; server VAD ends it there even without a pause.
+    MAX_TURN_MS = 60_000
     #: Silence after speech that the recogniser still gets (it closes the last word).
     STT_TAIL_MS = 160
     #: Audio held while speech onset is inside the echo guard window (then used or dropped).
@@ -347,7 +349,8 @@ class CascadeEngine(ConversationEngine):
                 pcm16, self._odd = self._odd + pcm16, b""
             if len(pcm16) % 2:
                 pcm16, self._odd = pcm16[:-1], pcm16[-1:]
-            self._feed_stt(pcm16)
+            if self._fed_ms <= self.MAX_TURN_MS:  # beyond it, wait for the commit
+                self._feed_stt(pcm16)
             return
         assert self._segmenter is not None
         for ev in self._segmenter.feed(pcm16):
@@ -371,6 +374,12 @@ class CascadeEngine(ConversationEngine):
                 await self._end_user_turn()
             else:
                 self._guard_audio = None  # echo that never outlasted the guard
+        if self._user_item is not None and self._fed_ms > self.MAX_TURN_MS:
+            # A turn that never pauses (a radio, a stuck key): answer what we have so far,
+            # which also bounds the audio a buffered recogniser keeps.
+            self._segmenter.force_end()
+            self.timings = TurnTimings(speech_end_t=time.monotonic())
+            await self._end_user_turn()
 
     async def commit(self) -> None:
         if not self._started or self._stopped:
