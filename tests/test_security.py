@@ -605,3 +605,42 @@ async def test_voxgate_talk_works_with_a_token_and_is_refused_without(
         assert "assistant:" in out and "response completed" in out, out
         _, total = await gw.state.store.list_conversations(user_id="dave")
         assert total == 1, "the conversation belongs to the token's user"
+
+
+async def test_dns_rebinding_is_refused_while_auth_is_off(make_settings, gateway_factory) -> None:
+    """A hostile page whose name resolves to 127.0.0.1 looks same-origin to the browser."""
+    async with gateway_factory(make_settings()) as gw:
+        rebound = f"evil.example:{gw.port}"
+        sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        sock.setblocking(False)
+        error, code = await refusal(
+            f"ws://{rebound}/ws",
+            origin=f"http://{rebound}",
+            sock=sock,  # type: ignore[arg-type]
+        )
+        assert code == 4403 and error["code"] == "forbidden_origin"
+        async with httpx.AsyncClient(base_url=gw.http_url) as http:
+            browser = {"Host": rebound, "Sec-Fetch-Site": "same-origin"}
+            refused = await http.get("/api/conversations", headers=browser)
+            assert refused.status_code == 403 and "DNS rebinding" in refused.json()["detail"]
+            assert (await http.post("/api/realtime/session", headers=browser)).status_code == 403
+            # Scripts and SDKs (no browser marks) and loopback pages are unaffected.
+            assert (
+                await http.get("/api/conversations", headers={"Host": rebound})
+            ).status_code == 200
+            loopback = {"Host": f"localhost:{gw.port}", "Sec-Fetch-Site": "same-origin"}
+            assert (await http.get("/api/conversations", headers=loopback)).status_code == 200
+    # With auth on, a rebound page gains nothing (it holds no token): the server's own origin,
+    # whatever its public name, stays allowed.
+    async with gateway_factory(make_settings(auth="jwt", jwt_secret=SECRET)) as gw:
+        public = f"voice.example:{gw.port}"
+        sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        sock.setblocking(False)
+        async with connect(
+            f"ws://{public}/ws",
+            origin=f"http://{public}",  # type: ignore[arg-type]
+            additional_headers=bearer(make_jwt("alice")),
+            sock=sock,
+        ) as ws:
+            await ws.send('{"type":"ping","id":1}')
+            assert orjson.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "pong"

@@ -20,7 +20,7 @@ from voxgate.config import Settings
 from voxgate.engines import ENGINES, engine_class
 from voxgate.gateway.auth import SUBPROTOCOL, AuthError, Identity, admin_identity
 from voxgate.gateway.limits import HeaderSizeLimit, LimitExceeded
-from voxgate.gateway.origins import origin_allowed
+from voxgate.gateway.origins import BrowserHostGuard, origin_allowed
 from voxgate.gateway.session import GatewaySession
 from voxgate.gateway.state import GatewayState
 from voxgate.protocol import CloseCode, ErrorCode
@@ -136,6 +136,7 @@ def create_app(settings: Settings | None = None, store: ConversationStore | None
     _include_optional_routers(app)
     # Absurd headers get a clear 431 whichever HTTP parser uvicorn runs (issue 5).
     app.add_middleware(HeaderSizeLimit)
+    app.add_middleware(BrowserHostGuard, settings=settings)  # DNS rebinding, auth off
 
     # The browser client last, so API routes win.
     web_dir = importlib.resources.files("voxgate") / "web"
