@@ -28,6 +28,7 @@ from voxgate.engines.base import (
     TurnDetectionOptions,
 )
 from voxgate.engines.cascade.engine import CascadeEngine
+from voxgate.engines.cascade.tts import EspeakSynthesizer
 from voxgate.testing.llm_sim import LLMSimulator
 from voxgate.testing.speech import silence, synthesize
 
@@ -437,6 +438,27 @@ async def test_openai_transcription_and_speech(engine_factory):
             e.item_id for e in rec.events if isinstance(e, Transcript) and e.role == "assistant"
         )
         assert rms_dbfs(audio_of(rec, item)) > -35.0
+
+
+async def test_voice_from_start_is_used_only_when_espeak_knows_it(engine_factory):
+    engine, rec = await engine_factory(StartOptions(voice="alloy"))  # an OpenAI voice name
+    await engine.send_user_message("Still speaking.")
+    await rec.wait_for(done("completed"))
+    item = next(e.item_id for e in rec.events if isinstance(e, Transcript))
+    assert rms_dbfs(audio_of(rec, item)) > -35.0
+    assert isinstance(engine._tts, EspeakSynthesizer) and engine._tts.voice == "en-us"
+    engine2, _ = await engine_factory(StartOptions(voice="en-gb"))
+    assert isinstance(engine2._tts, EspeakSynthesizer) and engine2._tts.voice == "en-gb"
+
+
+async def test_stop_ends_the_event_stream(make_settings):
+    engine = create_engine("cascade", make_settings())
+    await engine.start(StartOptions())
+    await engine.stop()
+    await engine.stop()  # idempotent
+    async with asyncio.timeout(5):
+        kinds = [(e.kind, getattr(e, "status", None)) async for e in engine.events()]
+    assert kinds == [("status", "connecting"), ("status", "connected"), ("status", "disconnected")]
 
 
 # --- unavailable parts ---------------------------------------------------------------------------

@@ -263,7 +263,17 @@ class CascadeEngine(ConversationEngine):
                     s.openai_api_base, key, options.voice or s.openai_voice, OUTPUT_RATE
                 )
             elif s.tts == "espeak":
-                self._tts = EspeakSynthesizer(s.espeak_bin, s.tts_voice, OUTPUT_RATE)
+                espeak = EspeakSynthesizer(s.espeak_bin, s.tts_voice, OUTPUT_RATE)
+                if options.voice and options.voice != s.tts_voice:
+                    if await espeak.accepts_voice(options.voice):
+                        espeak.voice = options.voice
+                    else:
+                        log.info(
+                            "cascade: '%s' is not an espeak-ng voice; speaking with '%s'",
+                            options.voice,
+                            s.tts_voice,
+                        )
+                self._tts = espeak
             else:
                 raise EngineUnavailable(
                     f"unknown text-to-speech '{s.tts}': set VOXGATE_TTS to espeak or openai",

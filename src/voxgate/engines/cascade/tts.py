@@ -163,6 +163,32 @@ class EspeakSynthesizer:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(proc.wait())
 
+    async def accepts_voice(self, voice: str) -> bool:
+        """Whether espeak-ng knows `voice`. Client voices are often another engine's names
+        ("alloy"), which espeak-ng rejects (or even crashes on), so they are checked first."""
+        if not voice or len(voice) > 64 or not all(c.isalnum() or c in "-_+/" for c in voice):
+            return False
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.binary,
+                "-q",
+                "-v",
+                voice,
+                "--",
+                "",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+        except OSError:
+            return False
+        try:
+            return await asyncio.wait_for(proc.wait(), 5.0) == 0
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return False
+
     async def aclose(self) -> None:
         return None
 
