@@ -80,6 +80,8 @@ class Recorder:
     window_start_ns: int = 0
     window_end_ns: int = 1 << 62
     rtt_ns: list[int] = field(default_factory=list)
+    #: Frames that came back while the window was open: the work the relay did in it.
+    arrivals_in_window: int = 0
     lateness_ms: list[float] = field(default_factory=list)
     error_samples: list[str] = field(default_factory=list)
 
@@ -255,8 +257,11 @@ async def receiver(cfg: Config, s: Session, rec: Recorder | None) -> None:
                             rec.error_samples.append(msg[:300])
                     continue
             s.received += 1
-            if rtts is not None and lo <= t_ns < hi:
-                rtts.append(now - t_ns)
+            if rtts is not None:
+                if lo <= t_ns < hi:
+                    rtts.append(now - t_ns)
+                if lo <= now < hi:
+                    rec.arrivals_in_window += 1  # type: ignore[union-attr]
     except ConnectionClosed:
         return
 
@@ -327,16 +332,33 @@ async def scenario_relay(
     rss_end = watcher.rss()
     await asyncio.gather(*senders)
     sent = sum(s.sent for s in live)
-    deadline = time.perf_counter() + drain
-    while time.perf_counter() < deadline and sum(s.received for s in live) < sent:
-        await asyncio.sleep(0.05)
+    # Drain until everything is back, or nothing has come back for `drain` seconds (a frame
+    # still queued somewhere is late, not lost; one that never comes is lost).
     received = sum(s.received for s in live)
+    quiet_since = time.perf_counter()
+    hard_stop = quiet_since + max(drain, 60.0)
+    while received < sent and time.perf_counter() < hard_stop:
+        await asyncio.sleep(0.05)
+        now_received = sum(s.received for s in live)
+        if now_received != received:
+            received = now_received
+            quiet_since = time.perf_counter()
+        elif time.perf_counter() - quiet_since > drain:
+            break
+    drain_s = time.perf_counter() - window_end
     await asyncio.gather(*(_close(s.ws) for s in live))
     for task in receivers:
         task.cancel()
     await asyncio.gather(*receivers, return_exceptions=True)
     await watcher.stop()
     late = rec.lateness_ms
+    cores = cores_between(before, after)
+    window_s = after.t - before.t
+    per_frame = {
+        name: round(c * window_s * 1e6 / rec.arrivals_in_window, 2)
+        for name, c in cores.items()
+        if name != "machine" and rec.arrivals_in_window
+    }
     return {
         "sessions": sessions,
         "connected": len(live),
@@ -354,7 +376,10 @@ async def scenario_relay(
         "late_sends": sum(1 for x in late if x > LATE_MS),
         "sends_in_window": len(late),
         "send_lateness_ms": latency_summary(late),
-        "cpu_cores": cores_between(before, after),
+        "drain_s": round(drain_s, 2),
+        "frames_in_window": rec.arrivals_in_window,
+        "cpu_cores": cores,
+        "cpu_us_per_frame": per_frame,
         "rss_bytes_start": rss_start,
         "rss_bytes_end": rss_end,
         "rss_bytes_peak": watcher.peak_rss,

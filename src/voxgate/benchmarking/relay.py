@@ -157,6 +157,9 @@ def run_path(
     cpu = result.get("cpu_cores", {})
     result["target_cores"] = cpu.get("target", 0.0) if path != "direct" else 0.0
     result["target_rss_bytes"] = result.get("rss_bytes_end", {}).get("target")
+    result["target_us_per_frame"] = (
+        result.get("cpu_us_per_frame", {}).get("target") if path != "direct" else 0.0
+    )
     return result
 
 
@@ -204,6 +207,7 @@ def relay_ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "sessions": n,
                 "path": path,
                 "cpu": ratio(run["target_cores"], raw["target_cores"]),
+                "cpu_per_frame": ratio(run["target_us_per_frame"], raw["target_us_per_frame"]),
                 "p99": ratio(run_p99, raw_p99),
                 "added_p99": ratio(added_run, added_raw) if added_raw and added_raw > 0 else None,
                 "rss": ratio(run["target_rss_bytes"], raw["target_rss_bytes"]),
@@ -228,6 +232,9 @@ def frames_benchmark(sessions: int, duration: float, warmup: float, drain: float
         "bytes_per_frame": {"binary": frame, "json_up": up_json, "json_down": down_json},
         "ratios": {
             "cpu_json_over_binary": ratio(js["target_cores"], binary["target_cores"]),
+            "cpu_per_frame_json_over_binary": ratio(
+                js["target_us_per_frame"], binary["target_us_per_frame"]
+            ),
             "p99_json_over_binary": ratio(js["rtt_ms"]["p99"], binary["rtt_ms"]["p99"]),
             "p50_json_over_binary": ratio(js["rtt_ms"]["p50"], binary["rtt_ms"]["p50"]),
         },

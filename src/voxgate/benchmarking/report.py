@@ -42,9 +42,18 @@ def machine() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "event_loop": loop_name(),
+        "niceness": os.nice(0),
+        "autogroup": _autogroup(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "versions": versions,
     }
+
+
+def _autogroup() -> str | None:
+    try:
+        return Path("/proc/self/autogroup").read_text().strip()
+    except OSError:
+        return None
 
 
 def write_result(name: str, result: dict[str, Any], out_dir: Path | None) -> Path | None:

@@ -1,0 +1,102 @@
+"""Smoke runs of every benchmark at toy sizes (N=2, about a second each).
+
+They prove the suite works end to end — processes start, frames make the round trip through
+each path with their stamps intact, CPU/RSS are attributed, results are written — without
+asserting anything about speed (the machine is shared and noisy). Real numbers come from
+`voxgate bench all` (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from voxgate.bench import bench_app
+from voxgate.benchmarking.cascade import find_script
+from voxgate.benchmarking.relay import compat_available
+
+runner = CliRunner()
+
+
+def _invoke(args: list[str]) -> str:
+    result = runner.invoke(bench_app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _saved(out_dir: Path, name: str) -> dict:
+    files = sorted(out_dir.glob(f"{name}-*.json"))
+    assert len(files) == 1, files
+    return json.loads(files[0].read_text())
+
+
+def test_relay_every_path_round_trips_stamped_frames(tmp_path: Path) -> None:
+    output = _invoke([
+        "relay", "--sizes", "2", "--duration", "1", "--warmup", "0.2", "--drain", "3",
+        "--out-dir", str(tmp_path),
+    ])  # fmt: skip
+    result = _saved(tmp_path, "relay")
+    paths = {run["path"] for run in result["runs"]}
+    expected = {"direct", "raw", "voxgate"} | ({"compat"} if compat_available() else set())
+    assert paths == expected
+    for run in result["runs"]:
+        assert run["connected"] == 2, run
+        # ~50 frames a second per session over 1.2 s: every one came back with its stamp.
+        assert run["frames_sent"] >= 2 * 40, run
+        assert run["lost_frames"] == 0, run
+        assert run["errors"] == 0, run["error_samples"]
+        assert run["rtt_ms"]["n"] > 0 and run["rtt_ms"]["p50"] > 0
+        if run["path"] != "direct":
+            assert run["target_cores"] > 0 and run["target_rss_bytes"] > 10 * 2**20
+    assert {r["path"] for r in result["ratios"]} >= {"voxgate"}
+    assert result["machine"]["nproc"] >= 1
+    assert "Relay overhead" in output and "Against the raw relay" in output
+
+
+def test_frames_binary_and_json_audio(tmp_path: Path) -> None:
+    _invoke([
+        "frames", "--sessions", "2", "--duration", "1", "--warmup", "0.2", "--drain", "3",
+        "--out-dir", str(tmp_path),
+    ])  # fmt: skip
+    result = _saved(tmp_path, "frames")
+    binary, js = result["runs"]
+    assert (binary["json_audio"], js["json_audio"]) == (False, True)
+    for run in (binary, js):
+        assert run["lost_frames"] == 0 and run["errors"] == 0, run
+        assert run["rtt_ms"]["n"] > 0
+    assert result["bytes_per_frame"]["json_up"] > result["bytes_per_frame"]["binary"]
+
+
+def test_memory_slope_idle_and_active(tmp_path: Path) -> None:
+    _invoke([
+        "memory", "--steps", "0,3,6", "--settle", "0.3", "--active-fps", "50",
+        "--out-dir", str(tmp_path),
+    ])  # fmt: skip
+    result = _saved(tmp_path, "memory")
+    for mode in ("idle", "active"):
+        m = result["modes"][mode]
+        assert [p["sessions"] for p in m["points"]] == [0, 3, 6]
+        assert m["connect_failures"] == 0
+        assert m["kib_per_session"] is not None
+    active = result["modes"]["active"]["points"][-1]
+    assert active["frames_received"] > 0
+
+
+def test_connect_to_session_ready(tmp_path: Path) -> None:
+    _invoke(["connect", "--sequential", "2", "--burst", "2", "--out-dir", str(tmp_path)])
+    result = _saved(tmp_path, "connect")
+    for path in ("direct", "voxgate"):
+        assert result[path]["failures"] == 0
+        assert result[path]["sequential"]["n"] == 2
+        assert result[path]["burst"]["n"] == 2
+
+
+@pytest.mark.skipif(find_script() is None, reason="benchmarks/cascade_latency.py is not in this checkout")
+def test_cascade_latency_wired_in(tmp_path: Path) -> None:
+    _invoke(["cascade", "--utterances", "1", "--out-dir", str(tmp_path)])
+    result = _saved(tmp_path, "cascade")
+    assert result["utterances"] == 1
+    assert "summary_ms" in result
