@@ -254,6 +254,10 @@ async def test_origin_allowlist_on_ws_and_token_endpoint(make_settings, gateway_
         for origin in ("https://evil.example", "null", "file://", "http://127.0.0.1.evil.example"):
             error, code = await refusal(gw.ws_url, origin=origin)  # type: ignore[arg-type]
             assert code == 4403 and error["code"] == "forbidden_origin", origin
+        # A reason quoting a long non-ASCII origin still fits the close frame (not 1006).
+        long_origin = "http://" + "é" * 100 + ".example"
+        error, code = await refusal(gw.ws_url, additional_headers={"Origin": long_origin})
+        assert code == 4403 and error["code"] == "forbidden_origin"
         for origin in ("http://localhost:5173", "http://127.0.0.1:3000", gw.http_url):
             async with VoxgateClient(gw.ws_url, origin=origin) as client:
                 assert await pong(client), origin

@@ -21,7 +21,7 @@ from voxgate.engines import ENGINES, engine_class
 from voxgate.gateway.auth import SUBPROTOCOL, AuthError, Identity, admin_identity
 from voxgate.gateway.limits import HeaderSizeLimit, LimitExceeded
 from voxgate.gateway.origins import BrowserHostGuard, origin_allowed
-from voxgate.gateway.session import GatewaySession
+from voxgate.gateway.session import GatewaySession, close_reason
 from voxgate.gateway.state import GatewayState
 from voxgate.protocol import CloseCode, ErrorCode
 from voxgate.store.base import ConversationStore
@@ -162,7 +162,7 @@ async def serve_websocket(state: GatewayState, websocket: WebSocket) -> None:
             metrics.errors_total.labels(code.value).inc()
             await websocket.accept(subprotocol=fallback_proto)
             await websocket.send_text(P.encode(P.error_message(code, message, fatal=True)))
-            await websocket.close(close_code, message[:120])
+            await websocket.close(close_code, close_reason(message))
 
         if state.shutting_down:
             await reject(ErrorCode.UPSTREAM_UNAVAILABLE, "the server is shutting down", CloseCode.GOING_AWAY)

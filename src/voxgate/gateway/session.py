@@ -75,6 +75,19 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
+def close_reason(text: str, limit: int = 123) -> str:
+    """`text` cut to fit a close frame (123 UTF-8 bytes), on a character boundary.
+
+    Why bytes: a reason quoting client input (an origin, a message type) in non-ASCII letters
+    overflows the frame even at 120 characters, the close fails, and the client sees 1006
+    (which SDKs auto-reconnect on) instead of the code that says why.
+    """
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode("utf-8", errors="ignore")
+
+
 def estimate_heard(text: str, played_ms: int, total_ms: float) -> str:
     """The part of `text` a listener heard after `played_ms` of `total_ms` of speech.
 
@@ -309,7 +322,7 @@ class GatewaySession:
                         await self.ws.send({"type": "websocket.send", "text": text})
                     for message in ended.final:
                         await self.ws.send({"type": "websocket.send", "text": P.encode(message)})
-                    await self.ws.close(ended.close_code, ended.reason[:120])
+                    await self.ws.close(ended.close_code, close_reason(ended.reason))
         # Finish writing turns, within the shutdown deadline.
         with contextlib.suppress(asyncio.QueueFull):
             self._writes.put_nowait(None)
