@@ -398,6 +398,14 @@ async def test_llm_error_and_outage_are_non_fatal(engine_factory):
         await engine.send_user_message("fourth")
         await rec.wait_for(done("completed"), after=n)
 
+        sim.fault, sim.fault_count = "http_401", 1
+        n = len(rec.events)
+        await engine.send_user_message("fifth")
+        err = await rec.wait_for(lambda e: isinstance(e, EngineError), after=n)
+        assert isinstance(err, EngineError) and not err.fatal
+        assert "rejected the key" in err.message and "VOXGATE_LLM_API_KEY" in err.message
+        await rec.wait_for(done("failed"), after=n)
+
 
 async def test_llm_too_slow_is_a_non_fatal_timeout(engine_factory):
     async with LLMSimulator(reply="Late.", slow_s=1.0) as sim:

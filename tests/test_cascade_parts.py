@@ -7,6 +7,7 @@ import shutil
 import subprocess
 
 import numpy as np
+import pytest
 
 from voxgate.audio import bytes_for_ms
 from voxgate.engines.cascade.text import SentenceSplitter, SpokenSentence, heard_text
@@ -72,3 +73,45 @@ def test_segmenter_hangover_is_the_configured_silence():
     end_at = next(p for k, p, _ in events if k == "end")
     hangover_ms = (end_at - (bytes_for_ms(500, 16000) + last_voiced * 2)) / 32
     assert 400 <= hangover_ms <= 440, hangover_ms
+
+
+async def test_llm_simulator_speaks_openai_to_the_official_sdk():
+    import openai
+
+    from voxgate.audio import parse_wav_bytes, wav_bytes
+    from voxgate.testing.llm_sim import LLMSimulator
+
+    async with LLMSimulator(reply="One. Two three.", api_key="sk-sim") as sim:
+        client = openai.AsyncOpenAI(base_url=sim.base_url, api_key="sk-sim", max_retries=0)
+        stream = await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "count"}], stream=True
+        )
+        pieces = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+        assert "".join(pieces) == "One. Two three." and len(pieces) > 2
+        whole = await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "count"}]
+        )
+        assert whole.choices[0].message.content == "One. Two three."
+        sim.transcript = "scripted words"
+        text = await client.audio.transcriptions.create(
+            model="whisper-1", file=("a.wav", wav_bytes(silence(100, 16000), 16000))
+        )
+        assert text.text == "scripted words"
+        speech = await client.audio.speech.create(
+            model="tts-1", voice="alloy", input="hello", response_format="wav"
+        )
+        pcm, rate = parse_wav_bytes(speech.content)
+        assert rate == 24000 and len(pcm) > 24000  # over half a second of speech
+        assert [r.path for r in sim.requests] == [
+            "/v1/chat/completions",
+            "/v1/chat/completions",
+            "/v1/audio/transcriptions",
+            "/v1/audio/speech",
+        ]
+        assert {r.authorization for r in sim.requests} == {"Bearer sk-sim"}
+        bad = openai.AsyncOpenAI(base_url=sim.base_url, api_key="sk-wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            await bad.chat.completions.create(model="m", messages=[])
+        sim.fault = "http_500"
+        with pytest.raises(openai.InternalServerError):
+            await client.chat.completions.create(model="m", messages=[])
