@@ -1,6 +1,6 @@
 """ElevenLabs Conversational AI ("Agents") behind the engine seam.
 
-The wire protocol is summarised in `docs/`'s provider notes (ElevenLabs ConvAI reference): one JSON
+The wire protocol (as the official SDKs and the provider's AsyncAPI contract define it): one JSON
 object per text frame, user audio as `{"user_audio_chunk": b64}` in the agent's input format,
 agent speech as `audio` events with increasing integer `event_id`s, `ping` answered with `pong`.
 

@@ -1,5 +1,6 @@
 """A faithful local simulator of ElevenLabs Conversational AI: the signed-URL REST call and the
-conversation WebSocket, as described in `docs/`'s protocol notes (paraphrasing the official SDKs).
+conversation WebSocket, as the official SDKs (`elevenlabs` 2.78 for Python, `@elevenlabs/client`)
+and the provider's AsyncAPI contract describe them.
 
 Why it exists: so the gateway, its tests and its users can develop and test the ElevenLabs engine
 with no account and no network. It speaks the real wire format (nested `*_event` payloads,
