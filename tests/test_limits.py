@@ -321,3 +321,32 @@ async def test_silent_upstream_hits_the_start_timeout(
             assert client.close_code == 4502
         # The process is fine; only the engine's breaker counts the failure.
         assert await healthy(gw.http_url)
+
+
+async def test_abrupt_disconnects_release_their_slots(make_settings, gateway_factory) -> None:
+    """Clients that vanish (TCP reset, mid-handshake or mid-session) must not leak slots."""
+    async with gateway_factory(make_settings(max_sessions=3)) as gw:
+        for i in range(12):
+            ws = await connect(gw.ws_url)
+            if i % 2:
+                await ws.send('{"type":"ping"}')
+            ws.transport.abort()  # no close frame: the TCP connection just dies
+        raw = []
+        for _ in range(6):  # half-open handshakes that never finish
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
+            raw.append(writer)
+        for writer in raw:
+            writer.transport.abort()
+        async with asyncio.timeout(20):
+            while gw.state.limiter.total or gw.state.websockets_open:
+                await asyncio.sleep(0.05)
+        clients = [await VoxgateClient(gw.ws_url).connect() for _ in range(3)]
+        try:
+            for client in clients:
+                await client.ping("ok")
+                assert (await client.wait_for("pong", timeout=10))["id"] == "ok"
+        finally:
+            for client in clients:
+                await client.close()
+        assert await healthy(gw.http_url)

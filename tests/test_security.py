@@ -23,6 +23,8 @@ import httpx
 import jwt
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -31,6 +33,7 @@ from voxgate.cli import app as cli_app
 from voxgate.cli import check_serve_settings
 from voxgate.client import VoxgateClient
 from voxgate.config import Settings
+from voxgate.gateway.auth import Authenticator, AuthError
 from voxgate.testing.elevenlabs_sim import ElevenLabsSim
 from voxgate.testing.openai_sim import OpenAISimulator
 
@@ -648,3 +651,45 @@ async def test_dns_rebinding_is_refused_while_auth_is_off(make_settings, gateway
         ) as ws:
             await ws.send('{"type":"ping","id":1}')
             assert orjson.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "pong"
+
+
+# --- any token the server did not sign is refused with a sentence, never an exception -------
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+#: Built once: pydantic-settings reads the environment on every construction.
+_AUTHENTICATOR = Authenticator(Settings(_env_file=None, auth="jwt", jwt_secret=SECRET))  # type: ignore[call-arg]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    header=st.dictionaries(
+        st.sampled_from(["alg", "typ", "kid", "crit", "b64"]), _json, max_size=3
+    ),
+    claims=st.dictionaries(
+        st.sampled_from(["sub", "exp", "nbf", "iat", "aud", "admin"]), _json, max_size=5
+    ),
+    signature=st.binary(max_size=48),
+    raw=st.text(max_size=80),
+)
+def test_unsigned_or_malformed_tokens_raise_auth_error_only(
+    header: dict[str, Any], claims: dict[str, Any], signature: bytes, raw: str
+) -> None:
+    crafted = ".".join(
+        (
+            b64url(json.dumps(header).encode()),
+            b64url(json.dumps(claims).encode()),
+            b64url(signature),
+        )
+    )
+    for candidate in (crafted, raw, "vxs_" + raw):
+        with pytest.raises(AuthError):
+            _AUTHENTICATOR.verify_token(candidate)
