@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import typing
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -406,3 +407,64 @@ async def test_handshake_refusals_and_shutdown_are_openai_shaped(
         await gw.state.shutdown_sessions()
         error, code = await _error_then_close(first)
     assert error["error"]["code"] == "server_shutdown" and code == 1001
+
+
+#: Browser code exactly as OpenAI's WebSocket guide writes it, pointed at voxgate.
+BROWSER_SCRIPT = """
+async ({wsUrl, token}) => {
+  const ws = new WebSocket(wsUrl, ["realtime", "openai-insecure-api-key." + token]);
+  const seen = [];
+  return await new Promise((resolve) => {
+    const timer = setTimeout(() => { ws.close(); resolve({seen, timeout: true}); }, 30000);
+    ws.onopen = () => {
+      ws.send(JSON.stringify({type: "session.update", session: {type: "realtime",
+        output_modalities: ["text"]}}));
+      ws.send(JSON.stringify({type: "conversation.item.create", item: {type: "message",
+        role: "user", content: [{type: "input_text", text: "hello from a browser"}]}}));
+      ws.send(JSON.stringify({type: "response.create"}));
+    };
+    ws.onmessage = (e) => {
+      const msg = JSON.parse(e.data);
+      seen.push(msg);
+      if (msg.type === "response.done") {
+        clearTimeout(timer); const p = ws.protocol; ws.close(1000); resolve({seen, protocol: p});
+      }
+    };
+    ws.onclose = (e) => { clearTimeout(timer); resolve({seen, protocol: ws.protocol, code: e.code}); };
+  });
+}
+"""
+
+
+@pytest.mark.browser
+async def test_real_browser_with_openai_style_subprotocol_auth(
+    make_settings, gateway_factory, sim: OpenAISimulator
+) -> None:
+    chromium = os.environ.get("VOXGATE_TEST_CHROMIUM", "/usr/bin/chromium")
+    if not os.path.exists(chromium):  # noqa: ASYNC240 - a one-off stat
+        pytest.fail(f"{chromium} is missing: run scripts/setup.sh (it apt-installs chromium)")
+    from playwright.async_api import async_playwright
+
+    settings = _settings(make_settings, sim, auth="jwt", jwt_secret=JWT_SECRET)
+    async with gateway_factory(settings) as gw, async_playwright() as pw:
+        token = gw.state.authenticator.mint_jwt("carol")
+        browser = await pw.chromium.launch(
+            executable_path=chromium,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--no-first-run"],
+            timeout=60_000,
+        )
+        try:
+            page = await browser.new_page()
+            await page.goto(gw.http_url + "/", timeout=30_000)  # a same-origin page
+            url = f"ws://127.0.0.1:{gw.port}/v1/realtime?model=gpt-realtime"
+            refused = await page.evaluate(BROWSER_SCRIPT, {"wsUrl": url, "token": "bad"})
+            talked = await page.evaluate(BROWSER_SCRIPT, {"wsUrl": url, "token": token})
+        finally:
+            await browser.close()
+    assert refused["code"] == 4401 and refused["seen"][0]["error"]["code"] == "unauthorized"
+    assert talked["protocol"] == "realtime"  # Chromium checked the selection; no token echoed
+    texts = [m["text"] for m in talked["seen"] if m["type"] == "response.output_text.done"]
+    assert texts == ["You said: hello from a browser."]
+    assert not any(SERVER_KEY in json.dumps(m) for m in talked["seen"])
+    assert all(c.headers["authorization"] == f"Bearer {SERVER_KEY}" for c in sim.connections)
