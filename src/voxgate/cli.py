@@ -269,11 +269,23 @@ def simulate_elevenlabs(
     api_key: Annotated[str, typer.Option(help="Accepted xi-api-key.")] = "xi-test",
     agent_id: Annotated[str, typer.Option(help="The agent id.")] = "agent_test",
     pace: Annotated[float, typer.Option(help="Speech pacing: 1 = real time.")] = 1.0,
+    transcript: Annotated[str | None, typer.Option(help="Scripted user transcript.")] = None,
+    public: Annotated[bool, typer.Option(help="A public agent (no signed URL needed).")] = False,
+    output_format: Annotated[str, typer.Option(help="Agent audio format, e.g. pcm_44100.")] = "pcm_16000",
 ) -> None:
     """An ElevenLabs ConvAI simulator (REST signed URL + conversation socket)."""
     from voxgate.testing.elevenlabs_sim import run_elevenlabs_sim
 
-    run_elevenlabs_sim(host=host, port=port, api_key=api_key, agent_id=agent_id, pace=pace)
+    run_elevenlabs_sim(
+        host=host,
+        port=port,
+        api_key=api_key,
+        agent_id=agent_id,
+        pace=pace,
+        transcript=transcript,
+        public=public,
+        output_format=output_format,
+    )
 
 
 _mount_optional()
