@@ -52,6 +52,10 @@ def test_heard_text_keeps_played_sentences_and_the_played_words():
     assert heard_text(sentences, 1000) == "One two three."
     assert heard_text(sentences, 1500) == "One two three. Four five"
     assert heard_text(sentences, 5000) == "One two three. Four five six seven."
+    # A sentence still being synthesised: 40 ms of audio so far is not the whole sentence.
+    making = [SpokenSentence("Four five six seven.", 0, 40, complete=False)]
+    assert heard_text(making, 40) == ""
+    assert heard_text(making, 700) == "Four five"
 
 
 def test_segmenter_hangover_is_the_configured_silence():

@@ -637,7 +637,7 @@ class CascadeEngine(ConversationEngine):
                     Transcript("assistant", resp.item_id, resp.text, delta, final=False)
                 )
                 # Recorded now, with a provisional end, so an interrupt mid-sentence sees it.
-                resp.sentences.append(SpokenSentence(sentence, start_ms, start_ms))
+                resp.sentences.append(SpokenSentence(sentence, start_ms, start_ms, complete=False))
             resp.emitted_bytes += len(chunk)
             resp.sentences[-1].end_ms = resp.emitted_ms()
             await self.emit(AudioOut(chunk, resp.item_id))
@@ -651,6 +651,8 @@ class CascadeEngine(ConversationEngine):
                 carry = data[n:]
         if carry:
             await send(carry)
+        if announced:
+            resp.sentences[-1].complete = True
 
     async def _finish_response(self, resp: _Response, status: str) -> None:
         resp.done = True

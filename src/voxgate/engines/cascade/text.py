@@ -50,13 +50,23 @@ def is_speakable(sentence: str) -> bool:
     return bool(_SPEAKABLE.search(sentence))
 
 
+#: Typical duration of one spoken word (espeak-ng's default 175 words a minute is 343 ms); used
+#: to place words in a sentence whose audio is still being made when the reply is cut.
+MS_PER_WORD = 340.0
+
+
 @dataclass(slots=True)
 class SpokenSentence:
-    """One sentence of an assistant item and where its audio sits in the item (ms)."""
+    """One sentence of an assistant item and where its audio sits in the item (ms).
+
+    `complete` is false while its audio is still being synthesised: `end_ms` is then only how
+    far the audio has got, not where the sentence ends.
+    """
 
     text: str
     start_ms: float
     end_ms: float
+    complete: bool = True
 
 
 def heard_text(sentences: list[SpokenSentence], played_ms: float) -> str:
@@ -64,12 +74,15 @@ def heard_text(sentences: list[SpokenSentence], played_ms: float) -> str:
     proportion to how much of its audio played (speech rate is roughly even within a sentence)."""
     parts: list[str] = []
     for s in sentences:
-        if s.end_ms <= played_ms:
+        words = s.text.split()
+        end_ms = s.end_ms
+        if not s.complete:
+            end_ms = max(end_ms, s.start_ms + len(words) * MS_PER_WORD)
+        if end_ms <= played_ms:
             parts.append(s.text)
             continue
-        if s.start_ms < played_ms and s.end_ms > s.start_ms:
-            words = s.text.split()
-            n = int(len(words) * (played_ms - s.start_ms) / (s.end_ms - s.start_ms))
+        if s.start_ms < played_ms and end_ms > s.start_ms:
+            n = int(len(words) * (played_ms - s.start_ms) / (end_ms - s.start_ms))
             if n > 0:
                 parts.append(" ".join(words[:n]))
         break
