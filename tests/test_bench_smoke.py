@@ -62,9 +62,13 @@ def test_frames_binary_and_json_audio(tmp_path: Path) -> None:
         "--out-dir", str(tmp_path),
     ])  # fmt: skip
     result = _saved(tmp_path, "frames")
-    binary, js = result["runs"]
-    assert (binary["json_audio"], js["json_audio"]) == (False, True)
-    for run in (binary, js):
+    by = {run["variant"]: run for run in result["runs"]}
+    assert set(by) == {"binary", "json", "binary+client_deflate", "binary+upstream_deflate"}
+    assert by["json"]["json_audio"] and not by["binary"]["json_audio"]
+    # The client offered permessage-deflate and the gateway (uvicorn) accepted it.
+    assert by["binary+client_deflate"]["deflate_negotiated"] == 2
+    assert by["binary"]["deflate_negotiated"] == 0
+    for run in by.values():
         assert run["lost_frames"] == 0 and run["errors"] == 0, run
         assert run["rtt_ms"]["n"] > 0
     assert result["bytes_per_frame"]["json_up"] > result["bytes_per_frame"]["binary"]

@@ -83,7 +83,7 @@ def relay_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         cpu = run["cpu_cores"]
         rows.append({
             "sessions": run["sessions"],
-            "path": run["path"] + (" (json)" if run.get("json_audio") else ""),
+            "path": run.get("variant") or run["path"],
             "p50_ms": rtt["p50"], "p90_ms": rtt["p90"], "p99_ms": rtt["p99"], "max_ms": rtt["max"],
             "lost": run["lost_frames"], "late": run["late_sends"],
             "connect_failures": run["connect_failures"], "errors": run["errors"],
@@ -122,6 +122,17 @@ def print_relay(result: dict[str, Any], title: str = "Relay overhead (round trip
         )  # fmt: skip
     for path, why in (result.get("skipped") or {}).items():
         console.print(f"[yellow]skipped {path}: {why}[/yellow]")
+
+
+def print_frames(result: dict[str, Any]) -> None:
+    print_relay(result, "Client link: binary frames vs base64 JSON (voxgate path)")
+    f = report.fmt
+    report.print_table(
+        console, "Against binary frames without compression (ratio)",
+        ["variant", "CPU", "CPU/frame", "p50", "p99"],
+        [[label, f(r["cpu"], 2), f(r["cpu_per_frame"], 2), f(r["p50"], 2), f(r["p99"], 2)]
+         for label, r in result["ratios_vs_binary"].items()],
+    )  # fmt: skip
 
 
 def print_memory(result: dict[str, Any]) -> None:
@@ -213,10 +224,10 @@ def frames(
     _setup(loop, nice)
     result = {"benchmark": "frames", "machine": report.machine(),
               **frames_benchmark(sessions, duration, warmup, drain)}  # fmt: skip
-    summary = {"rows": relay_rows(result), "ratios": result["ratios"],
+    summary = {"rows": relay_rows(result), "ratios_vs_binary": result["ratios_vs_binary"],
                "bytes_per_frame": result["bytes_per_frame"]}  # fmt: skip
     _emit("frames", result, summary, out_dir, no_save)
-    print_relay(result, "Client link: binary frames vs base64 JSON (voxgate path)")
+    print_frames(result)
 
 
 @bench_app.command()
@@ -307,7 +318,7 @@ def all_(
     result["relay"] = _relay(sizes, ",".join(PATHS), duration, 2.0, 3.0)
     print_relay(result["relay"])
     result["frames"] = frames_benchmark(frames_sessions, duration, 2.0, 3.0)
-    print_relay(result["frames"], "Client link: binary frames vs base64 JSON (voxgate path)")
+    print_frames(result["frames"])
     result["memory"] = memory_benchmark(_ints(memory_steps), ["idle", "active"])
     print_memory(result["memory"])
     result["connect"] = connect_benchmark(30, 50)
@@ -322,7 +333,7 @@ def all_(
     summary = {
         "relay": relay_rows(result["relay"]),
         "relay_ratios": result["relay"]["ratios"],
-        "frames": result["frames"]["ratios"],
+        "frames": result["frames"]["ratios_vs_binary"],
         "memory_kib_per_session": {m: r["kib_per_session"] for m, r in result["memory"]["modes"].items()},
         "connect_p50_ms": {p: result["connect"][p]["sequential"]["p50"] for p in ("direct", "voxgate")},
         "cascade_ms": result["cascade"].get("summary_ms"),

@@ -91,11 +91,14 @@ async def _control(ws: ServerConnection, event: dict, etype: object, events: ite
     await ws.send(orjson.dumps(reply).decode())
 
 
-async def main(stop: asyncio.Event, host: str = "127.0.0.1", port: int = 0) -> None:
+async def main(
+    stop: asyncio.Event, host: str = "127.0.0.1", port: int = 0, deflate: bool = False
+) -> None:
     raise_fd_limit()
     async with serve(
-        handle, host, port, compression=None, max_size=None, ping_interval=None, backlog=4096
-    ) as server:
+        handle, host, port, compression="deflate" if deflate else None, max_size=None,
+        ping_interval=None, backlog=4096,
+    ) as server:  # fmt: skip
         announce_port(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
         await stop.wait()
         server.close(close_connections=True)
@@ -105,8 +108,12 @@ def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--deflate", action="store_true",
+        help="accept permessage-deflate when a client offers it (voxgate's engine does)",
+    )  # fmt: skip
     args = parser.parse_args()
-    run(lambda stop: main(stop, args.host, args.port))
+    run(lambda stop: main(stop, args.host, args.port, args.deflate))
 
 
 if __name__ == "__main__":

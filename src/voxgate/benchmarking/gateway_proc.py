@@ -10,7 +10,11 @@ listening, and that it ignores any `.env` file so the benchmark's environment is
 
 from __future__ import annotations
 
+import gc
+import os
 import socket
+import sys
+import time
 
 from voxgate.benchmarking._run import run_coroutine
 from voxgate.benchmarking.procs import announce_port, raise_fd_limit
@@ -19,10 +23,39 @@ from voxgate.gateway.app import create_app
 from voxgate.gateway.server import VoxgateServer, uvicorn_config
 from voxgate.logs import configure_logging
 
+#: Experiment knobs (not settings of voxgate itself): `VOXGATE_BENCH_GC_FREEZE=1` moves every
+#: object alive after startup out of the collector's reach (`gc.freeze()`), and
+#: `VOXGATE_BENCH_GC_STATS=1` prints the collector's pauses to stderr at exit, to test whether
+#: collections of the app's large, long-lived object graph stall the event loop.
+GC_FREEZE = os.environ.get("VOXGATE_BENCH_GC_FREEZE") == "1"
+GC_STATS = os.environ.get("VOXGATE_BENCH_GC_STATS") == "1"
+
+
+class _GcPauses:
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].append((time.perf_counter() - self.started) * 1000)
+
+    def summary(self) -> str:
+        parts = []
+        for gen, ms in self.pauses.items():
+            if ms:
+                parts.append(f"gen{gen}: n={len(ms)} total={sum(ms):.0f}ms max={max(ms):.1f}ms")
+        return "GC " + "; ".join(parts)
+
 
 class _AnnouncingServer(VoxgateServer):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
+        if GC_FREEZE:
+            gc.collect()
+            gc.freeze()
         if self.servers:
             announce_port(self.servers[0].sockets[0].getsockname()[1])
 
@@ -35,7 +68,16 @@ def main() -> None:
     config = uvicorn_config(app, settings, port=0)
     config.backlog = 4096
     server = _AnnouncingServer(config)
-    run_coroutine(server.serve())
+    pauses = _GcPauses()
+    if GC_STATS:
+        gc.callbacks.append(pauses)
+    try:
+        run_coroutine(server.serve())
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises the SIGINT that stopped it
+    finally:
+        if GC_STATS:
+            print(pauses.summary(), file=sys.stderr)
 
 
 if __name__ == "__main__":

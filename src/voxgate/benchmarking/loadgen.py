@@ -71,6 +71,8 @@ class Config:
     json_audio: bool = False
     connect_concurrency: int = 32
     open_timeout: float = 60.0
+    #: Offer permessage-deflate, as every browser does (`websockets` defaults aside).
+    deflate: bool = False
 
 
 @dataclass
@@ -98,7 +100,7 @@ async def open_session(cfg: Config, sid: int) -> Session:
         ws = await connect(
             cfg.url,
             additional_headers={"Authorization": "Bearer sk-bench"},
-            compression=None,
+            compression="deflate" if cfg.deflate else None,
             max_size=None,
             ping_interval=None,
             open_timeout=cfg.open_timeout,
@@ -115,7 +117,7 @@ async def open_session(cfg: Config, sid: int) -> Session:
         ws = await connect(
             cfg.url,
             subprotocols=["voxgate.v1"],  # type: ignore[list-item]
-            compression=None,
+            compression="deflate" if cfg.deflate else None,
             max_size=None,
             ping_interval=None,
             open_timeout=cfg.open_timeout,
@@ -370,6 +372,10 @@ async def scenario_relay(
         "frames_sent": sent,
         "frames_received": received,
         "lost_frames": sent - received,
+        "deflate_negotiated": sum(
+            1 for s in live if "permessage-deflate" in (s.ws.response.headers.get("Sec-WebSocket-Extensions") or "")
+            if s.ws.response is not None
+        ),
         "errors": sum(s.errors for s in live),
         "error_samples": rec.error_samples,
         "rtt_ms": latency_summary([v / 1e6 for v in rec.rtt_ns]),
@@ -478,6 +484,7 @@ def main() -> None:
     parser.add_argument("--protocol", choices=["openai", "voxgate"], required=True)
     parser.add_argument("--url", required=True)
     parser.add_argument("--json-audio", action="store_true")
+    parser.add_argument("--deflate", action="store_true", help="offer permessage-deflate")
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
@@ -494,7 +501,8 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     raise_fd_limit()
-    cfg = Config(args.protocol, args.url, args.json_audio, args.connect_concurrency)
+    cfg = Config(args.protocol, args.url, args.json_audio, args.connect_concurrency,
+                 deflate=args.deflate)  # fmt: skip
     watch = _parse_watch(args.watch)
     if args.scenario == "relay":
         coro = scenario_relay(cfg, args.sessions, args.duration, args.warmup, args.drain, watch)

@@ -69,8 +69,9 @@ def compat_available() -> bool:
 
 
 @contextmanager
-def echo_upstream() -> Iterator[ServerProcess]:
-    with server_process("echo", "voxgate.benchmarking.echo_upstream", env=child_env()) as proc:
+def echo_upstream(deflate: bool = False) -> Iterator[ServerProcess]:
+    args = ["--deflate"] if deflate else []
+    with server_process("echo", "voxgate.benchmarking.echo_upstream", args, env=child_env()) as proc:
         yield proc
 
 
@@ -115,10 +116,16 @@ def run_path(
     drain: float = 3.0,
     json_audio: bool = False,
     gateway_overrides: dict[str, str] | None = None,
+    client_deflate: bool = False,
+    upstream_deflate: bool = False,
 ) -> dict[str, Any]:
-    """One (path, N) measurement with fresh processes."""
+    """One (path, N) measurement with fresh processes.
+
+    `client_deflate`: the load generator offers permessage-deflate (as browsers do);
+    `upstream_deflate`: the echo accepts it when offered (voxgate's OpenAI engine offers it).
+    """
     with ExitStack() as stack:
-        echo = stack.enter_context(echo_upstream())
+        echo = stack.enter_context(echo_upstream(upstream_deflate))
         watch = {"echo": echo.pid}
         target_name = None
         if path == "direct":
@@ -145,6 +152,8 @@ def run_path(
         ]  # fmt: skip
         if json_audio:
             args.append("--json-audio")
+        if client_deflate:
+            args.append("--deflate")
         for name, pid in watch.items():
             args += ["--watch", f"{name}={pid}"]
         timeout = 120 + sessions * 0.5 + duration + warmup + drain
@@ -152,8 +161,13 @@ def run_path(
         if target_name is not None and target_name.popen.poll() is not None:
             result["target_exited"] = target_name.popen.returncode
             result["target_stderr"] = target_name.stderr_tail[-10:]
+    if target_name is not None:
+        # The process has exited: its last log lines (warnings and errors only) are complete.
+        result["target_log_tail"] = target_name.stderr_tail[-5:]
     result["path"] = path
     result["json_audio"] = json_audio
+    result["client_deflate"] = client_deflate
+    result["upstream_deflate"] = upstream_deflate
     cpu = result.get("cpu_cores", {})
     result["target_cores"] = cpu.get("target", 0.0) if path != "direct" else 0.0
     result["target_rss_bytes"] = result.get("rss_bytes_end", {}).get("target")
@@ -217,25 +231,41 @@ def relay_ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def frames_benchmark(sessions: int, duration: float, warmup: float, drain: float = 3.0) -> dict[str, Any]:
-    """Binary audio frames against base64 JSON on the client link, same load otherwise."""
-    runs = [
-        run_path("voxgate", sessions, duration, warmup, drain, json_audio=False),
-        run_path("voxgate", sessions, duration, warmup, drain, json_audio=True),
-    ]
-    binary, js = runs
+    """Binary audio frames against base64 JSON on the client link, same load otherwise.
+
+    Two more runs price permessage-deflate, which the measured runs leave off: on the client
+    link (every browser offers it and uvicorn accepts it by default) and on the upstream link
+    (voxgate's OpenAI engine offers it; whether OpenAI accepts is not documented).
+    """
+    variants = {
+        "binary": {},
+        "json": {"json_audio": True},
+        "binary+client_deflate": {"client_deflate": True},
+        "binary+upstream_deflate": {"upstream_deflate": True},
+    }
+    runs = []
+    for label, kwargs in variants.items():
+        run = run_path("voxgate", sessions, duration, warmup, drain, **kwargs)  # type: ignore[arg-type]
+        run["variant"] = label
+        runs.append(run)
+    by = {r["variant"]: r for r in runs}
+    binary = by["binary"]
     frame = 960
     b64_len = 4 * ((frame + 2) // 3)
     up_json = len('{"type":"audio_chunk","pcm16Base64":""}') + b64_len
     down_json = len('{"type":"audio","chunkBase64":"","itemId":"item_bench_1"}') + b64_len
+    ratios = {}
+    for label, run in by.items():
+        if label == "binary":
+            continue
+        ratios[label] = {
+            "cpu": ratio(run["target_cores"], binary["target_cores"]),
+            "cpu_per_frame": ratio(run["target_us_per_frame"], binary["target_us_per_frame"]),
+            "p50": ratio(run["rtt_ms"]["p50"], binary["rtt_ms"]["p50"]),
+            "p99": ratio(run["rtt_ms"]["p99"], binary["rtt_ms"]["p99"]),
+        }
     return {
         "runs": runs,
         "bytes_per_frame": {"binary": frame, "json_up": up_json, "json_down": down_json},
-        "ratios": {
-            "cpu_json_over_binary": ratio(js["target_cores"], binary["target_cores"]),
-            "cpu_per_frame_json_over_binary": ratio(
-                js["target_us_per_frame"], binary["target_us_per_frame"]
-            ),
-            "p99_json_over_binary": ratio(js["rtt_ms"]["p99"], binary["rtt_ms"]["p99"]),
-            "p50_json_over_binary": ratio(js["rtt_ms"]["p50"], binary["rtt_ms"]["p50"]),
-        },
+        "ratios_vs_binary": ratios,
     }
