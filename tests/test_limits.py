@@ -9,6 +9,7 @@ this event loop, nothing paid, no pocketsphinx), because it starts in millisecon
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -349,4 +350,47 @@ async def test_abrupt_disconnects_release_their_slots(make_settings, gateway_fac
         finally:
             for client in clients:
                 await client.close()
+        assert await healthy(gw.http_url)
+
+
+async def test_floods_end_with_a_limit_never_an_internal_error(
+    make_settings, gateway_factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Floods that would make the gateway queue a reply per frame are closed by a limit.
+
+    Binary audio before `start` counts as invalid input (1008 after 20 frames). A control
+    flood sent faster than the gateway can answer (30 000 pings, nothing read meanwhile) piles
+    up replies; past the outbound cap the session closes with 4429 and `rate_limited`. Either
+    way it is never the 1011 `internal` of a gateway fault, and nothing is logged as an error.
+    """
+    async with gateway_factory(make_settings()) as gw:
+        async with connect(gw.ws_url) as ws:
+            for _ in range(200):
+                await ws.send(b"\0\0" * 480)
+            messages = await drain_until_closed(ws)
+            assert ws.close_code == 1008
+            assert [m["code"] for m in messages] == ["not_started"] * 21
+            assert (
+                messages[-1]["fatal"] is True
+                and "too many invalid frames" in messages[-1]["message"]
+            )
+        async with connect(gw.ws_url, max_queue=None) as ws:
+            ping = '{"type":"ping","id":"' + "x" * 200 + '"}'
+            for _ in range(30_000):
+                await ws.send(ping)
+            try:
+                async with asyncio.timeout(15):
+                    messages = await drain_until_closed(ws)
+            except TimeoutError:
+                messages = []  # the gateway kept up and the session is still open: fine too
+            if ws.close_code is not None:
+                assert ws.close_code == 4429, ws.close_code
+                assert messages[-1]["code"] == "rate_limited" and messages[-1]["fatal"] is True
+        async with asyncio.timeout(20):
+            while gw.state.limiter.total or gw.state.websockets_open:
+                await asyncio.sleep(0.05)
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert not errors, errors
+        prom = gw.state.metrics.prometheus_text().decode()
+        assert 'code="internal"' not in prom
         assert await healthy(gw.http_url)

@@ -296,6 +296,14 @@ class GatewaySession:
                 group.create_task(self._main(group), name="receive")
         except* SessionEnded as eg:
             ended = eg.exceptions[0]  # type: ignore[assignment]
+        except* SlowClient:
+            # Not a gateway fault: the client floods requests without reading the answers.
+            ended = self._fatal(
+                ErrorCode.RATE_LIMITED,
+                f"closing: more than {Outbox.MAX_CONTROL} messages are waiting for this client "
+                "to read them",
+                CloseCode.LIMIT,
+            )
         except* Exception as eg:  # a bug must not take the process down
             log.exception("session %s failed", self.id, exc_info=eg.exceptions[0])
             self.state.metrics.errors_total.labels(ErrorCode.INTERNAL.value).inc()
@@ -426,6 +434,14 @@ class GatewaySession:
             data = message.get("bytes")
             if data is not None:
                 self._check_size(len(data))
+                # Out-of-order input: it counts towards the invalid-frame flood limit, so a
+                # binary flood before `start` cannot turn every frame into a reply.
+                if self._invalid.hit() > self.settings.invalid_frames_per_min:
+                    raise self._fatal(
+                        ErrorCode.NOT_STARTED,
+                        "send 'start' before audio; closing: too many invalid frames",
+                        CloseCode.POLICY_VIOLATION,
+                    )
                 self._send_now(
                     P.error_message(ErrorCode.NOT_STARTED, "send 'start' before audio")
                 )
