@@ -459,6 +459,8 @@ async def test_cli_token_mints_a_working_jwt(make_settings, gateway_factory) -> 
         cli_app, ["token", "--user", "carol", "--ttl", "0"], env={"VOXGATE_JWT_SECRET": SECRET}
     )
     assert zero.exit_code == 2 and "positive" in zero.output
+    empty = runner.invoke(cli_app, ["token", "--user", ""], env={"VOXGATE_JWT_SECRET": SECRET})
+    assert empty.exit_code == 2 and "printable" in empty.output
 
 
 def test_serve_refuses_a_public_host_without_auth(make_settings) -> None:

@@ -34,6 +34,14 @@ MAX_USER_ID_CHARS = 256
 JWT_LEEWAY_S = 5
 
 
+_USER_ID_RULE = f"a user id is 1-{MAX_USER_ID_CHARS} printable characters"
+
+
+def _valid_user_id(value: object) -> bool:
+    # Printable: a newline in a user id would forge log lines.
+    return isinstance(value, str) and 0 < len(value) <= MAX_USER_ID_CHARS and value.isprintable()
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     user_id: str
@@ -123,16 +131,8 @@ class Authenticator:
         except jwt.InvalidTokenError:
             raise AuthError("the token is invalid (bad signature or malformed)") from None
         sub = claims["sub"]
-        if (
-            not isinstance(sub, str)
-            or not sub
-            or len(sub) > MAX_USER_ID_CHARS
-            or not sub.isprintable()  # a newline in a user id would forge log lines
-        ):
-            raise AuthError(
-                f"the token's 'sub' claim must be a printable user id of 1-{MAX_USER_ID_CHARS} "
-                "characters"
-            )
+        if not _valid_user_id(sub):
+            raise AuthError(f"the token's 'sub' claim is not valid: {_USER_ID_RULE}")
         # `is True`: a claim of "false" (a non-empty string) must not make anyone an admin.
         is_admin = claims.get("admin") is True or sub in self.settings.admin_users
         return Identity(user_id=sub, is_admin=is_admin)
@@ -153,6 +153,8 @@ class Authenticator:
             raise AuthError("VOXGATE_JWT_SECRET is not set")
         if ttl_s <= 0:
             raise AuthError(f"the token lifetime must be positive, got {ttl_s} s")
+        if not _valid_user_id(user_id):
+            raise AuthError(_USER_ID_RULE)
         claims: dict[str, object] = {"sub": user_id, "iat": int(time.time()), "exp": int(time.time()) + ttl_s}
         if admin:
             claims["admin"] = True
