@@ -686,8 +686,17 @@ class CascadeEngine(ConversationEngine):
             return
         audible = resp.audible(now)
         if not running and not audible and not (explicit and played_ms is not None):
+            log.debug("cascade cancel: %s already finished and played", resp.item_id)
             return
         resp.cancelling = True  # a concurrent interrupt/barge-in must not report it twice
+        log.debug(
+            "cascade cancel %s: running=%s audible=%s played_ms=%s emitted_ms=%.0f",
+            resp.item_id,
+            running,
+            audible,
+            played_ms,
+            resp.emitted_ms(),
+        )
         if running and resp.task is not None:
             resp.task.cancel()
             await asyncio.wait({resp.task}, timeout=5.0)
@@ -710,6 +719,7 @@ class CascadeEngine(ConversationEngine):
             elif running and heard:
                 self._history.append({"role": "assistant", "content": heard})
                 self._trim_history()
+            log.debug("cascade cancel %s: interrupted at %.0f ms", resp.item_id, played)
             await self.emit(Interrupted(resp.item_id, int(played), heard_text=heard))
             if resp.speaking:
                 resp.speaking = False
