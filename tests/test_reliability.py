@@ -285,3 +285,28 @@ async def test_breaker_opens_after_three_failures_and_recovers(
         code, body = await _health(gw.http_url)
         assert body["engines"]["openai"] == {"available": True, "breaker": "closed"}
         assert body["status"] == "ok"
+
+
+async def test_a_message_swallowed_by_a_dying_upstream_still_gets_its_answer(
+    settings, gateway_factory, sim: OpenAISimulator, proxy: FaultProxy
+) -> None:
+    """The user's message and `response.create` leave the gateway into a connection that is
+    already dead (the bytes vanish); after the reconnect the message is replayed and the reply
+    requested again, so the user is never left waiting forever."""
+    async with gateway_factory(settings()) as gw, VoxgateClient(gw.ws_url) as client:
+        await client.start()
+        upstream = proxy.connections[-1]
+        upstream.set_mode("blackhole")
+        await client.user_message("are you still there")
+        # Both events (the message and `response.create`) went into the void.
+        await _until(lambda: upstream.blackholed_up > 2 * len('{"type":"response.create"}'))
+        await asyncio.sleep(0.2)
+        assert sim.accepted[-1].received_types() == ["session.update"]
+        proxy.kill(upstream, "reset")
+        await client.wait_for("status", where=lambda m: m["status"] == "connected", timeout=20)
+        reply = await client.collect_reply(timeout=20)
+        assert reply.assistant_text == "You said: are you still there."
+        assert _fatal(client.received) == []
+        restored = sim.accepted[-1]
+        assert _created_items(restored) == [("user", "are you still there")]
+        assert restored.received_types().count("response.create") == 1

@@ -181,6 +181,10 @@ class OpenAIRealtimeEngine(ConversationEngine):
         self._user_speaking = False
         #: Set while an upstream session is usable; cleared during a reconnect.
         self._ready = asyncio.Event()
+        #: `response.create` went out and no `response.created` came back yet. If the upstream
+        #: dies now the request may have vanished with it, so a reconnect asks again; otherwise
+        #: the user would wait forever for an answer to a message the replay did restore.
+        self._awaiting_response = False
 
     # --- connection --------------------------------------------------------------------------
     def _url(self) -> str:
@@ -361,6 +365,8 @@ class OpenAIRealtimeEngine(ConversationEngine):
         up = self._up
         if up is None or self._reconnecting or self._closed:
             return
+        if event.get("type") == "response.create":
+            self._awaiting_response = True  # even if this send fails: `_recover` re-asks
         with contextlib.suppress(ConnectionClosed):
             await up.ws.send(orjson.dumps(event).decode())
 
@@ -498,6 +504,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
                 # Session expiry: try a silent swap first, like a recycle.
                 with contextlib.suppress(EngineUnavailable):
                     self._up = await self._open()
+                    await self._re_request_response()
                     return
             await self.emit(StatusChanged("reconnecting", "upstream connection lost"))
             policy = ReconnectPolicy(
@@ -515,6 +522,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
                     if not exc.retryable:
                         break
                     continue
+                await self._re_request_response()
                 await self.emit(StatusChanged("connected"))
                 return
             await self.emit(EngineError(
@@ -525,6 +533,14 @@ class OpenAIRealtimeEngine(ConversationEngine):
         finally:
             self._reconnecting = False
             self._ready.set()  # release waiting senders (they check `_closed`)
+
+    async def _re_request_response(self) -> None:
+        """After a restore: ask again for a response whose request died with the old upstream
+        (the replay already holds the message it answers)."""
+        up = self._up
+        if self._awaiting_response and up is not None:
+            with contextlib.suppress(ConnectionClosed):
+                await up.ws.send(orjson.dumps({"type": "response.create"}).decode())
 
     async def _recycle_loop(self) -> None:
         """Swap in a fresh upstream session before OpenAI's 60-minute limit, when quiet."""
@@ -624,6 +640,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
                 self._insert_user_turn(text)
             await self.emit(Transcript("user", item_id, text, delta, True))
         elif etype == "response.created":
+            self._awaiting_response = False
             rid = (event.get("response") or {}).get("id")
             self._response_id = rid
             self._idle.clear()

@@ -164,10 +164,16 @@ class Outbox:
             else:
                 kept.append(entry)
         kept.extend(self._queue)
-        self._queue = kept
+        self._replace_queue(kept)
         self.audio_bytes -= dropped
         self.dropped_audio_bytes += dropped
         return dropped
+
+    def _replace_queue(self, kept: deque[tuple[bool, str | bytes, int, str]]) -> None:
+        # In place: `run()` holds this deque; a new object would leave it sending dropped
+        # audio from the old one and never see anything queued after the drop.
+        self._queue.clear()
+        self._queue.extend(kept)
 
     def drop_audio(self, item_id: str | None = None) -> int:
         """Drop queued audio (of one item, or all): an interrupt must silence the client now."""
@@ -180,7 +186,7 @@ class Outbox:
                 dropped += entry[2]
             else:
                 kept.append(entry)
-        self._queue = kept
+        self._replace_queue(kept)
         self.audio_bytes -= dropped
         return dropped
 

@@ -81,6 +81,8 @@ class ProxiedConnection:
         self.opened_at = time.monotonic()
         self.bytes_up = 0  # client -> upstream, forwarded
         self.bytes_down = 0  # upstream -> client, forwarded
+        self.blackholed_up = 0  # client -> upstream, swallowed by `blackhole`
+        self.blackholed_down = 0  # upstream -> client, swallowed by `blackhole`
         self.closed = asyncio.Event()
         self.closed_how: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -151,6 +153,7 @@ class ProxiedConnection:
                     break  # the peer closed (or reset): end both sides the same way
                 mode = self.mode
                 if mode == "blackhole":
+                    self._swallowed(len(data), up)
                     continue
                 due = time.monotonic() + (self.delay_ms / 1000.0 if mode == "delay" else 0.0)
                 await line.put((due, data))
@@ -161,6 +164,12 @@ class ProxiedConnection:
                 writer_task.cancel()
             if not self.closed.is_set():
                 self.close("drop")
+
+    def _swallowed(self, n: int, up: bool) -> None:
+        if up:
+            self.blackholed_up += n
+        else:
+            self.blackholed_down += n
 
     async def _delay_writer(
         self, line: asyncio.Queue[tuple[float, bytes] | None], dst: asyncio.StreamWriter, up: bool
@@ -174,6 +183,7 @@ class ProxiedConnection:
             if wait > 0:
                 await asyncio.sleep(wait)
             if self.mode == "blackhole":
+                self._swallowed(len(data), up)
                 continue  # went silent while this chunk waited in the line
             try:
                 dst.write(data)
