@@ -27,7 +27,14 @@ import httpx
 import pytest
 
 pytest.importorskip("playwright.sync_api")
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright  # noqa: E402
+from playwright.sync_api import (  # noqa: E402
+    Browser,
+    BrowserContext,
+    Page,
+    Playwright,
+    sync_playwright,
+)
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
@@ -62,7 +69,7 @@ def browser_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     # 1.5 s of leading silence lets the page connect before the words; 2 s after lets the
     # server's VAD end the turn.
     subprocess.run(
-        ["sox", str(raw), "-r", "44100", "-c", "1", "-b", "16", str(mic), "pad", "1.5", "2"],
+        ["sox", str(raw), "-r", "44100", "-c", "1", "-b", "16", str(mic), "pad", "0.3", "2"],
         check=True,
         timeout=60,
     )
@@ -317,6 +324,24 @@ class PageSession:
     page: Page
     context: BrowserContext
     errors: list[str]
+
+    def wait_for(self, condition: str, timeout_ms: int = 30_000) -> None:
+        """Wait until the JS `condition` (with `d` = `window.voxgateDebug`) holds; on timeout,
+        fail with what the page saw (its last server events and sent messages)."""
+        try:
+            self.page.wait_for_function(
+                f"() => {{ const d = window.voxgateDebug; return !!({condition}); }}",
+                timeout=timeout_ms,
+            )
+        except PlaywrightTimeoutError:
+            seen = self.debug(
+                "{events: d.events.slice(-25).map(e => [e.type, e.itemId || e.status || e.code || '',"
+                " e.text || e.message || e.playedMs || e.isSpeaking]), sent: d.sent.slice(-10),"
+                " playback: d.playback, status: d.client.status}"
+            )
+            raise AssertionError(
+                f"timed out waiting for {condition!r}; page state: {seen}"
+            ) from None
 
     def debug(self, expression: str) -> Any:
         """Evaluate `expression` with `d` bound to `window.voxgateDebug`."""

@@ -57,9 +57,8 @@ def test_spoken_turn_is_transcribed_answered_and_played(
 
     # The reply really played: wait for the worklet to drain, then compare what it played with
     # what the server sent (24 kHz PCM16): gap-free means nothing lost and no underrun.
-    page.wait_for_function(
-        "() => { const p = window.voxgateDebug.playback; return p.samplesPlayed > 0 && !p.isPlaying && p.buffered === 0; }",
-        timeout=30_000,
+    ps.wait_for(
+        "d.playback.samplesPlayed > 0 && !d.playback.isPlaying && d.playback.buffered === 0", 30_000
     )
     expect(page.locator('[data-testid="assistant-speaking"]')).to_have_attribute(
         "data-active", "false"
@@ -90,20 +89,22 @@ def test_interrupt_stops_playback_at_once_and_the_gateway_gets_played_ms(
     expect(page.locator('[data-testid="status"]')).to_have_attribute("data-status", "connected")
     assert ps.debug("d.audioMode") == "playback"
 
-    page.wait_for_function(
-        "() => { const p = window.voxgateDebug.playback; return p.isPlaying && p.samplesPlayed > p.sampleRate; }",
-        timeout=30_000,
-    )
+    ps.wait_for("d.playback.isPlaying && d.playback.samplesPlayed > d.playback.sampleRate", 30_000)
     interrupt = page.locator('[data-testid="interrupt"]')
     expect(interrupt).to_be_enabled()
     interrupt.click()
-    page.wait_for_function(
-        "() => { const d = window.voxgateDebug; return d.playback.lastFlushAt !== null && d.interruptRequestedAt !== null && d.playback.lastFlushAt >= d.interruptRequestedAt; }",
-        timeout=10_000,
+    ps.wait_for(
+        "d.playback.lastFlushAt !== null && d.interruptRequestedAt !== null && d.playback.lastFlushAt >= d.interruptRequestedAt",
+        10_000,
     )
-    timing = ps.debug("({requested: d.interruptRequestedAt, silent: d.playback.lastFlushAt})")
-    # Measured in the page: click handler to the worklet's report that its output is silent.
-    assert timing["silent"] - timing["requested"] < 100, timing
+    timing = ps.debug(
+        "({requested: d.interruptRequestedAt, reported: d.playback.lastFlushAt,"
+        " stop: d.playback.lastStopLatencyMs})"
+    )
+    # Measured in the page, on the audio clock: from the click handler to the first silent
+    # output frame of the worklet (a 5 ms fade-out included).
+    assert timing["stop"] is not None and 0 <= timing["stop"] < 100, timing
+    assert timing["reported"] - timing["requested"] < 2000, timing  # and the page learnt it
 
     # Silence means silence: the counter stops and stale audio of the reply is dropped.
     before = playback(ps)
@@ -119,9 +120,7 @@ def test_interrupt_stops_playback_at_once_and_the_gateway_gets_played_ms(
     sent = ps.debug("d.sent.filter(m => m.type === 'interrupt')")
     assert len(sent) == 1 and sent[0]["playedMs"] >= 1000, sent
     played_ms = sent[0]["playedMs"]
-    page.wait_for_function(
-        "() => window.voxgateDebug.events.some(e => e.type === 'interrupted')", timeout=10_000
-    )
+    ps.wait_for("d.events.some(e => e.type === 'interrupted')", 10_000)
     interrupted = ps.debug("d.events.filter(e => e.type === 'interrupted')")
     assert interrupted[-1]["playedMs"] == played_ms, (interrupted, played_ms)
     assistant = page.locator(f'{TRANSCRIPT} [data-role="assistant"]').last

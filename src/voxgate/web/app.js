@@ -221,6 +221,7 @@ client.on((event) => {
       els.talk.setAttribute("aria-pressed", String(event.active));
       els.talk.classList.toggle("is-active", event.active);
       if (event.active) ensureUserPlaceholder();
+      renderSpeaking();
       break;
     default:
       break;

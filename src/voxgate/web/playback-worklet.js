@@ -188,7 +188,9 @@ class VoxgatePlaybackProcessor extends AudioWorkletProcessor {
         frame: currentFrame,
         time: currentTime,
         wasPlaying: false,
+        samplesPlayed: this.samplesPlayed,
       });
+      this.postStats();
     }
   }
 
@@ -280,7 +282,9 @@ class VoxgatePlaybackProcessor extends AudioWorkletProcessor {
           frame: currentFrame + at,
           time: currentTime + at / sampleRate,
           wasPlaying: true,
+          samplesPlayed: this.samplesPlayed,
         });
+        this.postStats(); // final counters now, not up to 50 ms later
       } else if (this.state === "playing" && this.readPos === this.writePos) {
         if (this.ended) {
           this.state = "idle";

@@ -144,12 +144,14 @@ export class VoxgateClient {
         sampleRate: 0,
         currentItem: null,
         lastFlushAt: null, // performance.now() when the worklet reported silence after a flush
-        lastSilentAt: null, // the same moment from the audio clock, mapped to performance.now()
+        lastSilentAt: null, // when the speaker falls silent, from the audio clock (performance.now() scale)
+        lastStopLatencyMs: null, // interrupt() to silent output, on the audio clock
         startedAt: null,
         level: 0, // output RMS, for meters
       },
       capture: { framesCaptured: 0, framesSent: 0, framesDropped: 0, paused: false, level: 0 },
       interruptRequestedAt: null,
+      interruptRequestedContextTime: null,
       lastInterrupt: null,
       audioDropped: 0,
       audioReceivedBytes: 0,
@@ -321,6 +323,9 @@ export class VoxgateClient {
   async interrupt() {
     const requestedAt = performance.now();
     this.debug.interruptRequestedAt = requestedAt;
+    // The audio clock at the request: the worklet reports the audio-clock time its output went
+    // silent, so the stop latency is measured where the sound is made, not where it is reported.
+    this.debug.interruptRequestedContextTime = this._audio ? this._audio.ctx.currentTime : null;
     const inFlight = this._serverSpeaking || this.debug.playback.isPlaying || this.debug.playback.buffered > 0;
     if (inFlight) {
       // Audio of the cancelled reply may still be on the wire: drop it until a new reply starts.
@@ -1043,8 +1048,13 @@ export class VoxgateClient {
         const now = performance.now();
         p.buffered = 0;
         p.level = 0;
+        if (typeof msg.samplesPlayed === "number") p.samplesPlayed = msg.samplesPlayed;
         p.lastFlushAt = now;
         p.lastSilentAt = this._audioTimeToPerformance(msg.time) ?? now;
+        const asked = this.debug.interruptRequestedContextTime;
+        if (msg.wasPlaying && typeof asked === "number" && typeof msg.time === "number") {
+          p.lastStopLatencyMs = Math.max(0, (msg.time - asked) * 1000);
+        }
         this._setPlaybackPlaying(false);
         this._emit({ type: "playback_flushed", at: now, wasPlaying: msg.wasPlaying });
         break;
@@ -1059,10 +1069,9 @@ export class VoxgateClient {
     if (!ctx || typeof ctx.getOutputTimestamp !== "function") return null;
     const ts = ctx.getOutputTimestamp();
     if (!ts || !ts.performanceTime) return null;
-    // getOutputTimestamp pairs what the speaker plays now with performance.now(); a frame
-    // rendered at `contextTime` reaches the speaker `outputLatency` later, so subtract that.
-    const latency = (ctx.outputLatency || 0) + (ctx.baseLatency || 0);
-    return ts.performanceTime + (contextTime - ts.contextTime) * 1000 - latency * 1000;
+    // getOutputTimestamp pairs the frame the speaker plays now with performance.now(): the
+    // frame at `contextTime` is heard that much later (or earlier).
+    return ts.performanceTime + (contextTime - ts.contextTime) * 1000;
   }
 
   _onCaptureMessage(msg) {
