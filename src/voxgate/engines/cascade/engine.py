@@ -623,6 +623,10 @@ class CascadeEngine(ConversationEngine):
 
         async def send(chunk: bytes) -> None:
             nonlocal announced
+            if resp.cancelling:
+                # Belt and braces: the task is being cancelled, and nothing of this item may
+                # follow its `Interrupted`, even if the cancellation is slow to land.
+                raise asyncio.CancelledError
             if not announced:
                 announced = True
                 if resp.first_audio_t is None:
@@ -655,6 +659,8 @@ class CascadeEngine(ConversationEngine):
             resp.sentences[-1].complete = True
 
     async def _finish_response(self, resp: _Response, status: str) -> None:
+        if resp.cancelling:
+            return  # the canceller reports the end
         resp.done = True
         if resp.text:
             self._history.append({"role": "assistant", "content": resp.text})
