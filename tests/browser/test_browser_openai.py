@@ -33,6 +33,7 @@ def openai_gateway(
         VOXGATE_ENGINE="openai",
         VOXGATE_OPENAI_URL=f"ws://127.0.0.1:{openai_sim.port}/v1/realtime",
         OPENAI_API_KEY="sk-browser",
+        VOXGATE_ALLOWED_ENGINES="openai,cascade",
     )
     server = start_gateway(workdir, env)
     try:
@@ -134,4 +135,23 @@ def test_push_to_talk_sends_audio_only_while_held_and_commits_on_release(
     reply = page.locator(f'{TRANSCRIPT} [data-role="assistant"][data-final="true"] .text')
     expect(reply).not_to_be_empty(timeout=30_000)
     assert ps.debug("d.capture.framesSent") == sent_at_commit  # released: nothing more sent
+    assert ps.errors == []
+
+
+def test_engine_choice_when_the_server_allows_several(open_page, openai_gateway) -> None:
+    ps = open_page(openai_gateway.url)
+    page = ps.page
+    engine = page.locator('[data-testid="engine"]')
+    expect(engine).to_be_visible()
+    options = engine.locator("option").evaluate_all("els => els.map(e => e.value)")
+    assert options == ["openai", "cascade"], options
+    assert engine.input_value() == "openai"  # the server's default engine comes first
+    engine.select_option("cascade")
+    page.fill('[data-testid="text-input"]', "what time is it")
+    page.click('[data-testid="send"]')
+    expect(page.locator('[data-testid="status"]')).to_have_attribute("data-status", "connected")
+    assert ps.debug("d.client.session.engine") == "cascade"
+    expect(engine).to_be_disabled()  # fixed for the session
+    reply = page.locator(f'{TRANSCRIPT} [data-role="assistant"][data-final="true"] .text')
+    expect(reply).to_contain_text("you said what time is it", timeout=30_000)
     assert ps.errors == []

@@ -259,7 +259,8 @@ function updateControls() {
   els.interrupt.disabled = !(live && client.isSpeaking);
   els.send.disabled = !els.input.value.trim() || busy;
   const manual = client.turnMode === "manual";
-  els.talk.hidden = !manual;
+  // Push-to-talk needs a microphone: no talk button in a text-only session.
+  els.talk.hidden = !manual || (status !== "disconnected" && client.audioMode !== "full" && client.audioMode !== "none");
   els.talk.disabled = !(live && client.audioMode === "full");
   els.engine.disabled = status !== "disconnected";
   els.start.querySelector("span").textContent = status === "connecting" ? "Starting…" : "Start";
