@@ -40,6 +40,9 @@ Nice = Annotated[
         "values (root only) keep a shared machine's other load from starving the measurement.",
     ),
 ]
+Repeat = Annotated[
+    int, typer.Option(help="Runs per measurement, interleaved across paths; the median is reported.")
+]
 Loop = Annotated[
     str, typer.Option("--loop", help="Event loop for every process: asyncio (as `voxgate serve`) or uvloop.")
 ]
@@ -178,14 +181,16 @@ def print_cascade(result: dict[str, Any]) -> None:
 # --- commands -------------------------------------------------------------------------------------
 
 
-def _relay(sizes: str, paths: str, duration: float, warmup: float, drain: float) -> dict[str, Any]:
+def _relay(
+    sizes: str, paths: str, duration: float, warmup: float, drain: float, repeat: int = 1
+) -> dict[str, Any]:
     from voxgate.benchmarking.relay import PATHS, relay_benchmark
 
     wanted = [p.strip() for p in paths.split(",") if p.strip()]
     for p in wanted:
         if p not in PATHS:
             raise typer.BadParameter(f"unknown path {p!r}; known: {', '.join(PATHS)}")
-    return relay_benchmark(_ints(sizes), wanted, duration, warmup, drain)
+    return relay_benchmark(_ints(sizes), wanted, duration, warmup, drain, repeat)
 
 
 @bench_app.command()
@@ -195,6 +200,7 @@ def relay(
     duration: Annotated[float, typer.Option(help="Measured seconds per run.")] = 10.0,
     warmup: Annotated[float, typer.Option(help="Streaming seconds before measuring.")] = 2.0,
     drain: Annotated[float, typer.Option(help="Seconds to wait for the last echoes.")] = 3.0,
+    repeat: Repeat = 1,
     loop: Loop = "asyncio",
     nice: Nice = 0,
     out_dir: OutDir = report.DEFAULT_RESULTS_DIR,
@@ -202,7 +208,8 @@ def relay(
 ) -> None:
     """Relay overhead: direct vs raw relay vs voxgate (vs /v1/realtime) at each size."""
     _setup(loop, nice)
-    result = {"benchmark": "relay", "machine": report.machine(), **_relay(sizes, paths, duration, warmup, drain)}
+    result = {"benchmark": "relay", "machine": report.machine(),
+              **_relay(sizes, paths, duration, warmup, drain, repeat)}  # fmt: skip
     _emit("relay", result, {"rows": relay_rows(result), "ratios": result["ratios"]}, out_dir, no_save)
     print_relay(result)
 
@@ -213,17 +220,18 @@ def frames(
     duration: Annotated[float, typer.Option(help="Measured seconds per run.")] = 10.0,
     warmup: Annotated[float, typer.Option(help="Streaming seconds before measuring.")] = 2.0,
     drain: Annotated[float, typer.Option(help="Seconds to wait for the last echoes.")] = 3.0,
+    repeat: Repeat = 1,
     loop: Loop = "asyncio",
     nice: Nice = 0,
     out_dir: OutDir = report.DEFAULT_RESULTS_DIR,
     no_save: NoSave = False,
 ) -> None:
-    """Binary audio frames against base64 JSON on the client link."""
+    """Binary audio frames against base64 JSON on the client link (and permessage-deflate)."""
     from voxgate.benchmarking.relay import frames_benchmark
 
     _setup(loop, nice)
     result = {"benchmark": "frames", "machine": report.machine(),
-              **frames_benchmark(sessions, duration, warmup, drain)}  # fmt: skip
+              **frames_benchmark(sessions, duration, warmup, drain, repeat)}  # fmt: skip
     summary = {"rows": relay_rows(result), "ratios_vs_binary": result["ratios_vs_binary"],
                "bytes_per_frame": result["bytes_per_frame"]}  # fmt: skip
     _emit("frames", result, summary, out_dir, no_save)
