@@ -178,7 +178,14 @@ client.on((event) => {
       break;
     case "user_speaking":
       renderSpeaking();
-      if (event.isSpeaking) ensureUserPlaceholder();
+      clearTimeout(placeholderTimer);
+      if (event.isSpeaking) {
+        ensureUserPlaceholder();
+      } else {
+        // Voice activity without words (a cough, a door): the "…" bubble goes away unless
+        // a transcript fills it soon (some engines transcribe after they start replying).
+        placeholderTimer = setTimeout(dropEmptyPlaceholders, 8000);
+      }
       break;
     case "transcript":
       renderTranscript(event);
@@ -220,7 +227,9 @@ client.on((event) => {
     case "talking":
       els.talk.setAttribute("aria-pressed", String(event.active));
       els.talk.classList.toggle("is-active", event.active);
+      clearTimeout(placeholderTimer);
       if (event.active) ensureUserPlaceholder();
+      else placeholderTimer = setTimeout(dropEmptyPlaceholders, 8000);
       renderSpeaking();
       break;
     default:
@@ -322,6 +331,7 @@ els.errorClose.addEventListener("click", clearError);
 
 const turns = new Map(); // itemId -> element
 let placeholder = null; // a user turn shown while the user speaks, filled by its transcript
+let placeholderTimer = null;
 let localUserTurns = []; // typed messages waiting for the server's transcript of them
 
 function newTurn(role, itemId) {
@@ -383,7 +393,10 @@ function renderTranscript(event) {
   let li = itemId ? turns.get(itemId) : null;
   if (!li && role === "user") {
     // Typed text the server echoes back as a transcript: reuse the bubble we already showed.
-    const match = localUserTurns.find((el) => normalize(el.querySelector(".text").textContent) === normalize(text));
+    const recent = performance.now() - 15000;
+    const match = localUserTurns.find(
+      (el) => Number(el.dataset.sentAt) > recent && normalize(el.querySelector(".text").textContent) === normalize(text),
+    );
     if (match) {
       li = match;
       localUserTurns = localUserTurns.filter((el) => el !== match);
@@ -415,6 +428,7 @@ function markInterrupted(itemId) {
 }
 
 function clearTranscript() {
+  clearTimeout(placeholderTimer);
   els.transcript.replaceChildren();
   turns.clear();
   placeholder = null;
@@ -488,6 +502,7 @@ els.composer.addEventListener("submit", async (event) => {
   }
   const li = newTurn("user", null);
   li.classList.add("is-local");
+  li.dataset.sentAt = String(performance.now());
   setTurnText(li, text, true);
   localUserTurns.push(li);
   els.input.value = "";

@@ -856,6 +856,14 @@ export class VoxgateClient {
     const o = this._opts;
     this._audioMode = "text";
     if (!o.playback && !o.microphone) return;
+    if (globalThis.isSecureContext === false) {
+      // AudioWorklet and getUserMedia exist only on secure pages (https:// or localhost).
+      this._audioUnavailable(
+        "insecure_context",
+        "Voice needs a secure page (https:// or http://localhost), so this conversation is text-only.",
+      );
+      return;
+    }
     const AudioCtx = globalThis.AudioContext || globalThis.webkitAudioContext;
     if (!AudioCtx || typeof AudioWorkletNode === "undefined") {
       this._audioUnavailable(
