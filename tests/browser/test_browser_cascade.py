@@ -157,6 +157,16 @@ def test_text_only_fallback_when_the_microphone_is_denied(
     expect(page.locator(ASSISTANT_FINAL)).to_contain_text(
         "you said what time is it", timeout=30_000
     )
+
+    # Mute silences the output but playback keeps its clock (played counts go on).
+    page.fill('[data-testid="text-input"]', LONG_TEXT)
+    page.click('[data-testid="send"]')
+    ps.wait_for("d.playback.isPlaying && d.playback.level > 0.001", 30_000)
+    page.click('[data-testid="mute"]')
+    expect(page.locator('[data-testid="mute"]')).to_have_attribute("aria-pressed", "true")
+    ps.wait_for("d.playback.isPlaying && d.playback.level === 0", 5_000)
+    played = ps.debug("d.playback.samplesPlayed")
+    ps.wait_for(f"d.playback.samplesPlayed > {played}", 5_000)
     assert ps.errors == []
 
 
