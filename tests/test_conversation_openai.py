@@ -243,3 +243,34 @@ def test_cli_simulate_serve_talk(tmp_path: Path) -> None:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+async def test_silent_upstream_hits_first_byte_timeout_then_recovers(make_settings, gateway_factory) -> None:
+    """A provider that holds the socket open but never answers (pings unanswered too, yet the
+    ping interval is long) is detected by the first-byte timeout; the engine reconnects,
+    restores the conversation and asks again, and the client gets its answer."""
+    async with OpenAISimulator(keys=[KEY], pace=4.0) as sim:
+        settings = make_settings(
+            engine="openai", openai_api_key=KEY, openai_url=sim.url,
+            first_byte_timeout_s=1.0, upstream_ping_interval_s=60.0,
+            reconnect_base_s=0.3, reconnect_max_s=0.5,
+        )
+        async with gateway_factory(settings) as gw, VoxgateClient(gw.ws_url) as client:
+            await client.start()
+            await client.user_message("my name is Ada")
+            await client.collect_reply(timeout=30)
+            sim.faults.blackhole = True
+            await client.user_message("what is my name")
+            error = await client.wait_for("error", timeout=10)
+            assert error["code"] == "timeout" and error["fatal"] is False
+            sim.faults.blackhole = False
+            await client.wait_for("status", where=lambda m: m["status"] == "connected", timeout=15)
+            reply = await client.collect_reply(timeout=30)
+            assert reply.response_status == "completed"
+            # The new upstream session got the earlier turns back before the question.
+            replayed = [
+                e["item"]["content"][0].get("text", "")
+                for e in sim.accepted[-1].received
+                if e.get("type") == "conversation.item.create"
+            ]
+            assert "my name is Ada" in replayed and "what is my name" in replayed

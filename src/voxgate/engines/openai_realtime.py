@@ -185,6 +185,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
         #: dies now the request may have vanished with it, so a reconnect asks again; otherwise
         #: the user would wait forever for an answer to a message the replay did restore.
         self._awaiting_response = False
+        self._first_byte: asyncio.Task[None] | None = None
 
     # --- connection --------------------------------------------------------------------------
     def _url(self) -> str:
@@ -332,7 +333,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
             return
         self._stopping = True
         current = asyncio.current_task()
-        for task in (self._recycler, self._reader):
+        for task in (self._first_byte, self._recycler, self._reader):
             if task is not None and task is not current and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -360,23 +361,43 @@ class OpenAIRealtimeEngine(ConversationEngine):
         """Send a control event. Unlike audio, control events wait out a reconnect (bounded),
         so a message typed during a blip still gets its answer."""
         if self._reconnecting:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), 2 * self.settings.start_timeout_s)
+            await _wait_event(self._ready, 2 * self.settings.start_timeout_s)
         up = self._up
         if up is None or self._reconnecting or self._closed:
             return
         if event.get("type") == "response.create":
             self._awaiting_response = True  # even if this send fails: `_recover` re-asks
+            self._watch_first_byte(up)
         with contextlib.suppress(ConnectionClosed):
             await up.ws.send(orjson.dumps(event).decode())
+
+    def _watch_first_byte(self, up: _Upstream) -> None:
+        if self._first_byte is not None and not self._first_byte.done():
+            self._first_byte.cancel()
+        self._first_byte = asyncio.create_task(self._first_byte_watch(up), name="openai-first-byte")
+
+    async def _first_byte_watch(self, up: _Upstream) -> None:
+        """A provider that keeps the socket (and pings) alive but never starts the response is
+        as dead as one that dropped: after `first_byte_timeout_s` report it and abort the
+        socket, so the reconnect path restores the conversation and asks again."""
+        await asyncio.sleep(self.settings.first_byte_timeout_s)
+        if not self._awaiting_response or self._up is not up or self._stopping or self._closed:
+            return
+        seconds = self.settings.first_byte_timeout_s
+        log.warning("OpenAI did not start a response within %.0f s; reconnecting", seconds)
+        await self.emit(EngineError(
+            "timeout", f"OpenAI did not start answering within {seconds:.0f} s; reconnecting"
+        ))  # fmt: skip
+        transport = getattr(up.ws, "transport", None)
+        if transport is not None:
+            transport.abort()
 
     async def _respond_now(self) -> None:
         """`response.create`, after cancelling (and waiting out) any active response: only one
         response may write to the conversation at a time."""
         if self._response_id is not None:
             await self.interrupt(None)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), self.settings.first_byte_timeout_s)
+            await _wait_event(self._idle, self.settings.first_byte_timeout_s)
         await self._send({"type": "response.create"})
 
     async def commit(self) -> None:
@@ -539,6 +560,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
         (the replay already holds the message it answers)."""
         up = self._up
         if self._awaiting_response and up is not None:
+            self._watch_first_byte(up)
             with contextlib.suppress(ConnectionClosed):
                 await up.ws.send(orjson.dumps({"type": "response.create"}).decode())
 
@@ -700,6 +722,22 @@ class OpenAIRealtimeEngine(ConversationEngine):
                 await _close_quietly(self._up.ws)
             return
         await self.emit(EngineError("upstream_error", f"OpenAI: {message} ({code})"))
+
+
+async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait for `event` at most `timeout` seconds; False on timeout.
+
+    Not `asyncio.wait_for`: on Python 3.11 it swallows a cancellation that arrives just as the
+    event is set (a reconnect ending while the session shuts down), and the caller, the
+    session's receive task, then lived on and kept its TaskGroup (and the client) waiting
+    forever. `asyncio.timeout` counts cancellations correctly. Found by the chaos test.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 async def _close_quietly(ws: ClientConnection | None) -> None:
