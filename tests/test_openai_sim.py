@@ -371,7 +371,9 @@ async def test_pocketsphinx_transcription_with_a_grammar(tmp_path: Any) -> None:
         await _recv_until(ws, "conversation.created")
         await _send(ws, {"type": "session.update", "session": {"type": "realtime",
                     "audio": {"input": {"transcription": {"model": "whisper-1"}}}}})  # fmt: skip
-        await _append(ws, _speech("tell me a joke"))
+        # Long leading silence: the committed item starts at speech start minus the prefix
+        # padding, as on the service, so the recogniser does not see two seconds of nothing.
+        await _append(ws, silence(2000, 24000) + _speech("tell me a joke"))
         events = await _recv_until(ws, "response.output_audio_transcript.done")
         await ws.close()
     completed = [e for e in events if e["type"].endswith("input_audio_transcription.completed")]

@@ -553,7 +553,12 @@ class _Session:
                     # Commit what was buffered up to this frame; later audio stays buffered.
                     keep = self.total_bytes - (start_bytes + (i + 1) * frame_bytes)
                     cut = max(0, len(self.buffer) - keep)
-                    audio = bytes(self.buffer[:cut])
+                    # Like the service, the item's audio starts at speech start minus the
+                    # prefix padding: the silence before it is not part of the user's turn.
+                    buffer_start = self.total_bytes - len(self.buffer)
+                    lead = max(0, self.speech_start_ms * BYTES_PER_MS - buffer_start)
+                    lead = min(lead - lead % 2, cut)
+                    audio = bytes(self.buffer[lead:cut])
                     del self.buffer[:cut]
                     await self._commit(item_id, audio)
                     if td.get("create_response", True) and self.response is None:
