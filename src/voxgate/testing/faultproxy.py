@@ -250,8 +250,10 @@ class FaultProxy:
         return f"ws://{self.host}:{self.port}{path}"
 
     # --- control ------------------------------------------------------------------------------
-    def set_mode(self, mode: Mode, delay_ms: float | None = None) -> None:
-        """The default for new connections, applied to every live connection too.
+    def set_mode(self, mode: Mode, delay_ms: float | None = None, *, live: bool = True) -> None:
+        """The default for new connections, applied to every live connection too (unless
+        `live=False`: then only connections made from now on are affected, e.g. an outage that
+        refuses reconnects while the connections that exist keep working).
 
         `drop`/`reset` end every live connection and every new one at once (accept, then close);
         `refuse` stops listening; any other mode listens again.
@@ -269,8 +271,9 @@ class FaultProxy:
             task = asyncio.get_running_loop().create_task(self._listen())
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)
-        for conn in list(self.connections):
-            conn.set_mode(mode, delay_ms)
+        if live:
+            for conn in list(self.connections):
+                conn.set_mode(mode, delay_ms)
 
     async def wait_listening(self, timeout: float = 5.0) -> None:
         async with asyncio.timeout(timeout):
