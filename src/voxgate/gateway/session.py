@@ -131,6 +131,9 @@ class Outbox:
         self.audio_bytes = 0
         self.control_count = 0
         self.dropped_audio_bytes = 0
+        #: Audio had to be dropped and the backlog has not drained yet. The session tells the
+        #: client (`backpressure` paused true); `run()` says paused false once it caught up.
+        self.congested = False
         self._closed = False
 
     def put(self, message: dict[str, Any]) -> None:
@@ -208,6 +211,11 @@ class Outbox:
             is_audio, payload, nbytes, _ = queue.popleft()
             if is_audio:
                 self.audio_bytes -= nbytes
+                if self.congested and self.audio_bytes <= self.max_audio_bytes // 4:
+                    # Caught up: say so next, ahead of the audio still queued.
+                    self.congested = False
+                    queue.appendleft((False, P.encode(P.backpressure_message(False)), 0, ""))
+                    self.control_count += 1
             else:
                 self.control_count -= 1
             if isinstance(payload, bytes):
@@ -846,7 +854,24 @@ class GatewaySession:
     def _audio_dropped(self, nbytes: int) -> None:
         seconds = nbytes / self._out_bytes_per_s
         self.state.metrics.audio_dropped_seconds.inc(seconds)
-        log.warning("session %s: client is not reading; dropped %.2f s of audio", self.id, seconds)
+        outbox = self.outbox
+        if outbox.congested:
+            return  # said once per episode; the metric counts every dropped second
+        outbox.congested = True
+        buffered = outbox.max_audio_bytes / self._out_bytes_per_s
+        log.warning(
+            "session %s: client is not reading fast enough; dropping the oldest queued audio "
+            "(more than %.1f s waiting)", self.id, buffered,
+        )  # fmt: skip
+        # Say so, once: a client that handles `backpressure` pauses its microphone; any client
+        # reads why the assistant's audio has a gap when it catches up.
+        outbox.put(P.backpressure_message(True))
+        self._send_error(
+            ErrorCode.RATE_LIMITED,
+            f"you are not reading fast enough: more than {buffered:.1f} s of assistant audio was "
+            "waiting, so the oldest is being dropped; 'backpressure' with paused false follows "
+            "once you have caught up",
+        )
 
     # ----------------------------------------------------------------------------------------
     # Turns
