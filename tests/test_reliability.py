@@ -82,6 +82,13 @@ def _created_items(conn: Any) -> list[tuple[str, str]]:
                    if isinstance(e, dict) and e.get("type") == "conversation.item.create"])  # fmt: skip
 
 
+def _last_final_item(client: VoxgateClient) -> str | None:
+    """The item id of the last final assistant transcript the client saw."""
+    finals = [m for m in client.received
+              if m["type"] == "transcript" and m["role"] == "assistant" and m["final"]]  # fmt: skip
+    return finals[-1]["itemId"] if finals else None
+
+
 def _fatal(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [m for m in messages if m.get("type") == "error" and m.get("fatal")]
 
@@ -120,8 +127,9 @@ async def test_upstream_loss_reconnects_and_the_assistant_remembers(
         if fault == "blackhole":
             upstream.set_mode("blackhole")  # between turns: only the keepalive can tell
         else:
-            await client.user_message(LONG)  # mid-response: audio is flowing
-            await client.wait_for("audio", timeout=20)
+            await client.user_message(LONG)  # mid-response: audio and transcript flowing
+            await client.wait_for("transcript", where=lambda m: m["role"] == "assistant",
+                                  timeout=20)  # fmt: skip
             proxy.kill(upstream, fault)  # type: ignore[arg-type]
         await client.wait_for("status", where=lambda m: m["status"] == "reconnecting", timeout=20)
         await client.wait_for("status", where=lambda m: m["status"] == "connected", timeout=20)
@@ -142,6 +150,9 @@ async def test_upstream_loss_reconnects_and_the_assistant_remembers(
         third = await client.collect_reply(timeout=30)
         assert third.assistant_text == "Your name is Ada."
         assert third.audio and third.response_status == "completed"
+        partial = [m["text"] for m in client.received[mark:] if m["type"] == "transcript"
+                   and m["role"] == "assistant" and not m["final"]
+                   and m["itemId"] != _last_final_item(client)]  # fmt: skip
         assert _fatal(client.received) == []
         errors = [m for m in client.received if m["type"] == "error"]
         assert all(m["code"] == "upstream_error" for m in errors), errors
@@ -154,6 +165,11 @@ async def test_upstream_loss_reconnects_and_the_assistant_remembers(
     for turn in [("user", "my name is Ada"), ("assistant", "You said: my name is Ada."),
                  ("user", "what is my name"), ("assistant", "Your name is Ada.")]:  # fmt: skip
         assert turn in stored
+    assert bool(partial) == (fault != "blackhole")
+    if partial:
+        # The answer cut off by the drop keeps the text the client saw, marked interrupted.
+        cut = [t for t in record.turns if t.role == "assistant" and t.interrupted]
+        assert len(cut) == 1 and cut[0].text.startswith(partial[-1])
 
 
 async def test_every_reconnect_failing_ends_with_upstream_unavailable_and_keeps_turns(
@@ -310,3 +326,68 @@ async def test_a_message_swallowed_by_a_dying_upstream_still_gets_its_answer(
         restored = sim.accepted[-1]
         assert _created_items(restored) == [("user", "are you still there")]
         assert restored.received_types().count("response.create") == 1
+
+
+# --- graceful shutdown -------------------------------------------------------------------------
+
+
+async def test_shutdown_mid_answer_and_mid_reconnect_tells_everyone_and_keeps_turns(
+    settings, gateway_factory, sim: OpenAISimulator, proxy: FaultProxy
+) -> None:
+    """The subprocess SIGTERM test (test_observability) covers an idle cascade session; this one
+    shuts down while one answer is streaming and another session waits out a reconnect backoff."""
+    gw_cm = gateway_factory(settings(reconnect_base_s=3.0, reconnect_max_s=10.0,
+                                     shutdown_deadline_s=5.0))  # fmt: skip
+    gw = await gw_cm.__aenter__()
+    clients = [await VoxgateClient(gw.ws_url).connect() for _ in range(3)]
+    try:
+        ready = [await c.start() for c in clients]
+        assert len(proxy.connections) == 3  # one upstream per session, in start order
+        for i, client in enumerate(clients):
+            await client.user_message(f"finished turn {i}")
+            await client.collect_reply(timeout=30)
+        streaming, reconnecting, idle = clients
+        # One session loses its upstream, and the provider turns reconnects away for now: it
+        # sits in a multi-second backoff.
+        proxy.set_mode("reset", live=False)
+        proxy.kill(proxy.connections[1], "reset")
+        await reconnecting.wait_for("status", where=lambda m: m["status"] == "reconnecting",
+                                    timeout=20)  # fmt: skip
+        # Another is mid-answer (real-time pace: the long answer takes seconds).
+        sim.pace = 1.0
+        await streaming.user_message(LONG)
+        await streaming.wait_for("transcript", where=lambda m: m["role"] == "assistant", timeout=20)
+        loop = asyncio.get_running_loop()
+        stopped_at = loop.time()
+        gw.server.should_exit = True  # what SIGTERM/SIGINT do under uvicorn
+        for client in clients:
+            status = await client.wait_for("status", where=lambda m: m["status"] == "disconnected",
+                                           timeout=15)  # fmt: skip
+            assert status["reason"] == "server_shutdown"
+            with pytest.raises(ProtocolFailure):
+                while True:
+                    await client.recv(10)
+            assert client.close_code == 1001
+            assert _fatal(client.received) == []
+        seen = [m["text"] for m in streaming.received
+                if m["type"] == "transcript" and m["role"] == "assistant" and not m["final"]]  # fmt: skip
+    finally:
+        for client in clients:
+            await client.close()
+        await gw_cm.__aexit__(None, None, None)
+    # Exits within its deadline (5 s), with margin for a loaded machine.
+    assert loop.time() - stopped_at < 5.0 + 5.0
+    # Every finished turn is stored, the typed message in flight too, and the answer that was
+    # cut off keeps the text the client saw (marked interrupted); every conversation is ended.
+    async with gateway_factory(settings()) as again:
+        for i, r in enumerate(ready):
+            record = await again.state.store.get_conversation(r["conversationId"])
+            assert record is not None and record.ended_at is not None
+            texts = [(t.role, t.text) for t in record.turns]
+            assert texts[:2] == [("user", f"finished turn {i}"),
+                                 ("assistant", f"You said: finished turn {i}.")]  # fmt: skip
+        record = await again.state.store.get_conversation(ready[0]["conversationId"])
+        assert record is not None
+        assert ("user", LONG) in [(t.role, t.text) for t in record.turns]
+        cut = [t for t in record.turns if t.role == "assistant" and t.interrupted]
+        assert len(cut) == 1 and seen and cut[0].text.startswith(seen[-1])

@@ -345,7 +345,10 @@ class GatewaySession:
                     for message in ended.final:
                         await self.ws.send({"type": "websocket.send", "text": P.encode(message)})
                     await self.ws.close(ended.close_code, close_reason(ended.reason))
-        # Finish writing turns, within the shutdown deadline.
+        # Finish writing turns, within the shutdown deadline. An answer cut off by the
+        # shutdown or by a lost upstream is kept as far as the client saw it.
+        if ended.close_code in (CloseCode.GOING_AWAY, CloseCode.UPSTREAM_FAILED):
+            self._store_partial_turns()
         with contextlib.suppress(asyncio.QueueFull):
             self._writes.put_nowait(None)
         try:
@@ -817,6 +820,8 @@ class GatewaySession:
             elif isinstance(event, Interrupted):
                 self._on_interrupted(event)
             elif isinstance(event, ResponseDone):
+                if event.status == "failed":
+                    self._store_partial_turns()  # e.g. the upstream dropped mid-answer
                 outbox.put(P.response_done_message(event.response_id, event.status, event.usage))
             elif isinstance(event, StatusChanged):
                 # Engines report connecting/connected during start(); the client already got
@@ -933,6 +938,16 @@ class GatewaySession:
             self._enqueue_write(self._mark_interrupted_write(turn, heard, event.played_ms))
         else:
             self._store_turn_now(turn, ended=True, heard=heard, audio_ms=event.played_ms)
+
+    def _store_partial_turns(self) -> None:
+        """Store assistant turns cut off before their final transcript (the upstream dropped,
+        the server is shutting down): the client already saw that text, so it is kept, marked
+        interrupted. What exactly was heard is unknown, so no `heard_text` is claimed."""
+        for item_id in self._turn_order:
+            turn = self._turns.get(item_id)
+            if turn is not None and turn.role == "assistant" and not turn.stored and turn.text:
+                turn.interrupted = True
+                self._store_turn_now(turn, ended=True)
 
     def _store_turn_now(
         self,
