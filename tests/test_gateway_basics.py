@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import httpx
@@ -85,3 +86,19 @@ async def test_invalid_frame_flood_closes_with_1008(make_settings, gateway_facto
             assert codes.count("invalid_json") >= 20
         async with httpx.AsyncClient(base_url=gw.http_url) as http:
             assert (await http.get("/health")).status_code == 200
+
+
+async def test_refused_client_gets_the_reason_not_a_connection_error(make_settings, gateway_factory) -> None:
+    """A client that sends before reading a refusal learns why (the CLI prints this sentence)."""
+    settings = make_settings(auth="jwt", jwt_secret="s" * 32)
+    async with gateway_factory(settings) as gw:
+        client = await VoxgateClient(gw.ws_url).connect()
+        await asyncio.sleep(0.3)  # the refusal and the close are on their way
+        with pytest.raises(ProtocolFailure) as refused:
+            for _ in range(3):
+                await client.send({"type": "start"})
+                await asyncio.sleep(0.2)
+        assert refused.value.error is not None
+        assert refused.value.error["code"] == "unauthorized"
+        assert "authentication required" in str(refused.value)
+        assert client.close_code == 4401

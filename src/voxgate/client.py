@@ -112,12 +112,34 @@ class VoxgateClient:
     # --- sending ----------------------------------------------------------------------------
 
     async def send(self, message: dict[str, Any]) -> None:
-        assert self.ws is not None, "connect() first"
-        await self.ws.send(orjson.dumps(message).decode())
+        await self.send_raw(orjson.dumps(message).decode())
 
     async def send_raw(self, data: str | bytes) -> None:
+        """Send one frame. If the gateway already closed the socket (a refusal: bad token,
+        limit), raise `ProtocolFailure` carrying the gateway's own fatal error, not a bare
+        connection error: the reason is in the messages it sent before closing."""
         assert self.ws is not None, "connect() first"
-        await self.ws.send(data)
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            await self.ws.send(data)
+        except ConnectionClosed as exc:
+            self.close_code = exc.rcvd.code if exc.rcvd else None
+            self.close_reason = exc.rcvd.reason if exc.rcvd else None
+            fatal = await self._drain_fatal()
+            detail = f"{fatal['code']}: {fatal['message']}" if fatal else f"code {self.close_code}"
+            raise ProtocolFailure(f"the gateway closed the connection ({detail})", fatal) from None
+
+    async def _drain_fatal(self) -> dict[str, Any] | None:
+        """Read what the gateway sent before closing; return its fatal error, if any."""
+        fatal = None
+        while True:
+            try:
+                message = await self.recv(1.0)
+            except (ProtocolFailure, TimeoutError):
+                return fatal
+            if message.get("type") == "error" and message.get("fatal"):
+                fatal = message
 
     async def start(self, timeout: float = 30.0, **options: Any) -> dict[str, Any]:
         """Send `start` (camelCase options as in the protocol) and wait for `session_ready`."""

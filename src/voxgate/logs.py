@@ -96,3 +96,8 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    # At DEBUG the websockets library logs handshake headers, the upstream's
+    # `Authorization: Bearer <provider key>` among them. Our handler scrubs them, but a handler
+    # added later (an error tracker) would not, so those records are never created at all.
+    for name in ("websockets", "websockets.client", "websockets.server"):
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))

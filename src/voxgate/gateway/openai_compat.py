@@ -62,7 +62,7 @@ from voxgate.gateway.auth import (
 )
 from voxgate.gateway.limits import LimitExceeded, TokenBucket
 from voxgate.gateway.origins import origin_allowed
-from voxgate.gateway.session import estimate_heard
+from voxgate.gateway.session import close_reason, estimate_heard
 from voxgate.protocol import CloseCode
 from voxgate.store.base import TurnRecord
 
@@ -255,7 +255,7 @@ async def serve_compat(state: GatewayState, websocket: WebSocket) -> None:
             await websocket.send_text(
                 orjson.dumps(openai_error(code, message, type_=type_)).decode()
             )
-            await websocket.close(close_code, f"{type_}.{code}"[:120])
+            await websocket.close(close_code, close_reason(f"{type_}.{code}"))
 
         if state.shutting_down:
             await reject("server_shutdown", "the server is shutting down; reconnect shortly",
@@ -504,7 +504,7 @@ class CompatSession:
                 async with asyncio.timeout(2.0):
                     if ended.error is not None:
                         await self.ws.send_text(orjson.dumps(ended.error).decode())
-                    await self.ws.close(ended.close_code, ended.reason[:120])
+                    await self.ws.close(ended.close_code, close_reason(ended.reason))
         # Turns that were cut short but never got a final transcript: keep what we have.
         for turn in list(self._turns.values()):
             if turn.truncated_ms is not None and not turn.stored and turn.text:

@@ -61,6 +61,9 @@ def uvicorn_config(app: FastAPI, settings: Settings, *, port: int | None = None)
         ws_ping_timeout=20.0,
         timeout_graceful_shutdown=settings.shutdown_deadline_s,
         lifespan="on",
+        # h11 enforces the header-size bound below while parsing (httptools buffers any size
+        # first); only the HTTP handshake is parsed this way, WebSocket frames are not.
+        http="h11",
         h11_max_incomplete_event_size=64 * 1024,
     )
 

@@ -617,7 +617,8 @@ class _SimSession:
                     "error_event": {"code": code, "error_type": error_type, "message": message},
                 }
             )
-        await self.close(code, message[:120])
+        # A close frame holds 123 bytes of reason: cut on a character boundary.
+        await self.close(code, message.encode()[:123].decode("utf-8", errors="ignore"))
 
     # --- main loop ----------------------------------------------------------------------------
     async def run(self) -> None:
