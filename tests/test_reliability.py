@@ -17,6 +17,7 @@ import pytest
 
 from voxgate.client import ProtocolFailure, VoxgateClient
 from voxgate.config import Settings
+from voxgate.gateway.limits import CircuitBreaker
 from voxgate.testing.faultproxy import FaultProxy
 from voxgate.testing.openai_sim import OpenAISimulator, default_response
 
@@ -391,3 +392,56 @@ async def test_shutdown_mid_answer_and_mid_reconnect_tells_everyone_and_keeps_tu
         assert ("user", LONG) in [(t.role, t.text) for t in record.turns]
         cut = [t for t in record.turns if t.role == "assistant" and t.interrupted]
         assert len(cut) == 1 and seen and cut[0].text.startswith(seen[-1])
+
+
+async def test_a_half_open_trial_that_never_dials_does_not_wedge_the_breaker(
+    settings, gateway_factory, sim: OpenAISimulator, proxy: FaultProxy
+) -> None:
+    """The one trial a half-open breaker lets through may never reach the provider (a bad
+    `conversationId`, a client that hangs up while connecting). Nobody reports its outcome then,
+    and the breaker must not refuse every session from that moment on."""
+    async with gateway_factory(settings(breaker_failures=3, breaker_cooldown_s=1.0)) as gw:
+        sim.faults.refuse_status = 500
+        for _ in range(3):
+            async with VoxgateClient(gw.ws_url) as client:
+                await client.send({"type": "start"})
+                await client.wait_for("error", timeout=20, fail_on_fatal=False)
+        sim.faults.refuse_status = None
+        await asyncio.sleep(1.1)
+        assert (await _health(gw.http_url))[1]["engines"]["openai"]["breaker"] == "half_open"
+        # The trial asks to resume a conversation that does not exist: refused before dialling.
+        async with VoxgateClient(gw.ws_url) as client:
+            await client.send({"type": "start", "conversationId": "no-such-conversation"})
+            error = await client.wait_for("error", timeout=10)
+            assert error["code"] == "bad_request"
+        # The next session is the real trial: it goes through and closes the breaker.
+        async with VoxgateClient(gw.ws_url) as client:
+            await client.start(timeout=10)
+        assert (await _health(gw.http_url))[1]["engines"]["openai"]["breaker"] == "closed"
+
+
+def test_a_lost_half_open_trial_holds_the_breaker_for_one_cooldown_at_most() -> None:
+    """A trial whose session is cancelled before the engine dials (shutdown, idle timeout while
+    starting) never records an outcome."""
+    now = [0.0]
+    breaker = CircuitBreaker(failures=3, cooldown_s=10.0, clock=lambda: now[0])
+    for _ in range(3):
+        breaker.record(False)
+    assert breaker.state == "open" and not breaker.allow()
+    now[0] = 10.0
+    assert breaker.state == "half_open"
+    assert breaker.allow()  # the trial
+    assert not breaker.allow()  # one at a time
+    now[0] = 19.9
+    assert not breaker.allow()
+    now[0] = 20.0
+    assert breaker.allow()  # the lost trial's lease ran out: another may try
+    breaker.record(True)
+    assert breaker.state == "closed" and breaker.allow() and breaker.allow()
+    # A failed trial re-opens the breaker at once, for a fresh cooldown.
+    for _ in range(3):
+        breaker.record(False)
+    now[0] = 30.0
+    assert breaker.allow()
+    breaker.record(False)
+    assert breaker.state == "open" and breaker.retry_after_s() == 10.0

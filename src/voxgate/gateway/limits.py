@@ -170,7 +170,9 @@ class CircuitBreaker:
     """Opens after `failures` consecutive connect failures; half-opens after `cooldown_s`.
 
     Half-open lets one trial through: success closes the breaker, failure re-opens it for a
-    fresh cooldown. While open, `allow()` is False and new sessions fail at once.
+    fresh cooldown. While open, `allow()` is False and new sessions fail at once. A trial whose
+    outcome is never recorded (its session was cancelled before the engine dialled) holds the
+    breaker for one cooldown at most; then another trial may go.
     """
 
     failures: int = 3
@@ -179,6 +181,7 @@ class CircuitBreaker:
     _consecutive: int = 0
     _opened_at: float | None = None
     _trial_in_flight: bool = False
+    _trial_started: float = 0.0
 
     @property
     def state(self) -> BreakerState:
@@ -192,9 +195,12 @@ class CircuitBreaker:
         state = self.state
         if state == "closed":
             return True
-        if state == "half_open" and not self._trial_in_flight:
-            self._trial_in_flight = True
-            return True
+        if state == "half_open":
+            now = self.clock()  # type: ignore[operator]
+            if not self._trial_in_flight or now - self._trial_started >= self.cooldown_s:
+                self._trial_in_flight = True
+                self._trial_started = now
+                return True
         return False
 
     def record(self, ok: bool) -> None:

@@ -513,16 +513,6 @@ class GatewaySession:
                 f"start: engine '{engine_name}' is not allowed here; allowed: {', '.join(allowed)}",
                 counts_as_invalid=True,
             )
-        breaker = state.breaker(engine_name)
-        if not breaker.allow():
-            raise ProtocolError(
-                ErrorCode.ENGINE_UNAVAILABLE,
-                f"the {engine_name} engine is failing to connect; new sessions are paused for "
-                f"{breaker.retry_after_s():.0f} s (circuit breaker open)",
-                fatal=True,
-                close_code=CloseCode.ENGINE_UNAVAILABLE,
-            )
-
         history: list[HistoryTurn] = []
         resumed = None
         if msg.conversation_id:
@@ -541,6 +531,19 @@ class GatewaySession:
                 text = turn.remembered_text
                 if text:
                     history.append(HistoryTurn(turn.role, text))
+
+        # The breaker last among the checks: a half-open breaker lets exactly one trial through,
+        # and a trial refused for another reason (say, an unknown conversationId) would never
+        # report an outcome.
+        breaker = state.breaker(engine_name)
+        if not breaker.allow():
+            raise ProtocolError(
+                ErrorCode.ENGINE_UNAVAILABLE,
+                f"the {engine_name} engine is failing to connect; new sessions are paused for "
+                f"{max(1.0, breaker.retry_after_s()):.0f} s (circuit breaker open)",
+                fatal=True,
+                close_code=CloseCode.ENGINE_UNAVAILABLE,
+            )
 
         td = msg.turn_detection
         options = StartOptions(
