@@ -17,6 +17,7 @@ import pytest
 
 from voxgate.client import ProtocolFailure, VoxgateClient
 from voxgate.config import Settings
+from voxgate.engines.base import ReconnectPolicy
 from voxgate.gateway.limits import CircuitBreaker
 from voxgate.testing.faultproxy import FaultProxy
 from voxgate.testing.openai_sim import OpenAISimulator, default_response
@@ -109,7 +110,7 @@ async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
 # --- reconnect and restore ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fault", ["reset", "drop", "blackhole"])
+@pytest.mark.parametrize("fault", ["reset", "drop", "ws-close", "blackhole"])
 async def test_upstream_loss_reconnects_and_the_assistant_remembers(
     settings, gateway_factory, sim: OpenAISimulator, proxy: FaultProxy, fault: str
 ) -> None:
@@ -131,7 +132,10 @@ async def test_upstream_loss_reconnects_and_the_assistant_remembers(
             await client.user_message(LONG)  # mid-response: audio and transcript flowing
             await client.wait_for("transcript", where=lambda m: m["role"] == "assistant",
                                   timeout=20)  # fmt: skip
-            proxy.kill(upstream, fault)  # type: ignore[arg-type]
+            if fault == "ws-close":  # the provider ends the WebSocket properly (1011)
+                sim.inject_error("server_error", "The server had an error.", close=1011)
+            else:  # the network: a TCP reset, or a FIN without any WebSocket close
+                proxy.kill(upstream, fault)  # type: ignore[arg-type]
         await client.wait_for("status", where=lambda m: m["status"] == "reconnecting", timeout=20)
         await client.wait_for("status", where=lambda m: m["status"] == "connected", timeout=20)
         assert sim.accepted[-1] is not first_conn
@@ -176,11 +180,14 @@ async def test_upstream_loss_reconnects_and_the_assistant_remembers(
 async def test_every_reconnect_failing_ends_with_upstream_unavailable_and_keeps_turns(
     settings, gateway_factory, sim: OpenAISimulator, proxy: FaultProxy
 ) -> None:
-    async with gateway_factory(settings(reconnect_attempts=3)) as gw:
+    policy = {"reconnect_attempts": 4, "reconnect_base_s": 0.1, "reconnect_max_s": 0.4}
+    async with gateway_factory(settings(**policy)) as gw:
         async with VoxgateClient(gw.ws_url) as client:
             ready = await client.start()
             await client.user_message("keep this turn")
             await client.collect_reply(timeout=30)
+            dropped_at = asyncio.get_running_loop().time()
+            arrivals = len(proxy.arrivals)
             proxy.set_mode("reset")  # the live upstream and every new attempt get a RST
             await client.wait_for("status", where=lambda m: m["status"] == "reconnecting", timeout=20)
             with pytest.raises(ProtocolFailure) as info:
@@ -192,7 +199,15 @@ async def test_every_reconnect_failing_ends_with_upstream_unavailable_and_keeps_
                 while True:
                     await client.recv(10)
             assert client.close_code == 4502  # not a code official SDKs auto-reconnect on
-        assert proxy.turned_away == 3  # exactly the configured attempts, then it gave up
+        assert proxy.turned_away == 4  # exactly the configured attempts, then it gave up
+        # Exponential backoff with jitter: the waits before the attempts are drawn from
+        # [d/2, d] for d = 0.1, 0.2, 0.4, 0.4 (doubling, capped). Lower bounds only: a loaded
+        # machine can only make the gaps longer.
+        times = [dropped_at, *proxy.arrivals[arrivals:]]
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        assert len(gaps) == 4
+        for gap, delay in zip(gaps, [0.1, 0.2, 0.4, 0.4], strict=True):
+            assert gap >= delay / 2 - 0.01, gaps
         record = await gw.state.store.get_conversation(ready["conversationId"])
         assert record is not None
         assert [(t.role, t.text) for t in record.turns] == [
@@ -445,3 +460,16 @@ def test_a_lost_half_open_trial_holds_the_breaker_for_one_cooldown_at_most() -> 
     assert breaker.allow()
     breaker.record(False)
     assert breaker.state == "open" and breaker.retry_after_s() == 10.0
+
+
+def test_default_reconnect_policy_is_one_two_four_capped_at_thirty_five_attempts() -> None:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (settings.reconnect_attempts, settings.reconnect_base_s, settings.reconnect_max_s) == (
+        5, 1.0, 30.0)  # fmt: skip
+    assert (settings.breaker_failures, settings.breaker_cooldown_s) == (3, 30.0)
+    policy = ReconnectPolicy(settings.reconnect_attempts, settings.reconnect_base_s,
+                             settings.reconnect_max_s)  # fmt: skip
+    assert policy.delays() == [1.0, 2.0, 4.0, 8.0, 16.0]
+    assert ReconnectPolicy(7, 1.0, 30.0).delays()[-2:] == [30.0, 30.0]
+    draws = [policy.jittered(8.0) for _ in range(200)]
+    assert all(4.0 <= d <= 8.0 for d in draws) and len(set(draws)) > 100  # jitter, not fixed

@@ -221,6 +221,9 @@ class FaultProxy:
         self.accepted = 0
         #: Connections refused or ended at once because of a proxy-wide `drop`/`reset`.
         self.turned_away = 0
+        #: `time.monotonic()` of every incoming connection, forwarded or turned away (so a test
+        #: can see a client's retry schedule).
+        self.arrivals: list[float] = []
         self._server: asyncio.Server | None = None
         self._numbers = itertools.count(1)
         self._handshakes: set[asyncio.Task[None]] = set()
@@ -327,6 +330,7 @@ class FaultProxy:
                 self._handshakes.discard(task)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.arrivals.append(time.monotonic())
         mode = self.mode
         if mode in ("drop", "reset", "refuse"):
             self.turned_away += 1
