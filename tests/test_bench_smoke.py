@@ -92,6 +92,10 @@ def test_memory_slope_idle_and_active(tmp_path: Path) -> None:
 def test_connect_to_session_ready(tmp_path: Path) -> None:
     _invoke(["connect", "--sequential", "2", "--burst", "2", "--out-dir", str(tmp_path)])
     result = _saved(tmp_path, "connect")
+    # `voxgate_memory_db` is measured too but not asserted clean: in-memory SQLite shares one
+    # connection between concurrent sessions and sometimes fails a conversation insert
+    # (reported to the store's owner); the benchmark records those failures.
+    assert result["voxgate_memory_db"]["sequential"]["n"] + result["voxgate_memory_db"]["failures"] >= 2
     for path in ("direct", "voxgate"):
         assert result[path]["failures"] == 0
         assert result[path]["sequential"]["n"] == 2

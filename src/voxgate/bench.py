@@ -153,7 +153,9 @@ def print_memory(result: dict[str, Any]) -> None:
 def print_connect(result: dict[str, Any]) -> None:
     f = report.fmt
     rows = []
-    for path in ("direct", "voxgate"):
+    for path in ("direct", "voxgate", "voxgate_memory_db"):
+        if path not in result:
+            continue
         r = result[path]
         for kind in ("sequential", "burst"):
             s = r[kind]
@@ -161,7 +163,9 @@ def print_connect(result: dict[str, Any]) -> None:
             rows.append([path, label, str(s["n"]), f(s["p50"], 2), f(s["p90"], 2), f(s["p99"], 2),
                          f(s["max"], 1), str(r["failures"])])  # fmt: skip
     report.print_table(
-        console, "Connect to ready (voxgate: session_ready; direct: session.updated)",
+        console,
+        "Connect to ready (voxgate: session_ready; direct: session.updated; "
+        "voxgate_memory_db: conversations in in-memory SQLite)",
         ["path", "kind", "n", "p50 ms", "p90 ms", "p99 ms", "max ms", "failures"], rows,
     )  # fmt: skip
 
@@ -277,7 +281,7 @@ def connect(
     _setup(loop, nice)
     result = {"benchmark": "connect", "machine": report.machine(), **connect_benchmark(sequential, burst)}
     summary = {p: {"sequential": result[p]["sequential"], "burst": result[p]["burst"]}
-               for p in ("direct", "voxgate")}  # fmt: skip
+               for p in ("direct", "voxgate", "voxgate_memory_db")}  # fmt: skip
     _emit("connect", result, summary, out_dir, no_save)
     print_connect(result)
 

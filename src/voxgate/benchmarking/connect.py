@@ -4,6 +4,8 @@ Measured one connection at a time (the unloaded path: handshake, `start` parsing
 creation, the upstream dial and `session.update`/`session.updated`, the conversation row in
 SQLite) and as a burst of concurrent connections. The same handshake straight to the echo
 upstream (connect to `session.updated`) is the baseline: the part voxgate cannot avoid.
+A third run keeps the conversations in an in-memory SQLite database, which isolates what the
+durable conversation row (a file, WAL, an fsync per commit) adds to the handshake.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ def connect_benchmark(sequential: int, burst: int) -> dict[str, Any]:
         )
         with gateway(echo.port) as gw:
             out["voxgate"] = run_loadgen(
+                [*base, "--protocol", "voxgate", "--url", f"ws://127.0.0.1:{gw.port}/ws"],
+                timeout=120 + burst,
+            )
+        with gateway(echo.port, VOXGATE_DATABASE_URL="sqlite+aiosqlite:///:memory:") as gw:
+            out["voxgate_memory_db"] = run_loadgen(
                 [*base, "--protocol", "voxgate", "--url", f"ws://127.0.0.1:{gw.port}/ws"],
                 timeout=120 + burst,
             )

@@ -28,6 +28,8 @@ from voxgate.logs import configure_logging
 #: `VOXGATE_BENCH_GC_STATS=1` prints the collector's pauses to stderr at exit, to test whether
 #: collections of the app's large, long-lived object graph stall the event loop.
 GC_FREEZE = os.environ.get("VOXGATE_BENCH_GC_FREEZE") == "1"
+#: `VOXGATE_BENCH_GC_THRESHOLD=700,10,10` sets `gc.set_threshold` (`0` disables the collector).
+GC_THRESHOLD = os.environ.get("VOXGATE_BENCH_GC_THRESHOLD")
 GC_STATS = os.environ.get("VOXGATE_BENCH_GC_STATS") == "1"
 
 
@@ -69,6 +71,8 @@ def main() -> None:
     config.backlog = 4096
     server = _AnnouncingServer(config)
     pauses = _GcPauses()
+    if GC_THRESHOLD:
+        gc.set_threshold(*(int(x) for x in GC_THRESHOLD.split(",")))
     if GC_STATS:
         gc.callbacks.append(pauses)
     try:
