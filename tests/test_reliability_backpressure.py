@@ -46,6 +46,24 @@ async def _metric(url: str, name: str) -> float:
     raise AssertionError(f"{name} not in /metrics")
 
 
+async def _reluctant_client(gw: Any) -> Any:
+    """A raw client with a started session (binary audio) that will stop reading.
+
+    Its receive buffer is small and fixed before connecting (no autotuning), so the kernel
+    cannot quietly absorb a minute of audio on the client's side.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gw.port))
+    ws = await connect(gw.ws_url, sock=sock, max_queue=4, open_timeout=10)
+    await ws.send(orjson.dumps({"type": "start", "binary": True}).decode())
+    while True:
+        msg = orjson.loads(await asyncio.wait_for(ws.recv(), 15))
+        if msg["type"] == "session_ready":
+            return ws
+
+
 def _ws_protocols(gw: Any) -> list[Any]:
     return [c for c in gw.server.server_state.connections if hasattr(c, "writable")]
 
@@ -62,19 +80,8 @@ async def test_a_client_that_never_reads_cannot_grow_server_memory(
             openai_session_recycle_s=0.0,
         )  # fmt: skip
         async with gateway_factory(settings) as gw:
-            # A small receive buffer, fixed before connecting (no autotuning): the kernel cannot
-            # quietly absorb the minute of audio on the client's side.
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
-            sock.setblocking(False)
-            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gw.port))
-            ws = await connect(gw.ws_url, sock=sock, max_queue=4, open_timeout=10)
+            ws = await _reluctant_client(gw)
             try:
-                await ws.send(orjson.dumps({"type": "start", "binary": True}).decode())
-                while True:
-                    msg = orjson.loads(await asyncio.wait_for(ws.recv(), 15))
-                    if msg["type"] == "session_ready":
-                        break
                 session = next(iter(gw.state.sessions.values()))
                 outbox = session.outbox
                 assert outbox.max_audio_bytes == 2 * BYTES_PER_S
@@ -176,6 +183,47 @@ async def test_a_client_that_never_reads_cannot_grow_server_memory(
             record = await gw.state.store.get_conversation(conversation_id)
             assert record is not None
             assert ("assistant", LONG_ANSWER) in [(t.role, t.text) for t in record.turns]
+
+
+async def test_shutdown_is_not_held_up_by_a_client_that_never_reads(
+    make_settings: Callable[..., Settings], gateway_factory: Callable[..., Any]
+) -> None:
+    """A stalled socket cannot take the final status or the close frame; the server must still
+    exit within its deadline and store the turns."""
+    async with OpenAISimulator(keys=[KEY], pace=50.0, responder=_long_responder) as sim:
+        settings = make_settings(
+            engine="openai", openai_api_key=KEY, openai_url=sim.url, client_buffer_s=2.0,
+            openai_session_recycle_s=0.0, shutdown_deadline_s=3.0,
+        )  # fmt: skip
+        gw_cm = gateway_factory(settings)
+        gw = await gw_cm.__aenter__()
+        loop = asyncio.get_running_loop()
+        ws = None
+        try:
+            ws = await _reluctant_client(gw)
+            session = next(iter(gw.state.sessions.values()))
+            await ws.send(orjson.dumps({"type": "user_message",
+                                        "text": "please talk for a minute"}).decode())  # fmt: skip
+            async with asyncio.timeout(30):
+                while not session.outbox.congested:  # the client is now far behind
+                    await asyncio.sleep(0.02)
+            conversation_id = session.conversation_id
+            stopped_at = loop.time()
+            gw.server.should_exit = True
+        finally:
+            await gw_cm.__aexit__(None, None, None)
+            exited_at = loop.time()
+            if ws is not None:
+                ws.transport.abort()  # this client will not do a close handshake either
+        # Its own deadline (3 s) plus uvicorn's grace for the remaining connections (the same
+        # setting) plus margin for a loaded machine; a hang would run into the harness's
+        # cancel after deadline + 10 s.
+        assert exited_at - stopped_at < 3.0 + 3.0 + 3.0
+        assert len(sim.accepted) == 1
+    async with gateway_factory(settings) as again:
+        record = await again.state.store.get_conversation(conversation_id or "")
+        assert record is not None and record.ended_at is not None
+        assert ("user", "please talk for a minute") in [(t.role, t.text) for t in record.turns]
 
 
 async def test_audio_faster_than_real_time_is_limited_not_queued(
