@@ -81,7 +81,7 @@ async def _control(ws: ServerConnection, event: dict, etype: object, events: ite
     elif etype == "input_audio_buffer.clear":
         reply = {"type": "input_audio_buffer.cleared", "event_id": eid}
     elif etype == "response.create":
-        response = {"id": "resp_bench", "object": "realtime.response", "status": "completed",
+        response: dict[str, object] = {"id": "resp_bench", "object": "realtime.response", "status": "completed",
                     "output": [], "usage": None}  # fmt: skip
         await ws.send(orjson.dumps({"type": "response.created", "event_id": eid,
                                     "response": {**response, "status": "in_progress"}}).decode())  # fmt: skip

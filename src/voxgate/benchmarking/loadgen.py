@@ -147,6 +147,13 @@ async def _await_type(ws: ClientConnection, wanted: str, timeout: float) -> dict
                 raise HandshakeError(f"error while waiting for {wanted}: {raw[:300]}")
 
 
+def _deflate_negotiated(ws: ClientConnection) -> bool:
+    response = ws.response
+    if response is None:
+        return False
+    return "permessage-deflate" in (response.headers.get("Sec-WebSocket-Extensions") or "")
+
+
 async def _close(ws: ClientConnection) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(ws.close(), 5)
@@ -372,10 +379,7 @@ async def scenario_relay(
         "frames_sent": sent,
         "frames_received": received,
         "lost_frames": sent - received,
-        "deflate_negotiated": sum(
-            1 for s in live if "permessage-deflate" in (s.ws.response.headers.get("Sec-WebSocket-Extensions") or "")
-            if s.ws.response is not None
-        ),
+        "deflate_negotiated": sum(1 for s in live if _deflate_negotiated(s.ws)),
         "errors": sum(s.errors for s in live),
         "error_samples": rec.error_samples,
         "rtt_ms": latency_summary([v / 1e6 for v in rec.rtt_ns]),

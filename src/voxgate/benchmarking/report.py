@@ -29,7 +29,7 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    versions = {}
+    versions: dict[str, str | None] = {}
     for dist in ("uvicorn", "websockets", "starlette", "fastapi", "orjson", "uvloop"):
         try:
             versions[dist] = metadata.version(dist)
