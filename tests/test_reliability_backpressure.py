@@ -226,6 +226,35 @@ async def test_shutdown_is_not_held_up_by_a_client_that_never_reads(
         assert ("user", "please talk for a minute") in [(t.role, t.text) for t in record.turns]
 
 
+async def test_a_stalled_connection_is_dropped_when_its_session_ends(
+    make_settings: Callable[..., Settings], gateway_factory: Callable[..., Any]
+) -> None:
+    """A client that stops reading cannot take the close frame either. Without an abort the
+    server would keep the TCP connection (and its buffers) for as long as the peer acknowledges
+    a zero window, i.e. forever, after the session itself is long gone."""
+    async with OpenAISimulator(keys=[KEY], pace=50.0, responder=_long_responder) as sim:
+        settings = make_settings(
+            engine="openai", openai_api_key=KEY, openai_url=sim.url, client_buffer_s=2.0,
+            openai_session_recycle_s=0.0,
+        )  # fmt: skip
+        async with gateway_factory(settings) as gw:
+            ws = await _reluctant_client(gw)
+            try:
+                session = next(iter(gw.state.sessions.values()))
+                await ws.send(orjson.dumps({"type": "user_message",
+                                            "text": "please talk for a minute"}).decode())  # fmt: skip
+                async with asyncio.timeout(30):
+                    while not session.outbox.congested:
+                        await asyncio.sleep(0.02)
+                await ws.send(orjson.dumps({"type": "stop"}).decode())  # still not reading
+                async with asyncio.timeout(15):
+                    while gw.state.sessions or _ws_protocols(gw):
+                        await asyncio.sleep(0.05)
+                assert len(sim.accepted) == 1
+            finally:
+                ws.transport.abort()
+
+
 async def test_audio_faster_than_real_time_is_limited_not_queued(
     make_settings: Callable[..., Settings], gateway_factory: Callable[..., Any]
 ) -> None:

@@ -224,6 +224,27 @@ class Outbox:
                 await ws_send({"type": "websocket.send", "text": payload})
 
 
+def _server_transport(send: Any) -> Any:
+    """The asyncio transport behind an ASGI `send`: the server's protocol is the bound method's
+    owner, possibly behind a few wrapping closures (Starlette's exception handling)."""
+    pending = [send]
+    for _ in range(8):
+        if not pending:
+            break
+        fn = pending.pop()
+        transport = getattr(getattr(fn, "__self__", None), "transport", None)
+        if transport is not None:
+            return transport
+        for cell in getattr(fn, "__closure__", None) or ():
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if callable(value):
+                pending.append(value)
+    return None
+
+
 # --------------------------------------------------------------------------------------------
 # Turn bookkeeping
 # --------------------------------------------------------------------------------------------
@@ -338,13 +359,17 @@ class GatewaySession:
         pending = self.outbox.pending_control()
         self.outbox.close()
         if self.ws.application_state == WebSocketState.CONNECTED:
-            with contextlib.suppress(Exception):
+            try:
                 async with asyncio.timeout(2.0):
                     for text in pending:
                         await self.ws.send({"type": "websocket.send", "text": text})
                     for message in ended.final:
                         await self.ws.send({"type": "websocket.send", "text": P.encode(message)})
                     await self.ws.close(ended.close_code, close_reason(ended.reason))
+            except TimeoutError:
+                self._abort_connection()
+            except Exception:
+                pass
         # Finish writing turns, within the shutdown deadline. An answer cut off by the
         # shutdown or by a lost upstream is kept as far as the client saw it.
         if ended.close_code in (CloseCode.GOING_AWAY, CloseCode.UPSTREAM_FAILED):
@@ -368,6 +393,21 @@ class GatewaySession:
             ended.close_code,
             f": {ended.reason}" if ended.reason else "",
         )
+
+    def _abort_connection(self) -> None:
+        """The client did not take our last words within the timeout: it stopped reading.
+
+        Drop the TCP connection. A graceful close would wait for the write buffer to drain,
+        which never happens while the peer keeps acknowledging a zero window, so the server
+        would hold the connection and its buffers long after the session ended. The server's
+        ASGI `send` is a bound method of its protocol object (uvicorn: websockets, wsproto),
+        which owns the transport (Starlette may wrap it in a closure); under a server without
+        one this does nothing.
+        """
+        transport = _server_transport(getattr(self.ws, "_send", None))
+        if transport is not None and hasattr(transport, "abort"):
+            log.warning("session %s: the client is not reading; dropping its connection", self.id)
+            transport.abort()
 
     def request_shutdown(self, reason: str = "server_shutdown") -> None:
         self._shutdown_reason = reason
