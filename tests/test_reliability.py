@@ -177,6 +177,25 @@ async def test_upstream_loss_reconnects_and_the_assistant_remembers(
         assert len(cut) == 1 and cut[0].text.startswith(partial[-1])
 
 
+async def test_a_slow_but_alive_upstream_is_not_taken_for_dead(
+    settings, gateway_factory, sim: OpenAISimulator, proxy: FaultProxy
+) -> None:
+    """200 ms round trips with a 1 s keepalive: slow is not dead, so no reconnect churn."""
+    async with gateway_factory(settings(upstream_ping_interval_s=1.0)) as gw:
+        async with VoxgateClient(gw.ws_url) as client:
+            await client.start()
+            proxy.set_mode("delay", delay_ms=100)
+            for text in ("first over a slow link", "second over a slow link"):
+                await client.user_message(text)
+                reply = await client.collect_reply(timeout=30)
+                assert reply.assistant_text == f"You said: {text}."
+            await asyncio.sleep(2.5)  # a few keepalive rounds
+            unexpected = [m for m in client.received if m["type"] == "error" or (
+                m["type"] == "status" and m["status"] not in ("connecting", "connected"))]  # fmt: skip
+            assert unexpected == []
+            assert len(sim.accepted) == 1 and [c.mode for c in proxy.connections] == ["delay"]
+
+
 async def test_every_reconnect_failing_ends_with_upstream_unavailable_and_keeps_turns(
     settings, gateway_factory, sim: OpenAISimulator, proxy: FaultProxy
 ) -> None:
