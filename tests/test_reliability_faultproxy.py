@@ -4,6 +4,8 @@ tests rely on, switchable at runtime, and a stopped proxy leaves no task behind.
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import AsyncIterator
 
 import pytest
@@ -16,6 +18,11 @@ async def echo_port() -> AsyncIterator[int]:
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                if data == b"RST":  # the target dies with a TCP reset
+                    sock = writer.get_extra_info("socket")
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    writer.transport.abort()
+                    return
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
@@ -70,6 +77,14 @@ async def test_modes_per_connection_and_global(echo_port: int) -> None:
             await asyncio.wait_for(reader.read(10), 5)
         writer.close()
         assert proxy.connections == [] and conn.closed_how == "reset"
+
+        # A reset by the target reaches the client as a reset, not as a clean end.
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(b"RST")
+        await writer.drain()
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(reader.read(10), 5)
+        writer.close()
 
         # drop: a clean end (EOF).
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)

@@ -143,12 +143,13 @@ class ProxiedConnection:
         )
         self._tasks.add(writer_task)
         writer_task.add_done_callback(self._tasks.discard)
+        how: Literal["drop", "reset"] = "drop"
         try:
             while True:
                 try:
                     data = await src.read(_CHUNK)
                 except (ConnectionError, OSError):
-                    data = b""
+                    data, how = b"", "reset"
                 if not data:
                     break  # the peer closed (or reset): end both sides the same way
                 mode = self.mode
@@ -157,13 +158,14 @@ class ProxiedConnection:
                     continue
                 due = time.monotonic() + (self.delay_ms / 1000.0 if mode == "delay" else 0.0)
                 await line.put((due, data))
-            await line.put(None)
-            await writer_task
+            if how == "drop":
+                await line.put(None)
+                await writer_task  # deliver what is still in the delay line, then FIN
         finally:
             if not writer_task.done():
                 writer_task.cancel()
             if not self.closed.is_set():
-                self.close("drop")
+                self.close(how)
 
     def _swallowed(self, n: int, up: bool) -> None:
         if up:
@@ -189,6 +191,7 @@ class ProxiedConnection:
                 dst.write(data)
                 await dst.drain()
             except (ConnectionError, OSError):
+                self.close("reset")  # the other side is gone: so is this connection
                 return
             if up:
                 self.bytes_up += len(data)
