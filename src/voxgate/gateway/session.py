@@ -117,8 +117,12 @@ class Outbox:
 
     Why a queue and not direct sends: a client that stops reading must not stall the engine (and
     through it the provider socket). Audio is bounded by seconds of audio; when a client falls
-    further behind, the oldest queued audio is dropped (and counted) instead of growing memory.
-    Control messages are never dropped, but a client that lets thousands pile up is closed.
+    further behind, the oldest queued audio is dropped (and counted) instead of growing memory,
+    and the client is told once (`backpressure` paused true, a non-fatal `rate_limited`), then
+    `backpressure` paused false when it has caught up. Control messages are never dropped, but
+    a client that lets thousands pile up is closed. Below this queue the server's transport
+    stops taking frames at its write high-water mark (uvicorn: 64 KiB), so the queue is the
+    only place a slow client's backlog can grow.
     """
 
     MAX_CONTROL = 5000
