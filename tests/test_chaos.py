@@ -138,9 +138,7 @@ async def test_sessions_survive_random_upstream_kills_without_leaks(
 
             async with asyncio.timeout(90):
                 kills = asyncio.create_task(killer())
-                outcomes = await asyncio.gather(
-                    *(_converse(gw.ws_url, i) for i in range(SESSIONS))
-                )
+                outcomes = await asyncio.gather(*(_converse(gw.ws_url, i) for i in range(SESSIONS)))
                 killed = await kills
             context = f"seed={seed} kills={killed} outcomes={outcomes}"
             assert len(killed) >= 3, context
@@ -178,7 +176,9 @@ async def test_sessions_survive_random_upstream_kills_without_leaks(
             tasks_after = await _settled(lambda: len(asyncio.all_tasks()), tasks_before, 0)
             fds_after = await _settled(process.num_fds, fds_before, 2)
             leftover = [t.get_name() for t in asyncio.all_tasks()]
-            sockets_after = await _settled(lambda: len(process.net_connections()), sockets_before, 0)
+            sockets_after = await _settled(
+                lambda: len(process.net_connections()), sockets_before, 0
+            )
 
             assert tasks_after <= tasks_before, (tasks_before, tasks_after, leftover, context)
             assert fds_after <= fds_before + 2, (fds_before, fds_after, context)

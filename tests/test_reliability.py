@@ -117,52 +117,56 @@ async def test_upstream_loss_reconnects_and_the_assistant_remembers(
     # Missed pongs are the only way to notice a blackhole: ping often, time out fast.
     extra = {"upstream_ping_interval_s": 0.5} if fault == "blackhole" else {}
     async with gateway_factory(settings(**extra)) as gw:
-        client = await VoxgateClient(gw.ws_url).connect()
-        ready = await client.start(binary=True, instructions="Be brief.")
-        await client.user_message("my name is Ada")
-        first = await client.collect_reply(timeout=30)
-        assert first.assistant_text == "You said: my name is Ada."
-        assert len(proxy.connections) == 1
-        upstream = proxy.connections[0]
-        first_conn = sim.accepted[-1]
-        mark = len(client.received)
-        if fault == "blackhole":
-            upstream.set_mode("blackhole")  # between turns: only the keepalive can tell
-        else:
-            await client.user_message(LONG)  # mid-response: audio and transcript flowing
-            await client.wait_for("transcript", where=lambda m: m["role"] == "assistant",
-                                  timeout=20)  # fmt: skip
-            if fault == "ws-close":  # the provider ends the WebSocket properly (1011)
-                sim.inject_error("server_error", "The server had an error.", close=1011)
-            else:  # the network: a TCP reset, or a FIN without any WebSocket close
-                proxy.kill(upstream, fault)  # type: ignore[arg-type]
-        await client.wait_for("status", where=lambda m: m["status"] == "reconnecting", timeout=20)
-        await client.wait_for("status", where=lambda m: m["status"] == "connected", timeout=20)
-        assert sim.accepted[-1] is not first_conn
-        restored = sim.accepted[-1]
-        # The new upstream session got the instructions and the prior turns, in order.
-        assert restored.received[0]["type"] == "session.update"
-        assert "Be brief." in restored.received[0]["session"]["instructions"]
-        replayed = _created_items(restored)
-        assert replayed[:2] == [("user", "my name is Ada"), ("assistant", "You said: my name is Ada.")]
-        if fault != "blackhole":
-            assert replayed[2] == ("user", LONG)  # typed before the drop: it was said
-            # The response in flight was reported as failed, not left hanging.
-            assert any(m["type"] == "response_done" and m["status"] == "failed"
-                       for m in client.received[mark:])  # fmt: skip
-        # The next turn works, and the assistant remembers what was said before the fault.
-        await client.user_message("what is my name")
-        third = await client.collect_reply(timeout=30)
-        assert third.assistant_text == "Your name is Ada."
-        assert third.audio and third.response_status == "completed"
-        partial = [m["text"] for m in client.received[mark:] if m["type"] == "transcript"
-                   and m["role"] == "assistant" and not m["final"]
-                   and m["itemId"] != _last_final_item(client)]  # fmt: skip
-        assert _fatal(client.received) == []
-        errors = [m for m in client.received if m["type"] == "error"]
-        assert all(m["code"] == "upstream_error" for m in errors), errors
-        await client.stop()
-        await client.close()
+        async with VoxgateClient(gw.ws_url) as client:
+            ready = await client.start(binary=True, instructions="Be brief.")
+            await client.user_message("my name is Ada")
+            first = await client.collect_reply(timeout=30)
+            assert first.assistant_text == "You said: my name is Ada."
+            assert len(proxy.connections) == 1
+            upstream = proxy.connections[0]
+            first_conn = sim.accepted[-1]
+            mark = len(client.received)
+            if fault == "blackhole":
+                upstream.set_mode("blackhole")  # between turns: only the keepalive can tell
+            else:
+                await client.user_message(LONG)  # mid-response: audio and transcript flowing
+                await client.wait_for("transcript", where=lambda m: m["role"] == "assistant",
+                                      timeout=20)  # fmt: skip
+                if fault == "ws-close":  # the provider ends the WebSocket properly (1011)
+                    sim.inject_error("server_error", "The server had an error.", close=1011)
+                else:  # the network: a TCP reset, or a FIN without any WebSocket close
+                    proxy.kill(upstream, fault)  # type: ignore[arg-type]
+            await client.wait_for(
+                "status", where=lambda m: m["status"] == "reconnecting", timeout=20
+            )
+            await client.wait_for("status", where=lambda m: m["status"] == "connected", timeout=20)
+            assert sim.accepted[-1] is not first_conn
+            restored = sim.accepted[-1]
+            # The new upstream session got the instructions and the prior turns, in order.
+            assert restored.received[0]["type"] == "session.update"
+            assert "Be brief." in restored.received[0]["session"]["instructions"]
+            replayed = _created_items(restored)
+            assert replayed[:2] == [
+                ("user", "my name is Ada"),
+                ("assistant", "You said: my name is Ada."),
+            ]
+            if fault != "blackhole":
+                assert replayed[2] == ("user", LONG)  # typed before the drop: it was said
+                # The response in flight was reported as failed, not left hanging.
+                assert any(m["type"] == "response_done" and m["status"] == "failed"
+                           for m in client.received[mark:])  # fmt: skip
+            # The next turn works, and the assistant remembers what was said before the fault.
+            await client.user_message("what is my name")
+            third = await client.collect_reply(timeout=30)
+            assert third.assistant_text == "Your name is Ada."
+            assert third.audio and third.response_status == "completed"
+            partial = [m["text"] for m in client.received[mark:] if m["type"] == "transcript"
+                       and m["role"] == "assistant" and not m["final"]
+                       and m["itemId"] != _last_final_item(client)]  # fmt: skip
+            assert _fatal(client.received) == []
+            errors = [m for m in client.received if m["type"] == "error"]
+            assert all(m["code"] == "upstream_error" for m in errors), errors
+            await client.stop()
         await _until(lambda: not gw.state.sessions)
         record = await gw.state.store.get_conversation(ready["conversationId"])
     assert record is not None
@@ -208,7 +212,9 @@ async def test_every_reconnect_failing_ends_with_upstream_unavailable_and_keeps_
             dropped_at = asyncio.get_running_loop().time()
             arrivals = len(proxy.arrivals)
             proxy.set_mode("reset")  # the live upstream and every new attempt get a RST
-            await client.wait_for("status", where=lambda m: m["status"] == "reconnecting", timeout=20)
+            await client.wait_for(
+                "status", where=lambda m: m["status"] == "reconnecting", timeout=20
+            )
             with pytest.raises(ProtocolFailure) as info:
                 await client.wait_for("never", timeout=30)
             assert info.value.error is not None
@@ -245,7 +251,9 @@ async def test_fatal_provider_errors_are_not_retried(
                              type_="insufficient_quota")  # fmt: skip
             with pytest.raises(ProtocolFailure) as info:
                 await client.wait_for("never", timeout=20)
-            assert info.value.error is not None and info.value.error["code"] == "upstream_unavailable"
+            assert (
+                info.value.error is not None and info.value.error["code"] == "upstream_unavailable"
+            )
             assert "quota" in info.value.error["message"]
             with pytest.raises(ProtocolFailure):
                 while True:
@@ -262,7 +270,9 @@ async def test_fatal_provider_errors_are_not_retried(
             proxy.kill(proxy.connections[-1], "reset")
             with pytest.raises(ProtocolFailure) as info:
                 await client.wait_for("never", timeout=20)
-            assert info.value.error is not None and info.value.error["code"] == "upstream_unavailable"
+            assert (
+                info.value.error is not None and info.value.error["code"] == "upstream_unavailable"
+            )
             assert "OPENAI_API_KEY" in info.value.error["message"]
             assert len(sim.connections) == dialled + 1
             assert sim.connections[-1].rejected_status == 401

@@ -159,7 +159,9 @@ async def test_a_client_that_never_reads_cannot_grow_server_memory(
                 warning = next(m for m in seen if m["type"] == "error")
                 assert warning["code"] == "rate_limited" and warning["fatal"] is False
                 assert "not reading fast enough" in warning["message"]
-                assert next(m for m in seen if m["type"] == "response_done")["status"] == "completed"
+                assert (
+                    next(m for m in seen if m["type"] == "response_done")["status"] == "completed"
+                )
                 # The audio that reached the client is exactly what was not dropped; transcripts
                 # are never dropped, so the whole answer is there and stored.
                 assert audio_bytes + outbox.dropped_audio_bytes == session.audio_out_bytes

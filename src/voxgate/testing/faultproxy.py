@@ -134,9 +134,7 @@ class ProxiedConnection:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pump(
-        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, up: bool
-    ) -> None:
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, up: bool) -> None:
         line: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue(_DELAY_QUEUE)
         writer_task = asyncio.get_running_loop().create_task(
             self._delay_writer(line, dst, up), name=f"faultproxy-{self.number}-line"
