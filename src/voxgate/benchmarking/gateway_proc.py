@@ -64,6 +64,10 @@ class _AnnouncingServer(VoxgateServer):
 
 def main() -> None:
     raise_fd_limit()
+    if os.environ.get("VOXGATE_BENCH_FAST_OUTBOX") == "1":
+        from voxgate.benchmarking.fast_outbox import install
+
+        install()
     settings = Settings(_env_file=None, host="127.0.0.1", port=0)  # type: ignore[call-arg]
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
@@ -82,6 +86,10 @@ def main() -> None:
     finally:
         if GC_STATS:
             print(pauses.summary(), file=sys.stderr)
+        if os.environ.get("VOXGATE_BENCH_FAST_OUTBOX") == "1":
+            from voxgate.benchmarking.fast_outbox import COUNTS
+
+            print(f"fast outbox: {COUNTS}", file=sys.stderr)
 
 
 if __name__ == "__main__":
