@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import orjson
 import psutil
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
@@ -36,13 +37,16 @@ def _long_responder(items: list[dict[str, Any]]) -> str:
     return LONG_ANSWER if "talk for a minute" in last else last
 
 
-async def _metric(url: str, name: str) -> float:
+async def _metric(url: str, name: str, **labels: str) -> float:
+    """A sample from `/metrics`; 0 when that labelled series was never touched."""
     async with httpx.AsyncClient() as http:
         text = (await http.get(f"{url}/metrics")).text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == name:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
+    if labels:
+        return 0.0
     raise AssertionError(f"{name} not in /metrics")
 
 
@@ -228,31 +232,43 @@ async def test_shutdown_is_not_held_up_by_a_client_that_never_reads(
         assert ("user", "please talk for a minute") in [(t.role, t.text) for t in record.turns]
 
 
+@pytest.mark.parametrize("ending", ["client-stop", "stall-timeout"])
 async def test_a_stalled_connection_is_dropped_when_its_session_ends(
-    make_settings: Callable[..., Settings], gateway_factory: Callable[..., Any]
+    make_settings: Callable[..., Settings], gateway_factory: Callable[..., Any], ending: str
 ) -> None:
     """A client that stops reading cannot take the close frame either. Without an abort the
     server would keep the TCP connection (and its buffers) for as long as the peer acknowledges
-    a zero window, i.e. forever, after the session itself is long gone."""
+    a zero window, i.e. forever, after the session itself is long gone. And a client that just
+    sits there is closed once nothing could be sent to it for VOXGATE_CLIENT_STALL_TIMEOUT_S."""
     async with OpenAISimulator(keys=[KEY], pace=50.0, responder=_long_responder) as sim:
         settings = make_settings(
-            engine="openai", openai_api_key=KEY, openai_url=sim.url, client_buffer_s=2.0,
+            engine="openai",
+            openai_api_key=KEY,
+            openai_url=sim.url,
+            client_buffer_s=2.0,
             openai_session_recycle_s=0.0,
-        )  # fmt: skip
+            client_stall_timeout_s=1.0 if ending == "stall-timeout" else 60.0,
+        )
         async with gateway_factory(settings) as gw:
             ws = await _reluctant_client(gw)
             try:
                 session = next(iter(gw.state.sessions.values()))
-                await ws.send(orjson.dumps({"type": "user_message",
-                                            "text": "please talk for a minute"}).decode())  # fmt: skip
+                await ws.send(
+                    orjson.dumps(
+                        {"type": "user_message", "text": "please talk for a minute"}
+                    ).decode()
+                )
                 async with asyncio.timeout(30):
                     while not session.outbox.congested:
                         await asyncio.sleep(0.02)
-                await ws.send(orjson.dumps({"type": "stop"}).decode())  # still not reading
+                if ending == "client-stop":
+                    await ws.send(orjson.dumps({"type": "stop"}).decode())  # still not reading
                 async with asyncio.timeout(15):
                     while gw.state.sessions or _ws_protocols(gw):
                         await asyncio.sleep(0.05)
                 assert len(sim.accepted) == 1
+                timeouts = await _metric(gw.http_url, "voxgate_errors_total", code="timeout")
+                assert (timeouts > 0) == (ending == "stall-timeout")
             finally:
                 ws.transport.abort()
 

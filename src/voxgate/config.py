@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     invalid_frames_per_min: int = Field(20, validation_alias=_env("VOXGATE_INVALID_FRAMES_PER_MIN"))
     #: Outbound audio kept for a client that is not reading, in seconds of audio.
     client_buffer_s: float = Field(10.0, validation_alias=_env("VOXGATE_CLIENT_BUFFER_S"))
+    #: Close a session whose client has taken nothing we sent for this long (it stopped reading).
+    client_stall_timeout_s: float = Field(
+        30.0, gt=0, validation_alias=_env("VOXGATE_CLIENT_STALL_TIMEOUT_S")
+    )
 
     # --- reliability --------------------------------------------------------------------------
     reconnect_attempts: int = Field(5, validation_alias=_env("VOXGATE_RECONNECT_ATTEMPTS"))

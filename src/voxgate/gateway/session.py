@@ -139,6 +139,8 @@ class Outbox:
         #: client (`backpressure` paused true); `run()` says paused false once it caught up.
         self.congested = False
         self._closed = False
+        #: When the send in progress began (None when idle): how long the client has not read.
+        self._sending_since: float | None = None
 
     def put(self, message: dict[str, Any]) -> None:
         if self._closed:
@@ -222,10 +224,17 @@ class Outbox:
                     self.control_count += 1
             else:
                 self.control_count -= 1
+            self._sending_since = time.monotonic()
             if isinstance(payload, bytes):
                 await ws_send({"type": "websocket.send", "bytes": payload})
             else:
                 await ws_send({"type": "websocket.send", "text": payload})
+            self._sending_since = None
+
+    def stalled_s(self) -> float:
+        """Seconds the current send has been waiting for the client to read (0 when idle)."""
+        since = self._sending_since
+        return 0.0 if since is None else time.monotonic() - since
 
 
 def _server_transport(send: Any) -> Any:
@@ -708,6 +717,17 @@ class GatewaySession:
                 raise self._fatal(
                     ErrorCode.TIMEOUT,
                     f"closing an idle session: nothing received for {s.idle_timeout_s:.0f} s",
+                    CloseCode.IDLE_TIMEOUT,
+                )
+            if self.outbox.stalled_s() > s.client_stall_timeout_s:
+                # Memory is bounded anyway (see Outbox); this frees the session and, through
+                # the abort in `_finish`, the connection. The client will likely never read
+                # this sentence, but the logs and metrics will.
+                log.warning("session %s: the client stopped reading; closing", self.id)
+                raise self._fatal(
+                    ErrorCode.TIMEOUT,
+                    "closing: the client has not read anything for "
+                    f"{s.client_stall_timeout_s:.0f} s",
                     CloseCode.IDLE_TIMEOUT,
                 )
             if time.time() - self.started_at > s.max_session_s:
