@@ -59,7 +59,7 @@ def uvicorn_config(app: FastAPI, settings: Settings, *, port: int | None = None)
         ws_max_size=max(16 * 1024 * 1024, settings.max_frame_bytes * 4),
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
-        timeout_graceful_shutdown=settings.shutdown_deadline_s,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_deadline_s)),
         lifespan="on",
         # h11 enforces the header-size bound below while parsing (httptools buffers any size
         # first); only the HTTP handshake is parsed this way, WebSocket frames are not.

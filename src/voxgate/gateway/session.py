@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -471,11 +471,9 @@ class GatewaySession:
     # Before start
     # ----------------------------------------------------------------------------------------
 
-    async def _receive(self, timeout: float | None = None) -> dict[str, Any]:
-        if timeout is None:
-            message = await self.ws.receive()
-        else:
-            message = await asyncio.wait_for(self.ws.receive(), timeout)
+    async def _receive(self) -> MutableMapping[str, Any]:
+        # The watchdog owns every timeout (idle, max duration), so this waits plainly.
+        message = await self.ws.receive()
         if message["type"] == "websocket.disconnect":
             raise SessionEnded(message.get("code") or CloseCode.NORMAL, "client closed")
         self.last_activity = time.monotonic()
