@@ -188,19 +188,21 @@ def print_cascade(result: dict[str, Any]) -> None:
 def _relay(
     sizes: str, paths: str, duration: float, warmup: float, drain: float, repeat: int = 1
 ) -> dict[str, Any]:
-    from voxgate.benchmarking.relay import PATHS, relay_benchmark
+    from voxgate.benchmarking.relay import EXTRA_PATHS, PATHS, relay_benchmark
 
     wanted = [p.strip() for p in paths.split(",") if p.strip()]
     for p in wanted:
-        if p not in PATHS:
-            raise typer.BadParameter(f"unknown path {p!r}; known: {', '.join(PATHS)}")
+        if p not in PATHS + EXTRA_PATHS:
+            raise typer.BadParameter(f"unknown path {p!r}; known: {', '.join(PATHS + EXTRA_PATHS)}")
     return relay_benchmark(_ints(sizes), wanted, duration, warmup, drain, repeat)
 
 
 @bench_app.command()
 def relay(
     sizes: Annotated[str, typer.Option(help="Session counts, comma-separated.")] = "50,200,400",
-    paths: Annotated[str, typer.Option(help="direct,raw,voxgate,compat")] = "direct,raw,voxgate,compat",
+    paths: Annotated[
+        str, typer.Option(help="direct,raw,voxgate,compat; add asgi for the raw relay under uvicorn")
+    ] = "direct,raw,voxgate,compat",
     duration: Annotated[float, typer.Option(help="Measured seconds per run.")] = 10.0,
     warmup: Annotated[float, typer.Option(help="Streaming seconds before measuring.")] = 2.0,
     drain: Annotated[float, typer.Option(help="Seconds to wait for the last echoes.")] = 3.0,

@@ -30,6 +30,8 @@ from voxgate.benchmarking.procs import ServerProcess, server_process
 from voxgate.benchmarking.stats import ratio
 
 PATHS = ("direct", "raw", "voxgate", "compat")
+#: Paths that run only when asked for (`--paths ...,asgi`): the raw relay under uvicorn.
+EXTRA_PATHS = ("asgi",)
 OPENAI_PATH = "/v1/realtime?model=gpt-realtime"
 _SCRUBBED_PREFIXES = ("VOXGATE_", "OPENAI_", "ELEVENLABS_")
 
@@ -85,6 +87,13 @@ def gateway(echo_port: int, **overrides: str) -> Iterator[ServerProcess]:
 
 
 @contextmanager
+def asgi_relay(echo_port: int) -> Iterator[ServerProcess]:
+    args = ["--upstream", f"ws://127.0.0.1:{echo_port}"]
+    with server_process("asgi relay", "voxgate.benchmarking.asgi_relay", args, env=child_env()) as proc:
+        yield proc
+
+
+@contextmanager
 def raw_relay(echo_port: int) -> Iterator[ServerProcess]:
     args = ["--upstream", f"ws://127.0.0.1:{echo_port}"]
     with server_process("raw relay", "voxgate.benchmarking.raw_relay", args, env=child_env()) as proc:
@@ -136,6 +145,11 @@ def run_path(
             watch["target"] = relay.pid
             target_name = relay
             protocol, url = "openai", f"ws://127.0.0.1:{relay.port}{OPENAI_PATH}"
+        elif path == "asgi":
+            relay = stack.enter_context(asgi_relay(echo.port))
+            watch["target"] = relay.pid
+            target_name = relay
+            protocol, url = "openai", f"ws://127.0.0.1:{relay.port}{OPENAI_PATH}"
         elif path in ("voxgate", "compat"):
             gw = stack.enter_context(gateway(echo.port, **(gateway_overrides or {})))
             watch["target"] = gw.pid
@@ -145,7 +159,7 @@ def run_path(
             else:
                 protocol, url = "openai", f"ws://127.0.0.1:{gw.port}{OPENAI_PATH}"
         else:
-            raise ValueError(f"unknown path {path!r}; known: {', '.join(PATHS)}")
+            raise ValueError(f"unknown path {path!r}; known: {', '.join(PATHS + EXTRA_PATHS)}")
         args = [
             "--scenario", "relay", "--protocol", protocol, "--url", url,
             "--sessions", str(sessions), "--duration", str(duration),
@@ -250,7 +264,7 @@ def relay_ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         direct = by.get((n, "direct"))
         if raw is None:
             continue
-        for path in ("voxgate", "compat"):
+        for path in ("asgi", "voxgate", "compat"):
             run = by.get((n, path))
             if run is None:
                 continue
