@@ -36,11 +36,11 @@ def _saved(out_dir: Path, name: str) -> dict:
 def test_relay_every_path_round_trips_stamped_frames(tmp_path: Path) -> None:
     output = _invoke([
         "relay", "--sizes", "2", "--duration", "1", "--warmup", "0.2", "--drain", "3",
-        "--out-dir", str(tmp_path),
+        "--paths", "direct,raw,asgi,voxgate,compat", "--out-dir", str(tmp_path),
     ])  # fmt: skip
     result = _saved(tmp_path, "relay")
     paths = {run["path"] for run in result["runs"]}
-    expected = {"direct", "raw", "voxgate"} | ({"compat"} if compat_available() else set())
+    expected = {"direct", "raw", "asgi", "voxgate"} | ({"compat"} if compat_available() else set())
     assert paths == expected
     for run in result["runs"]:
         assert run["connected"] == 2, run
