@@ -62,8 +62,29 @@ class _AnnouncingServer(VoxgateServer):
             announce_port(self.servers[0].sockets[0].getsockname()[1])
 
 
+def _slow_watchdog(scale: float) -> None:
+    """Experiment: the session watchdog's 1 s tick stretched `scale` times (it wakes every
+    session once a second, all in step since they connected together)."""
+    import asyncio as real_asyncio
+    import types
+
+    from voxgate.gateway import session as session_module
+
+    async def wait_for(aw, timeout):  # type: ignore[no-untyped-def]
+        if timeout == 1.0:
+            timeout *= scale
+        return await real_asyncio.wait_for(aw, timeout)
+
+    shim = types.SimpleNamespace(**{k: getattr(real_asyncio, k) for k in dir(real_asyncio) if not k.startswith("__")})
+    shim.wait_for = wait_for
+    session_module.asyncio = shim  # type: ignore[assignment]
+
+
 def main() -> None:
     raise_fd_limit()
+    watchdog_scale = float(os.environ.get("VOXGATE_BENCH_WATCHDOG_SCALE", "1"))
+    if watchdog_scale != 1:
+        _slow_watchdog(watchdog_scale)
     if os.environ.get("VOXGATE_BENCH_FAST_OUTBOX") == "1":
         from voxgate.benchmarking.fast_outbox import install
 
@@ -86,7 +107,10 @@ def main() -> None:
     finally:
         if GC_STATS:
             print(pauses.summary(), file=sys.stderr)
-        if os.environ.get("VOXGATE_BENCH_FAST_OUTBOX") == "1":
+        watchdog_scale = float(os.environ.get("VOXGATE_BENCH_WATCHDOG_SCALE", "1"))
+    if watchdog_scale != 1:
+        _slow_watchdog(watchdog_scale)
+    if os.environ.get("VOXGATE_BENCH_FAST_OUTBOX") == "1":
             from voxgate.benchmarking.fast_outbox import COUNTS
 
             print(f"fast outbox: {COUNTS}", file=sys.stderr)
