@@ -86,3 +86,28 @@ async def test_elevenlabs_through_gateway(make_settings, gateway_factory) -> Non
             assert any(c[1].strip() == (cut[1].heard_text or "").strip() for c in conv.corrections), (
                 conv.corrections, cut[1].heard_text,
             )
+
+
+async def test_provider_failure_reaches_the_client_as_a_fatal_error(make_settings, gateway_factory) -> None:
+    """ElevenLabs closing with 1011 mid-answer: the client learns why (fatal error, 4502),
+    not a quiet normal close."""
+    from voxgate.client import ProtocolFailure
+
+    async with ElevenLabsSim(api_key=KEY, agents=[SimAgent(agent_id="a1")], pace=4.0) as sim:
+        settings = make_settings(
+            engine="elevenlabs", elevenlabs_api_key=KEY, elevenlabs_agent_id="a1",
+            elevenlabs_url=sim.ws_url, elevenlabs_api_base=sim.api_base,
+        )
+        async with gateway_factory(settings) as gw, VoxgateClient(gw.ws_url) as client:
+            await client.start()
+            sim.fault.close_mid_response = 1011
+            await client.user_message("hello")
+            error = await client.wait_for("error", timeout=15, fail_on_fatal=False)
+            assert error["fatal"] is True and error["code"] == "upstream_unavailable"
+            assert "1011" in error["message"]
+            try:
+                while True:
+                    await client.recv(10)
+            except ProtocolFailure:
+                pass
+            assert client.close_code == 4502

@@ -909,7 +909,10 @@ class ElevenLabsEngine(ConversationEngine):
             1011: "ElevenLabs failed internally and ended the conversation",
         }.get(code, "The ElevenLabs connection was lost and could not be restored")
         sentence = f"{what}: {detail} (close {code}{', ' + str(error_type) if error_type else ''})."
-        await self.emit(StatusChanged("disconnected", sentence))
+        # The fatal error first and alone: a `disconnected` status ahead of it would end the
+        # session as a normal close (1000) and the client would never learn why. The session
+        # itself follows a fatal error with `status: disconnected`.
+        self.status = "disconnected"
         await self.emit(EngineError(code_name, sentence, fatal=True))
 
 
