@@ -357,6 +357,14 @@ async def test_client_secrets_passthrough_needs_auth(
 
             token = gw.state.authenticator.mint_jwt("bob")
             auth = {"Authorization": f"Bearer {token}"}
+            # A single-use /ws session token cannot mint provider secrets.
+            minted_ws = await http.post("/api/realtime/session", headers=auth)
+            ws_token = minted_ws.json()["token"]
+            refused_ws = await http.post(
+                "/v1/realtime/client_secrets", json=body,
+                headers={"Authorization": f"Bearer {ws_token}"},
+            )  # fmt: skip
+            assert refused_ws.status_code == 401
             minted = await http.post("/v1/realtime/client_secrets", json=body, headers=auth)
             assert minted.status_code == 200, minted.text
             data = minted.json()
@@ -468,3 +476,14 @@ async def test_real_browser_with_openai_style_subprotocol_auth(
     assert texts == ["You said: hello from a browser."]
     assert not any(SERVER_KEY in json.dumps(m) for m in talked["seen"])
     assert all(c.headers["authorization"] == f"Bearer {SERVER_KEY}" for c in sim.connections)
+
+
+async def test_client_secrets_need_a_real_user_when_auth_is_off(
+    make_settings, gateway_factory, sim: OpenAISimulator
+) -> None:
+    async with gateway_factory(_settings(make_settings, sim)) as gw:
+        async with httpx.AsyncClient(base_url=gw.http_url, timeout=10) as http:
+            refused = await http.post("/v1/realtime/client_secrets", json={})
+            assert refused.status_code == 403
+            assert "VOXGATE_AUTH=jwt" in refused.json()["error"]["message"]
+    assert not sim.ephemeral  # nothing was minted on the operator's account

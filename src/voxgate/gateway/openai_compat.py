@@ -932,27 +932,31 @@ async def client_secrets(request: Request) -> Response:
     settings = state.settings
     authenticator = state.authenticator
     try:
-        identity, _ = authenticator.authenticate(request)
+        # A single-use /ws session token must not mint provider secrets (HTTP routes refuse them).
+        identity, _ = authenticator.authenticate(request, allow_session_token=False)
     except AuthError as exc:
         state.metrics.errors_total.labels("unauthorized").inc()
         return _http_error(401, "unauthorized", exc.message)
-    # Anonymous identities are fresh per request, so rate-limit them by address instead.
-    who = (
-        f"ip:{request.client.host if request.client else '?'}"
-        if identity.anonymous
-        else f"user:{identity.user_id}"
-    )
+    if identity.anonymous:
+        # Same rule as `POST /api/realtime/session {"direct": ...}`: provider secrets spend
+        # the operator's money, so they are for authenticated users only.
+        state.metrics.errors_total.labels("unauthorized").inc()
+        return _http_error(
+            403, "unauthorized",
+            "provider client secrets need an authenticated user: enable VOXGATE_AUTH=jwt",
+        )  # fmt: skip
+    who = f"user:{identity.user_id}"
+    limit = settings.token_requests_per_min
     buckets: dict[str, TokenBucket] = _secret_buckets(request)
     bucket = buckets.get(who)
     if bucket is None:
         if len(buckets) > 10_000:
             buckets.clear()
-        bucket = buckets[who] = TokenBucket.per_minute(settings.control_messages_per_min)
+        bucket = buckets[who] = TokenBucket.per_minute(limit)
     if not bucket.take():
         state.metrics.errors_total.labels("rate_limited").inc()
         return _http_error(
-            429, "rate_limited",
-            f"too many client secrets: the limit is {settings.control_messages_per_min} per minute",
+            429, "rate_limited", f"too many client secrets: the limit is {limit} per minute",
         )  # fmt: skip
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
     if not key:
