@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     #: Serve even on a non-loopback host with `VOXGATE_AUTH=none` (the `--insecure` flag).
     insecure: bool = Field(False, validation_alias=_env("VOXGATE_INSECURE"))
     shutdown_deadline_s: float = Field(10.0, validation_alias=_env("VOXGATE_SHUTDOWN_DEADLINE_S"))
+    #: permessage-deflate on WebSocket links (client and upstream). Off: PCM barely deflates
+    #: and compression costs CPU on every frame (docs/benchmarks.md).
+    ws_compression: bool = Field(False, validation_alias=_env("VOXGATE_WS_COMPRESSION"))
 
     # --- OpenAI Realtime --------------------------------------------------------------------
     openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))

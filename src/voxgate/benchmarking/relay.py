@@ -297,8 +297,14 @@ def frames_benchmark(
     variants = {
         "binary": {},
         "json": {"json_audio": True},
-        "binary+client_deflate": {"client_deflate": True},
-        "binary+upstream_deflate": {"upstream_deflate": True},
+        # voxgate leaves compression off by default (VOXGATE_WS_COMPRESSION): these two runs
+        # turn it on to price it.
+        "binary+client_deflate": {
+            "client_deflate": True, "gateway_overrides": {"VOXGATE_WS_COMPRESSION": "true"},
+        },
+        "binary+upstream_deflate": {
+            "upstream_deflate": True, "gateway_overrides": {"VOXGATE_WS_COMPRESSION": "true"},
+        },
     }
     all_runs = []
     for _ in range(max(1, repeat)):

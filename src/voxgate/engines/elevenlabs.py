@@ -396,6 +396,8 @@ class ElevenLabsEngine(ConversationEngine):
                     max_size=16 * 1024 * 1024,
                     open_timeout=None,  # bounded by start_timeout_s around us
                     ping_interval=settings.upstream_ping_interval_s,
+                    # PCM barely deflates; see docs/benchmarks.md.
+                    compression="deflate" if settings.ws_compression else None,
                 )
             except InvalidStatus as exc:
                 raise EngineUnavailable(

@@ -248,6 +248,8 @@ class OpenAIRealtimeEngine(ConversationEngine):
                     max_size=None,
                     open_timeout=self.settings.start_timeout_s,
                     close_timeout=2,
+                    # PCM barely deflates; compression costs CPU on every frame (benchmarks).
+                    compression="deflate" if self.settings.ws_compression else None,
                 )
                 await self._configure(ws)
         except EngineUnavailable:
