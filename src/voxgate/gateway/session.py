@@ -129,7 +129,10 @@ class Outbox:
 
     def __init__(self, websocket: WebSocket, max_audio_bytes: int) -> None:
         self._ws = websocket
-        self._queue: deque[tuple[bool, str | bytes, int, str]] = deque()
+        #: (is_audio, payload, audio bytes, item id or transcript key). A payload is encoded
+        #: text, raw bytes, or a one-element list holding a transcript still open to coalescing.
+        self._queue: deque[tuple[bool, Any, int, str]] = deque()
+        self._open_transcripts: dict[str, list[dict[str, Any]]] = {}
         self._wake = asyncio.Event()
         self.max_audio_bytes = max_audio_bytes
         self.audio_bytes = 0
@@ -151,6 +154,31 @@ class Outbox:
             raise SlowClient("the client is not reading messages")
         self._wake.set()
 
+    def put_transcript(self, message: dict[str, Any]) -> None:
+        """Queue a `transcript`, merged into one of the same item still waiting to be sent.
+
+        Each transcript carries all text so far, so for a client that reads slowly the queued
+        ones would grow with the square of the answer; merging keeps the backlog linear and
+        loses nothing: `text` is the newest, `delta` the concatenation of the merged deltas.
+        """
+        if self._closed:
+            return
+        key = f"{message['role']}:{message['itemId']}"
+        holder = self._open_transcripts.get(key)
+        if holder is not None:
+            previous = holder[0]
+            if message["text"].startswith(previous["text"]):
+                message["delta"] = previous["delta"] + message["delta"]
+            holder[0] = message
+            return
+        holder = [message]
+        self._open_transcripts[key] = holder
+        self._queue.append((False, holder, 0, key))
+        self.control_count += 1
+        if self.control_count > self.MAX_CONTROL:
+            raise SlowClient("the client is not reading messages")
+        self._wake.set()
+
     def put_audio(self, payload: str | bytes, nbytes: int, item_id: str) -> int:
         """Queue one audio frame; returns bytes of older audio dropped to make room."""
         if self._closed:
@@ -165,7 +193,7 @@ class Outbox:
 
     def _drop_oldest_audio(self, need: int) -> int:
         dropped = 0
-        kept: deque[tuple[bool, str | bytes, int, str]] = deque()
+        kept: deque[tuple[bool, Any, int, str]] = deque()
         while self._queue and dropped < need:
             entry = self._queue.popleft()
             if entry[0]:
@@ -178,7 +206,7 @@ class Outbox:
         self.dropped_audio_bytes += dropped
         return dropped
 
-    def _replace_queue(self, kept: deque[tuple[bool, str | bytes, int, str]]) -> None:
+    def _replace_queue(self, kept: deque[tuple[bool, Any, int, str]]) -> None:
         # In place: `run()` holds this deque; a new object would leave it sending dropped
         # audio from the old one and never see anything queued after the drop.
         self._queue.clear()
@@ -189,7 +217,7 @@ class Outbox:
         if not self.audio_bytes:
             return 0
         dropped = 0
-        kept: deque[tuple[bool, str | bytes, int, str]] = deque()
+        kept: deque[tuple[bool, Any, int, str]] = deque()
         for entry in self._queue:
             if entry[0] and (item_id is None or entry[3] == item_id):
                 dropped += entry[2]
@@ -200,11 +228,19 @@ class Outbox:
         return dropped
 
     def pending_control(self) -> list[str]:
-        return [e[1] for e in self._queue if not e[0]]  # type: ignore[misc]
+        return [self._encoded(e) for e in self._queue if not e[0]]
+
+    def _encoded(self, entry: tuple[bool, Any, int, str]) -> Any:
+        payload = entry[1]
+        if isinstance(payload, list):  # a transcript: closed to merging once it leaves
+            self._open_transcripts.pop(entry[3], None)
+            return P.encode(payload[0])
+        return payload
 
     def close(self) -> None:
         self._closed = True
         self._queue.clear()
+        self._open_transcripts.clear()
 
     async def run(self) -> None:
         ws_send = self._ws.send
@@ -214,7 +250,8 @@ class Outbox:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            is_audio, payload, nbytes, _ = queue.popleft()
+            entry = queue.popleft()
+            is_audio, payload, nbytes, _ = entry
             if is_audio:
                 self.audio_bytes -= nbytes
                 if self.congested and self.audio_bytes <= self.max_audio_bytes // 4:
@@ -224,6 +261,8 @@ class Outbox:
                     self.control_count += 1
             else:
                 self.control_count -= 1
+                if isinstance(payload, list):
+                    payload = self._encoded(entry)
             self._sending_since = time.monotonic()
             if isinstance(payload, bytes):
                 await ws_send({"type": "websocket.send", "bytes": payload})
@@ -968,7 +1007,7 @@ class GatewaySession:
     def _on_transcript(self, event: Transcript) -> None:
         if event.item_id in self._cancelled_items and event.role == "assistant" and not event.final:
             return
-        self.outbox.put(
+        self.outbox.put_transcript(
             P.transcript_message(event.role, event.item_id, event.text, event.delta, event.final)
         )
         if event.role == "assistant" and self._awaiting_transcript and self._turn_mark is not None:
