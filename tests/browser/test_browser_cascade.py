@@ -41,7 +41,7 @@ def test_spoken_turn_is_transcribed_answered_and_played(
     page = ps.page
     page.click('[data-testid="start"]')
     expect(page.locator('[data-testid="status"]')).to_have_attribute("data-status", "connected")
-    assert ps.debug("d.audioMode") == "full"
+    ps.wait_for("d.audioMode === 'full'", 15_000)  # "starting" while the mic comes up
 
     # The server's VAD hears the user: the indicator lights up while the words play.
     expect(page.locator('[data-testid="user-speaking"]')).to_have_attribute("data-active", "true")
@@ -87,7 +87,7 @@ def test_interrupt_stops_playback_at_once_and_the_gateway_gets_played_ms(
     page.fill('[data-testid="text-input"]', LONG_TEXT)
     page.click('[data-testid="send"]')
     expect(page.locator('[data-testid="status"]')).to_have_attribute("data-status", "connected")
-    assert ps.debug("d.audioMode") == "playback"
+    ps.wait_for("d.audioMode === 'playback'", 15_000)
 
     ps.wait_for("d.playback.isPlaying && d.playback.samplesPlayed > d.playback.sampleRate", 30_000)
     interrupt = page.locator('[data-testid="interrupt"]')
@@ -148,7 +148,7 @@ def test_text_only_fallback_when_the_microphone_is_denied(
     expect(error).to_be_visible()
     expect(error).to_contain_text("Microphone access was denied")
     expect(error).to_contain_text("text-only")
-    assert ps.debug("d.audioMode") == "playback"  # replies are still heard
+    ps.wait_for("d.audioMode === 'playback'", 15_000)  # replies are still heard
     assert ps.debug("d.capture.framesSent") == 0
 
     page.fill('[data-testid="text-input"]', "what time is it")

@@ -285,6 +285,8 @@ function updateHint() {
     html = "Connecting to the assistant…";
   } else if (status === "reconnecting") {
     html = "Connection lost. Reconnecting…";
+  } else if (client.audioMode === "starting") {
+    html = "Starting the microphone…";
   } else if (client.audioMode !== "full") {
     html = "Text-only: type your message below.";
   } else if (client.turnMode === "manual") {

@@ -192,7 +192,8 @@ export class VoxgateClient {
     return this._conversationId || null;
   }
 
-  /** "full" (mic + speaker), "playback" (speaker only), "text" (no audio) or "none" (stopped). */
+  /** "full" (mic + speaker), "playback" (speaker only), "text" (no audio), "starting" (audio
+   * is being set up: worklets loading, microphone permission pending) or "none" (stopped). */
   get audioMode() {
     return this._audioMode;
   }
@@ -244,7 +245,10 @@ export class VoxgateClient {
     const gen = ++this._gen;
     this._setStatus("connecting");
     // Created synchronously, inside the user's click, so autoplay rules let it run.
-    const audioReady = this._setupAudio(gen);
+    const audioReady = this._setupAudio(gen).finally(() => {
+      // Whatever path setup took, it ends in a definite mode.
+      if (gen === this._gen && this._audioMode === "starting") this._audioMode = "text";
+    });
     try {
       await this._connect(gen);
     } catch (err) {
@@ -854,10 +858,14 @@ export class VoxgateClient {
 
   async _setupAudio(gen) {
     const o = this._opts;
-    this._audioMode = "text";
-    if (!o.playback && !o.microphone) return;
+    this._audioMode = "starting";
+    if (!o.playback && !o.microphone) {
+      this._audioMode = "text";
+      return;
+    }
     if (globalThis.isSecureContext === false) {
       // AudioWorklet and getUserMedia exist only on secure pages (https:// or localhost).
+      this._audioMode = "text";
       this._audioUnavailable(
         "insecure_context",
         "Voice needs a secure page (https:// or http://localhost), so this conversation is text-only.",
@@ -866,6 +874,7 @@ export class VoxgateClient {
     }
     const AudioCtx = globalThis.AudioContext || globalThis.webkitAudioContext;
     if (!AudioCtx || typeof AudioWorkletNode === "undefined") {
+      this._audioMode = "text";
       this._audioUnavailable(
         "no_web_audio",
         "This browser cannot record or play audio here (no Web Audio worklets), so this conversation is text-only.",
@@ -883,6 +892,7 @@ export class VoxgateClient {
       if (o.microphone) await ctx.audioWorklet.addModule(new URL("./capture-worklet.js", import.meta.url));
     } catch (err) {
       if (gen !== this._gen) return;
+      this._audioMode = "text";
       this._audioUnavailable("worklet_failed", `Audio could not start (${err.message}), so this conversation is text-only.`);
       await this._teardownAudio();
       return;
@@ -910,6 +920,7 @@ export class VoxgateClient {
     if (o.microphone) {
       const media = globalThis.navigator && navigator.mediaDevices;
       if (!media || !media.getUserMedia) {
+        if (this._audioMode === "starting") this._audioMode = "text";
         this._audioUnavailable(
           "insecure_context",
           "The microphone needs a secure page (https:// or localhost), so this conversation is text-only.",
@@ -929,6 +940,7 @@ export class VoxgateClient {
         });
       } catch (err) {
         if (gen !== this._gen) return;
+        if (this._audioMode === "starting") this._audioMode = "text";
         const sentence =
           MIC_SENTENCES[err && err.name] ||
           `The microphone could not start (${(err && err.message) || err}), so this conversation is text-only.`;
