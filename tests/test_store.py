@@ -378,3 +378,29 @@ def test_audio_log_writes_wav_per_turn(tmp_path: Path) -> None:
         log.write("../escape", 0, "user", pcm, 16000)
     log.delete("abc123")
     assert log.files("abc123") == [] and not (tmp_path / "audio" / "abc123").exists()
+
+
+async def test_in_memory_sqlite_survives_concurrent_sessions() -> None:
+    """`sqlite+aiosqlite:///:memory:` is one shared connection: concurrent sessions' transactions
+    must take turns on it, not interleave (that failed inserts with foreign-key errors)."""
+    from voxgate.store.base import TurnRecord
+    from voxgate.store.sql import SqlConversationStore
+
+    store = SqlConversationStore("sqlite+aiosqlite:///:memory:")
+    await store.open()
+    try:
+        async def session(i: int) -> str:
+            conv = await store.create_conversation(f"user-{i % 3}", "cascade", {"i": i})
+            for n in range(3):
+                await store.add_turn(conv.id, TurnRecord(role="user", text=f"{i}-{n}"))
+            await store.end_conversation(conv.id)
+            return conv.id
+
+        ids = await asyncio.gather(*(session(i) for i in range(30)))
+        for conversation_id in ids:
+            record = await store.get_conversation(conversation_id)
+            assert record is not None and len(record.turns) == 3 and record.ended_at is not None
+        _, total = await store.list_conversations(None, limit=100)
+        assert total == 30
+    finally:
+        await store.close()

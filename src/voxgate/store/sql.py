@@ -12,11 +12,13 @@ No transaction ever waits on anything but the database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 from alembic import command
@@ -29,7 +31,7 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from voxgate.store.base import (
@@ -136,6 +138,10 @@ class SqlConversationStore(ConversationStore):
         self.url = normalize_database_url(database_url)
         self._echo = echo
         self._engine: AsyncEngine | None = None
+        #: In-memory SQLite lives on one shared connection (StaticPool); concurrent transactions
+        #: would interleave on it (a half-done insert seen by another session's commit), so
+        #: calls take turns. File and PostgreSQL databases have real pools and no lock.
+        self._serial: asyncio.Lock | None = None
 
     @property
     def dialect(self) -> str:
@@ -192,6 +198,7 @@ class SqlConversationStore(ConversationStore):
             if memory or database is None:
                 # One shared connection, otherwise every pooled connection is a new empty DB.
                 kwargs["poolclass"] = StaticPool
+                self._serial = asyncio.Lock()
             else:
                 Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
             # pysqlite's `timeout` is SQLite's busy timeout, in seconds.
@@ -202,6 +209,22 @@ class SqlConversationStore(ConversationStore):
         if self.dialect == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         return engine
+
+    @contextlib.asynccontextmanager
+    async def _begin(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction (committed on exit); serialized on an in-memory database."""
+        async with contextlib.AsyncExitStack() as stack:
+            if self._serial is not None:
+                await stack.enter_async_context(self._serial)
+            yield await stack.enter_async_context(self.engine.begin())
+
+    @contextlib.asynccontextmanager
+    async def _connect(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads; serialized on an in-memory database."""
+        async with contextlib.AsyncExitStack() as stack:
+            if self._serial is not None:
+                await stack.enter_async_context(self._serial)
+            yield await stack.enter_async_context(self.engine.connect())
 
     async def _migrate(self) -> None:
         """Bring the schema to Alembic head, safely even when several processes start at once."""
@@ -244,7 +267,7 @@ class SqlConversationStore(ConversationStore):
         delay = 0.01
         while True:
             try:
-                async with self.engine.connect() as conn:
+                async with self._connect() as conn:
                     mode = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
                     if str(mode).lower() not in ("wal", "memory"):
                         await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
@@ -257,7 +280,7 @@ class SqlConversationStore(ConversationStore):
 
     async def current_revision(self) -> str | None:
         """The Alembic revision the database is at (None before the first migration)."""
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             return await conn.run_sync(
                 lambda sync_conn: MigrationContext.configure(sync_conn).get_current_revision()
             )
@@ -295,7 +318,7 @@ class SqlConversationStore(ConversationStore):
             started_at=now,
             metadata=dict(metadata or {}),
         )
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             await conn.execute(
                 self._insert(User)
                 .values(id=user_id, created_at=now, updated_at=now)
@@ -316,7 +339,7 @@ class SqlConversationStore(ConversationStore):
     async def get_conversation(
         self, conversation_id: str, *, with_turns: bool = True
     ) -> ConversationRecord | None:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             row = (
                 await conn.execute(
                     select(*_CONVERSATION_COLUMNS).where(Conversation.id == conversation_id)
@@ -350,14 +373,14 @@ class SqlConversationStore(ConversationStore):
             .limit(limit)
             .offset(offset)
         )
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             total = (await conn.execute(count)).scalar_one()
             rows = (await conn.execute(page)).all()
         return [_conversation_record(r) for r in rows], int(total)
 
     async def end_conversation(self, conversation_id: str) -> None:
         # Always the latest end: a resumed conversation ends when its last session does.
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             await conn.execute(
                 update(Conversation)
                 .where(Conversation.id == conversation_id)
@@ -365,7 +388,7 @@ class SqlConversationStore(ConversationStore):
             )
 
     async def delete_conversation(self, conversation_id: str) -> bool:
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             # Explicit, not only ON DELETE CASCADE: SQLite connections made by other tools
             # may have foreign keys off.
             await conn.execute(delete(Turn).where(Turn.conversation_id == conversation_id))
@@ -380,7 +403,7 @@ class SqlConversationStore(ConversationStore):
         if turn.role not in ("user", "assistant"):
             raise ValueError(f"a turn's role is 'user' or 'assistant', not {turn.role!r}")
         ended_at = turn.ended_at or _now()
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             # The UPDATE comes first: it takes the write lock (SQLite) or the row lock
             # (PostgreSQL), so concurrent writers of one conversation get distinct indexes,
             # and it tells us whether the conversation exists.
@@ -425,13 +448,13 @@ class SqlConversationStore(ConversationStore):
         values: dict[str, Any] = {"interrupted": True, "heard_text": heard_text}
         if audio_ms is not None:
             values["audio_ms"] = audio_ms
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             await conn.execute(update(Turn).where(Turn.id == turn_id).values(**values))
 
     # --- users ------------------------------------------------------------------------------
 
     async def get_user_settings(self, user_id: str) -> UserSettings | None:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             row = (
                 await conn.execute(
                     select(User.id, User.voice, User.instructions, User.personality).where(
@@ -459,7 +482,7 @@ class SqlConversationStore(ConversationStore):
             id=settings.user_id, created_at=now, updated_at=now, **fields
         )
         stmt = stmt.on_conflict_do_update(index_elements=["id"], set_={**fields, "updated_at": now})
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             await conn.execute(stmt)
 
 
