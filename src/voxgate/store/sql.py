@@ -15,10 +15,10 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from collections.abc import AsyncIterator
 from typing import Any, cast
 
 from alembic import command
