@@ -225,6 +225,7 @@ def _include_optional_routers(app: FastAPI) -> None:
 
     for module_name in (
         "voxgate.gateway.api_conversations",
+        "voxgate.gateway.api_users",
         "voxgate.gateway.api_tokens",
         "voxgate.gateway.openai_compat",
     ):

@@ -47,7 +47,7 @@ from voxgate.engines.base import (
 from voxgate.gateway.limits import TokenBucket, WindowCounter
 from voxgate.logs import session_id_var
 from voxgate.protocol import CloseCode, ErrorCode, ProtocolError
-from voxgate.store.base import TurnRecord
+from voxgate.store.base import TurnRecord, UserSettings
 
 if TYPE_CHECKING:
     from voxgate.gateway.auth import Identity
@@ -635,11 +635,16 @@ class GatewaySession:
                 close_code=CloseCode.ENGINE_UNAVAILABLE,
             )
 
+        # A signed-in user's saved settings fill what `start` leaves out.
+        saved = UserSettings(self.user_id)
+        if not self.identity.anonymous:
+            saved = await state.store.get_user_settings(self.user_id) or saved
+        personality = msg.personality.model_dump(exclude_none=True) if msg.personality else None
         td = msg.turn_detection
         options = StartOptions(
-            instructions=msg.instructions,
-            voice=msg.voice,
-            personality=msg.personality.model_dump(exclude_none=True) if msg.personality else None,
+            instructions=msg.instructions if msg.instructions is not None else saved.instructions,
+            voice=msg.voice if msg.voice is not None else saved.voice,
+            personality=personality if personality is not None else saved.personality,
             turn_detection=TurnDetectionOptions(
                 mode=td.mode, threshold=td.threshold, silence_ms=td.silence_ms, prefix_ms=td.prefix_ms
             )
