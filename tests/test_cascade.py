@@ -236,6 +236,35 @@ async def test_manual_mode_commit_ends_the_turn(engine_factory, grammar):
     assert isinstance(err, EngineError) and not err.fatal and "nothing to commit" in err.message
 
 
+def room_noise(ms: int, dbfs: float = -55.0) -> bytes:
+    """What a real microphone hears in a quiet room: faint noise, not digital zeros."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    n = IN_RATE * ms // 1000
+    amplitude = 32768 * 10 ** (dbfs / 20) * np.sqrt(3)
+    return (rng.uniform(-amplitude, amplitude, n)).astype("<i2").tobytes()
+
+
+async def test_push_to_talk_held_before_speaking_is_still_transcribed(engine_factory, grammar):
+    """A button held 1.5 s before the first word (the microphone hearing a quiet room), and a
+    pause inside a held turn: one commit, one exact transcript each time."""
+    options = StartOptions(turn_detection=TurnDetectionOptions(mode="manual"))
+    engine, rec = await engine_factory(options, stt_grammar=grammar)
+    await speak(engine, room_noise(1500) + synthesize("hello can you hear me", IN_RATE))
+    await engine.commit()
+    user = await rec.wait_for(final("user"))
+    assert isinstance(user, Transcript) and user.text == "hello can you hear me"
+    # A pause inside the held turn is kept: two phrases, one commit.
+    await rec.wait_for(done("completed"))
+    n = len(rec.events)
+    await speak(engine, synthesize("what time", IN_RATE) + silence(900, IN_RATE))
+    await speak(engine, synthesize("is it", IN_RATE))
+    await engine.commit()
+    user = await rec.wait_for(final("user"), after=n)
+    assert isinstance(user, Transcript) and user.text == "what time is it"
+
+
 async def test_a_turn_without_pause_is_ended_at_the_turn_limit(engine_factory, grammar):
     engine, rec = await engine_factory(stt_grammar=grammar)
     engine.MAX_TURN_MS = 600  # the limit is 60 s; the behaviour is the same
