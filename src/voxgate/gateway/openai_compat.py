@@ -63,6 +63,7 @@ from voxgate.gateway.auth import (
 from voxgate.gateway.limits import LimitExceeded, TokenBucket
 from voxgate.gateway.origins import origin_allowed
 from voxgate.gateway.session import close_reason, estimate_heard
+from voxgate.gateway.writer import StoreWriter
 from voxgate.protocol import CloseCode
 from voxgate.store.base import TurnRecord
 
@@ -440,7 +441,7 @@ class CompatSession:
         self._turn_mark: float | None = None
         self._awaiting_audio = False
         self._awaiting_transcript = False
-        self._writes: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue(10_000)
+        self._writer = StoreWriter(f"compat session {self.id}")
         self._shutdown = asyncio.Event()
         self._shutdown_reason = "server_shutdown"
         self._flushed_in = 0
@@ -475,7 +476,7 @@ class CompatSession:
         metrics.sessions_total.labels(ENGINE_NAME).inc()
         metrics.active_sessions.labels(ENGINE_NAME).inc()
         self._enqueue_write(self._create_conversation)
-        writer = asyncio.create_task(self._writer(), name=f"compat-writer-{self.id}")
+        self._writer.start()
         ended = _End(CloseCode.NORMAL)
         try:
             async with asyncio.TaskGroup() as group:
@@ -492,9 +493,9 @@ class CompatSession:
                 openai_error("internal", "internal error in the gateway", type_="server_error"),
             )
         finally:
-            await self._finish(ended, writer)
+            await self._finish(ended)
 
-    async def _finish(self, ended: _End, writer: asyncio.Task[None]) -> None:
+    async def _finish(self, ended: _End) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.upstream.close(), 2.0)
         if ended.error is not None:
@@ -509,12 +510,7 @@ class CompatSession:
         for turn in list(self._turns.values()):
             if turn.truncated_ms is not None and not turn.stored and turn.text:
                 self._store_turn(turn)
-        with contextlib.suppress(asyncio.QueueFull):
-            self._writes.put_nowait(None)
-        try:
-            await asyncio.wait_for(writer, self.settings.shutdown_deadline_s)
-        except (TimeoutError, Exception):
-            writer.cancel()
+        await self._writer.finish(self.settings.shutdown_deadline_s)
         if self.conversation_id is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.state.store.end_conversation(self.conversation_id), 5.0)
@@ -885,25 +881,7 @@ class CompatSession:
         self.conversation_id = record.id
 
     def _enqueue_write(self, write: Callable[[], Awaitable[None]]) -> None:
-        try:
-            self._writes.put_nowait(write)
-        except asyncio.QueueFull:
-            log.error("compat session %s: turn write queue full; a turn was not stored", self.id)
-
-    async def _writer(self) -> None:
-        while True:
-            write = await self._writes.get()
-            if write is None:
-                return
-            for attempt in range(3):
-                try:
-                    await write()
-                    break
-                except Exception:
-                    log.exception(
-                        "compat session %s: a store write failed (attempt %d)", self.id, attempt + 1
-                    )
-                    await asyncio.sleep(0.2 * (attempt + 1))
+        self._writer.enqueue(write)
 
 
 # ------------------------------------------------------------------------------------------------

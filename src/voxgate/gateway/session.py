@@ -45,6 +45,7 @@ from voxgate.engines.base import (
     UserSpeaking,
 )
 from voxgate.gateway.limits import TokenBucket, WindowCounter
+from voxgate.gateway.writer import StoreWriter
 from voxgate.logs import session_id_var
 from voxgate.protocol import CloseCode, ErrorCode, ProtocolError
 from voxgate.store.base import TurnRecord, UserSettings
@@ -358,7 +359,7 @@ class GatewaySession:
         self._turn_mark: float | None = None  # end of user speech / commit / typed message
         self._awaiting_audio = False
         self._awaiting_transcript = False
-        self._writes: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue(10_000)
+        self._writer = StoreWriter(f"session {self.id}")
         self._shutdown = asyncio.Event()
         self._shutdown_reason = "server_shutdown"
         self._audio_log = state.audio_log
@@ -374,7 +375,7 @@ class GatewaySession:
     async def run(self) -> None:
         """Serve the (already accepted) socket until it ends; never raises."""
         session_id_var.set(self.id)
-        writer = asyncio.create_task(self._writer(), name=f"writer-{self.id}")
+        self._writer.start()
         ended = SessionEnded(CloseCode.NORMAL, "")
         try:
             async with asyncio.TaskGroup() as group:
@@ -400,9 +401,9 @@ class GatewaySession:
                 [P.error_message(ErrorCode.INTERNAL, "internal error in the gateway", fatal=True)],
             )
         finally:
-            await self._finish(ended, writer)
+            await self._finish(ended)
 
-    async def _finish(self, ended: SessionEnded, writer: asyncio.Task[None]) -> None:
+    async def _finish(self, ended: SessionEnded) -> None:
         # Stop the engine first: no new events, upstream closed.
         if self.engine is not None:
             with contextlib.suppress(Exception):
@@ -426,12 +427,7 @@ class GatewaySession:
         # shutdown or by a lost upstream is kept as far as the client saw it.
         if ended.close_code in (CloseCode.GOING_AWAY, CloseCode.UPSTREAM_FAILED):
             self._store_partial_turns()
-        with contextlib.suppress(asyncio.QueueFull):
-            self._writes.put_nowait(None)
-        try:
-            await asyncio.wait_for(writer, self.settings.shutdown_deadline_s)
-        except (TimeoutError, Exception):
-            writer.cancel()
+        await self._writer.finish(self.settings.shutdown_deadline_s)
         if self.conversation_id is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.state.store.end_conversation(self.conversation_id), 5.0)
@@ -1117,23 +1113,7 @@ class GatewaySession:
         return write
 
     def _enqueue_write(self, write: Callable[[], Awaitable[None]]) -> None:
-        try:
-            self._writes.put_nowait(write)
-        except asyncio.QueueFull:
-            log.error("session %s: turn write queue full; a turn was not stored", self.id)
-
-    async def _writer(self) -> None:
-        while True:
-            write = await self._writes.get()
-            if write is None:
-                return
-            for attempt in range(3):
-                try:
-                    await write()
-                    break
-                except Exception:
-                    log.exception("session %s: storing a turn failed (attempt %d)", self.id, attempt + 1)
-                    await asyncio.sleep(0.2 * (attempt + 1))
+        self._writer.enqueue(write)
 
     # --- optional audio logs ------------------------------------------------------------------
 
