@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from voxgate.bench import bench_app
@@ -92,18 +91,16 @@ def test_memory_slope_idle_and_active(tmp_path: Path) -> None:
 def test_connect_to_session_ready(tmp_path: Path) -> None:
     _invoke(["connect", "--sequential", "2", "--burst", "2", "--out-dir", str(tmp_path)])
     result = _saved(tmp_path, "connect")
-    # `voxgate_memory_db` is measured too but not asserted clean: in-memory SQLite shares one
-    # connection between concurrent sessions and sometimes fails a conversation insert
-    # (reported to the store's owner); the benchmark records those failures.
-    assert result["voxgate_memory_db"]["sequential"]["n"] + result["voxgate_memory_db"]["failures"] >= 2
-    for path in ("direct", "voxgate"):
+    # In-memory SQLite shares one connection; the store serializes it, so no session fails.
+    for path in ("direct", "voxgate", "voxgate_memory_db"):
         assert result[path]["failures"] == 0
         assert result[path]["sequential"]["n"] == 2
         assert result[path]["burst"]["n"] == 2
 
 
-@pytest.mark.skipif(find_script() is None, reason="benchmarks/cascade_latency.py is not in this checkout")
 def test_cascade_latency_wired_in(tmp_path: Path) -> None:
+    # The script is part of the repository: missing, it is a failure, not a skip.
+    assert find_script() is not None
     _invoke(["cascade", "--utterances", "1", "--out-dir", str(tmp_path)])
     result = _saved(tmp_path, "cascade")
     assert result["utterances"] == 1
