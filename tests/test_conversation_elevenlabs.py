@@ -4,7 +4,10 @@ the same client, unchanged, gets the same kind of conversation as with the other
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+from procs import clean_env, free_port, talk, voxgate_processes, wait_http
+from voxgate.audio import read_wav, write_wav
 from voxgate.client import VoxgateClient
 from voxgate.testing.elevenlabs_sim import ElevenLabsSim, SimAgent
 from voxgate.testing.speech import silence, synthesize
@@ -113,30 +116,11 @@ async def test_provider_failure_reaches_the_client_as_a_fatal_error(make_setting
             assert client.close_code == 4502
 
 
-def test_cli_talk_with_elevenlabs(tmp_path) -> None:
+def test_cli_talk_with_elevenlabs(tmp_path: Path) -> None:
     """`voxgate simulate elevenlabs`, `voxgate serve` with VOXGATE_ENGINE=elevenlabs and
     `voxgate talk`, as a user runs them: the CLI works unchanged with this engine."""
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
-    import httpx
-
-    from voxgate.audio import read_wav, write_wav
-
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    voxgate = str(Path(sys.executable).parent / "voxgate")
     sim_port, gw_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VOXGATE_", "ELEVENLABS_"))}
-    env.update(
+    env = clean_env(
         VOXGATE_ENGINE="elevenlabs",
         ELEVENLABS_API_KEY="xi-cli",
         VOXGATE_ELEVENLABS_AGENT_ID="agent_cli",
@@ -147,41 +131,15 @@ def test_cli_talk_with_elevenlabs(tmp_path) -> None:
     )
     hello = tmp_path / "hello.wav"
     write_wav(hello, synthesize("hello can you hear me", 16000), 16000)
-    procs = [
-        subprocess.Popen(
-            [voxgate, "simulate", "elevenlabs", "--port", str(sim_port), "--api-key", "xi-cli",
-             "--agent-id", "agent_cli", "--pace", "4", "--transcript", "hello can you hear me"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        ),
-        subprocess.Popen([voxgate, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-    ]
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{gw_port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "gateway did not start"
-            time.sleep(0.1)
+    simulate = ["simulate", "elevenlabs", "--port", str(sim_port), "--api-key", "xi-cli",
+                "--agent-id", "agent_cli", "--pace", "4", "--transcript", "hello can you hear me"]  # fmt: skip
+    with voxgate_processes(simulate, ["serve"], env=env):
+        wait_http(f"http://127.0.0.1:{gw_port}/health")
         reply = tmp_path / "reply.wav"
-        talk = subprocess.run(
-            [voxgate, "talk", "--url", f"ws://127.0.0.1:{gw_port}/ws", "--wav", str(hello),
-             "--out", str(reply)],
-            env=env, capture_output=True, text=True, timeout=90,
-        )
-        assert talk.returncode == 0, talk.stdout + talk.stderr
-        assert "you: hello can you hear me" in talk.stdout
-        assert "assistant: You said: hello can you hear me." in talk.stdout
-        pcm, rate = read_wav(reply)
-        assert rate == 24000 and len(pcm) / 2 / rate > 0.5
-        assert "xi-cli" not in talk.stdout + talk.stderr
-    finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        result = talk(f"ws://127.0.0.1:{gw_port}/ws", "--wav", str(hello), "--out", str(reply), env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "you: hello can you hear me" in result.stdout
+    assert "assistant: You said: hello can you hear me." in result.stdout
+    pcm, rate = read_wav(reply)
+    assert rate == 24000 and len(pcm) / 2 / rate > 0.5
+    assert "xi-cli" not in result.stdout + result.stderr

@@ -8,17 +8,13 @@ API key never reaches a client; and the CLI flow (simulate, serve, talk) as real
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from procs import clean_env, free_port, talk, voxgate_processes, wait_http
 from voxgate.audio import read_wav, write_wav
 from voxgate.client import ProtocolFailure, VoxgateClient
 from voxgate.testing.openai_sim import OpenAISimulator
@@ -181,30 +177,10 @@ async def test_upstream_closing_mid_response_is_reported_promptly(make_settings,
             assert client.close_code == 4502
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(url)
-
-
 def test_cli_simulate_serve_talk(tmp_path: Path) -> None:
     """The README flow, as a new user runs it: three real processes."""
-    voxgate = str(Path(sys.executable).parent / "voxgate")
-    sim_port, gw_port = _free_port(), _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VOXGATE_", "OPENAI_"))}
-    env.update(
+    sim_port, gw_port = free_port(), free_port()
+    env = clean_env(
         VOXGATE_ENGINE="openai",
         OPENAI_API_KEY="sk-test",
         VOXGATE_OPENAI_URL=f"ws://127.0.0.1:{sim_port}/v1/realtime",
@@ -213,36 +189,19 @@ def test_cli_simulate_serve_talk(tmp_path: Path) -> None:
     )
     hello = tmp_path / "hello.wav"
     write_wav(hello, synthesize("hello can you hear me", 16000), 16000)
-    procs = [
-        subprocess.Popen(
-            [voxgate, "simulate", "openai", "--port", str(sim_port), "--pace", "4",
-             "--transcript", "hello can you hear me"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        ),
-        subprocess.Popen([voxgate, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE),
-    ]
-    try:
-        _wait_http(f"http://127.0.0.1:{gw_port}/health")
+    simulate = ["simulate", "openai", "--port", str(sim_port), "--pace", "4",
+                "--transcript", "hello can you hear me"]  # fmt: skip
+    with voxgate_processes(simulate, ["serve"], env=env):
+        wait_http(f"http://127.0.0.1:{gw_port}/health")
         reply = tmp_path / "reply.wav"
-        talk = subprocess.run(
-            [voxgate, "talk", "--url", f"ws://127.0.0.1:{gw_port}/ws", "--wav", str(hello),
-             "--out", str(reply), "--fast"],
-            env=env, capture_output=True, text=True, timeout=90,
-        )
-        assert talk.returncode == 0, talk.stderr
-        assert "you: hello can you hear me" in talk.stdout
-        assert "assistant:" in talk.stdout
-        pcm, rate = read_wav(reply)
-        assert rate == 24000 and len(pcm) / 2 / rate > 0.5
-        assert "sk-test" not in talk.stdout + talk.stderr
-    finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        result = talk(f"ws://127.0.0.1:{gw_port}/ws", "--wav", str(hello), "--out", str(reply),
+                      "--fast", env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "you: hello can you hear me" in result.stdout
+    assert "assistant:" in result.stdout
+    pcm, rate = read_wav(reply)
+    assert rate == 24000 and len(pcm) / 2 / rate > 0.5
+    assert "sk-test" not in result.stdout + result.stderr
 
 
 async def test_silent_upstream_hits_first_byte_timeout_then_recovers(make_settings, gateway_factory) -> None:

@@ -4,11 +4,8 @@ the session id, and durability when the server is killed with SIGKILL mid-conver
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +13,7 @@ import httpx
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from procs import VOXGATE, clean_env, free_port
 from voxgate.client import VoxgateClient
 from voxgate.store.sql import SqlConversationStore
 from voxgate.testing.speech import silence, synthesize
@@ -77,21 +75,14 @@ async def test_metrics_and_live_sessions_after_a_scripted_conversation(make_sett
         assert summary["live"]["sessions"] == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(tmp_path: Path, port: int, **env_extra: str) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VOXGATE_", "OPENAI_"))}
-    env.update(
+    """`voxgate serve` with its stderr kept: these tests read its logs."""
+    env = clean_env(
         VOXGATE_PORT=str(port),
         VOXGATE_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/kill.db",
         **env_extra,
     )
-    voxgate = str(Path(sys.executable).parent / "voxgate")
-    return subprocess.Popen([voxgate, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen([VOXGATE, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 async def _wait_ready(port: int) -> None:
@@ -122,7 +113,7 @@ async def _wait_for_turns(db: Path, conversation_id: str, count: int, timeout: f
 
 
 async def test_sigkill_mid_conversation_keeps_every_finished_turn(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = _serve(tmp_path, port, VOXGATE_LOG_FORMAT="json")
     try:
         await _wait_ready(port)
@@ -166,7 +157,7 @@ async def test_sigkill_mid_conversation_keeps_every_finished_turn(tmp_path: Path
 
 
 async def test_graceful_shutdown_tells_clients_and_keeps_turns(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = _serve(tmp_path, port)
     try:
         await _wait_ready(port)

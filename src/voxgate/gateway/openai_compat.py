@@ -41,7 +41,6 @@ import re
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -475,7 +474,7 @@ class CompatSession:
         metrics = self.state.metrics
         metrics.sessions_total.labels(ENGINE_NAME).inc()
         metrics.active_sessions.labels(ENGINE_NAME).inc()
-        self._enqueue_write(self._create_conversation)
+        self._writer.enqueue(self._create_conversation)
         self._writer.start()
         ended = _End(CloseCode.NORMAL)
         try:
@@ -832,7 +831,7 @@ class CompatSession:
         turn.truncated_ms = played
         if turn.stored:
             heard = self._heard(turn)
-            self._enqueue_write(self._mark_interrupted_write(turn, heard, played))
+            self._writer.mark_interrupted(self.state.store, turn, heard, played)
         # Not stored yet: `_store_turn` records it as interrupted when the transcript is final.
 
     def _heard(self, turn: _Turn) -> str:
@@ -863,16 +862,7 @@ class CompatSession:
             saved = await store.add_turn(self.conversation_id, record)
             turn.stored_id = saved.id
 
-        self._enqueue_write(write)
-
-    def _mark_interrupted_write(
-        self, turn: _Turn, heard: str, audio_ms: int
-    ) -> Callable[[], Awaitable[None]]:
-        async def write() -> None:
-            if turn.stored_id is not None:
-                await self.state.store.mark_interrupted(turn.stored_id, heard, audio_ms)
-
-        return write
+        self._writer.enqueue(write)
 
     async def _create_conversation(self) -> None:
         record = await self.state.store.create_conversation(
@@ -880,8 +870,6 @@ class CompatSession:
         )
         self.conversation_id = record.id
 
-    def _enqueue_write(self, write: Callable[[], Awaitable[None]]) -> None:
-        self._writer.enqueue(write)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -1040,7 +1040,7 @@ class GatewaySession:
         )
         turn.interrupted = True
         if turn.stored:
-            self._enqueue_write(self._mark_interrupted_write(turn, heard, event.played_ms))
+            self._writer.mark_interrupted(self.state.store, turn, heard, event.played_ms)
         else:
             self._store_turn_now(turn, ended=True, heard=heard, audio_ms=event.played_ms)
 
@@ -1101,19 +1101,8 @@ class GatewaySession:
                     rate,
                 )
 
-        self._enqueue_write(write)
-
-    def _mark_interrupted_write(
-        self, turn: _Turn, heard: str, audio_ms: int
-    ) -> Callable[[], Awaitable[None]]:
-        async def write() -> None:
-            if turn.stored_id is not None:
-                await self.state.store.mark_interrupted(turn.stored_id, heard, audio_ms)
-
-        return write
-
-    def _enqueue_write(self, write: Callable[[], Awaitable[None]]) -> None:
         self._writer.enqueue(write)
+
 
     # --- optional audio logs ------------------------------------------------------------------
 

@@ -12,10 +12,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from voxgate.store.base import ConversationStore
 
 log = logging.getLogger("voxgate.store.writer")
 
 Write = Callable[[], Awaitable[None]]
+
+
+class StoredTurn(Protocol):
+    #: Set by the turn's insert once it has run (None before).
+    stored_id: int | None
 
 
 class StoreWriter:
@@ -34,6 +42,18 @@ class StoreWriter:
             self._queue.put_nowait(write)
         except asyncio.QueueFull:
             log.error("%s: store write queue full; a turn was not stored", self.label)
+
+    def mark_interrupted(
+        self, store: ConversationStore, turn: StoredTurn, heard: str, audio_ms: int | None
+    ) -> None:
+        """A turn already queued for insert turned out to be cut short. Queued behind its
+        insert, so by the time this runs the insert has set `turn.stored_id`."""
+
+        async def write() -> None:
+            if turn.stored_id is not None:
+                await store.mark_interrupted(turn.stored_id, heard, audio_ms)
+
+        self.enqueue(write)
 
     async def finish(self, deadline_s: float) -> None:
         """Write everything queued so far (bounded by `deadline_s`), then stop."""
