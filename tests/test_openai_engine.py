@@ -27,12 +27,12 @@ from voxgate.engines.base import (
     Transcript,
     TurnDetectionOptions,
     UserSpeaking,
+    heard_prefix,
 )
 from voxgate.engines.openai_realtime import (
     OpenAIRealtimeEngine,
     OpenAIRequestError,
     create_client_secret,
-    heard_estimate,
 )
 from voxgate.testing.openai_sim import OpenAISimulator
 from voxgate.testing.speech import silence, synthesize
@@ -400,13 +400,13 @@ async def test_session_expiry_and_recycle_are_transparent(
     assert (await r.wait(_final("assistant"), start=n)).text == "You said: still there."
 
 
-def test_heard_estimate_cuts_at_a_word_boundary() -> None:
+def test_heard_prefix_cuts_at_a_word_boundary() -> None:
     text = "one two three four"
-    assert heard_estimate(text, 0, 1000) == ""
-    assert heard_estimate(text, 1000, 1000) == text
-    assert heard_estimate(text, 500, 1000) == "one two"
-    assert heard_estimate(text, 400, 1000) == "one two"
-    assert heard_estimate(text, 100, 1000) == ""
+    assert heard_prefix(text, 0, 1000) == ""
+    assert heard_prefix(text, 1000, 1000) == text
+    assert heard_prefix(text, 500, 1000) == "one two"
+    assert heard_prefix(text, 400, 1000) == "one two"
+    assert heard_prefix(text, 100, 1000) == ""
 
 
 async def test_create_client_secret(

@@ -67,6 +67,7 @@ from voxgate.engines.base import (
     StatusChanged,
     Transcript,
     UserSpeaking,
+    heard_prefix,
 )
 
 if TYPE_CHECKING:
@@ -215,19 +216,6 @@ def _str(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected a string, got {type(value).__name__}")
     return value
-
-
-def cut_at_word(text: str, fraction: float) -> str:
-    """The first `fraction` of `text`, cut back to a word boundary."""
-    if fraction >= 1.0:
-        return text
-    if fraction <= 0.0:
-        return ""
-    n = int(len(text) * fraction)
-    cut = text[:n]
-    if n < len(text) and not text[n].isspace():
-        cut = cut.rsplit(" ", 1)[0] if " " in cut else ""
-    return cut.rstrip(" ,;:")
 
 
 @dataclass(slots=True)
@@ -818,7 +806,7 @@ class ElevenLabsEngine(ConversationEngine):
             return ""
         # Whole-turn duration: the audio received, or a speech-rate estimate while it streams.
         total_ms = max(self._ms(turn.audio_bytes), len(text) * _MS_PER_CHAR)
-        return cut_at_word(text, played_ms / total_ms if total_ms > 0 else 0.0)
+        return heard_prefix(text, played_ms, total_ms)
 
     async def _partial_transcript(self, turn: _AgentTurn) -> None:
         if turn.text and turn.emitted != turn.text:

@@ -50,6 +50,7 @@ from voxgate.engines.base import (
     StatusChanged,
     Transcript,
     UserSpeaking,
+    heard_prefix,
 )
 
 if TYPE_CHECKING:
@@ -113,19 +114,6 @@ async def create_client_secret(settings: Settings, body: dict[str, Any]) -> dict
 
 def _scrub(text: str, key: str) -> str:
     return text.replace(key, "****") if key else text
-
-
-def heard_estimate(text: str, played_ms: int, received_ms: int) -> str:
-    """The transcript cut in proportion to the audio played, at a word boundary."""
-    if received_ms <= 0 or played_ms <= 0 or not text:
-        return ""
-    if played_ms >= received_ms:
-        return text
-    cut = int(len(text) * played_ms / received_ms)
-    head = text[:cut]
-    if cut < len(text) and not text[cut].isspace():
-        head = head.rsplit(" ", 1)[0] if " " in head else ""
-    return head.strip()
 
 
 @dataclass
@@ -447,7 +435,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
     async def _mark_interrupted(self, item: _Item, played_ms: int) -> None:
         """Emit `Interrupted`; the assistant turn becomes what was heard (that is what stays in
         OpenAI's context after a truncate, and what a later replay must restore)."""
-        heard = heard_estimate(item.transcript, played_ms, item.audio_bytes // BYTES_PER_MS)
+        heard = heard_prefix(item.transcript, played_ms, item.audio_bytes // BYTES_PER_MS)
         item.interrupted = True
         self._dropped_responses.add(item.response_id)
         await self.emit(Interrupted(item.id, played_ms=played_ms, heard_text=heard))
@@ -749,4 +737,4 @@ async def _close_quietly(ws: ClientConnection | None) -> None:
         await asyncio.wait_for(ws.close(), 3)
 
 
-__all__ = ["OpenAIRealtimeEngine", "OpenAIRequestError", "create_client_secret", "heard_estimate"]
+__all__ = ["OpenAIRealtimeEngine", "OpenAIRequestError", "create_client_secret"]

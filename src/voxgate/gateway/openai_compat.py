@@ -54,6 +54,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from voxgate.engines.base import heard_prefix
 from voxgate.gateway.auth import (
     BEARER_SUBPROTOCOL_PREFIX,
     AuthError,
@@ -61,7 +62,7 @@ from voxgate.gateway.auth import (
 )
 from voxgate.gateway.limits import LimitExceeded, TokenBucket
 from voxgate.gateway.origins import origin_allowed
-from voxgate.gateway.session import close_reason, estimate_heard
+from voxgate.gateway.session import close_reason
 from voxgate.gateway.writer import StoreWriter
 from voxgate.protocol import CloseCode
 from voxgate.store.base import TurnRecord
@@ -836,7 +837,7 @@ class CompatSession:
 
     def _heard(self, turn: _Turn) -> str:
         total_ms = turn.audio_bytes / BYTES_PER_S * 1000.0
-        return estimate_heard(turn.text, turn.truncated_ms or 0, total_ms)
+        return heard_prefix(turn.text, turn.truncated_ms or 0, total_ms)
 
     def _store_turn(self, turn: _Turn) -> None:
         turn.stored = True

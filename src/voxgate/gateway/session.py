@@ -43,6 +43,7 @@ from voxgate.engines.base import (
     Transcript,
     TurnDetectionOptions,
     UserSpeaking,
+    heard_prefix,
 )
 from voxgate.gateway.limits import TokenBucket, WindowCounter
 from voxgate.gateway.writer import StoreWriter
@@ -87,21 +88,6 @@ def close_reason(text: str, limit: int = 123) -> str:
     if len(data) <= limit:
         return text
     return data[:limit].decode("utf-8", errors="ignore")
-
-
-def estimate_heard(text: str, played_ms: int, total_ms: float) -> str:
-    """The part of `text` a listener heard after `played_ms` of `total_ms` of speech.
-
-    Speech rate is close enough to uniform over a sentence that cutting the words in proportion
-    is a fair estimate when the engine cannot say exactly; we cut at a word boundary.
-    """
-    if not text or total_ms <= 0:
-        return ""
-    if played_ms >= total_ms:
-        return text
-    words = text.split()
-    keep = int(len(words) * max(0.0, played_ms) / total_ms)
-    return " ".join(words[:keep])
 
 
 # --------------------------------------------------------------------------------------------
@@ -1036,7 +1022,7 @@ class GatewaySession:
         heard = (
             event.heard_text
             if event.heard_text is not None
-            else estimate_heard(turn.text, event.played_ms, total_ms)
+            else heard_prefix(turn.text, event.played_ms, total_ms)
         )
         turn.interrupted = True
         if turn.stored:

@@ -57,6 +57,7 @@ from voxgate.audio import (
     rms_dbfs,
     ulaw_to_pcm16,
 )
+from voxgate.engines.base import cut_at_word
 
 log = logging.getLogger("voxgate.testing.elevenlabs_sim")
 
@@ -253,19 +254,6 @@ class _EnergyVad:
         self.in_speech = False
         self._voiced_run = 0
         return True
-
-
-def cut_at_word(text: str, fraction: float) -> str:
-    """The first `fraction` of `text`, cut back to a word boundary (what a listener heard)."""
-    if fraction >= 1.0:
-        return text
-    if fraction <= 0.0:
-        return ""
-    n = int(len(text) * fraction)
-    cut = text[:n]
-    if n < len(text) and not text[n].isspace():
-        cut = cut.rsplit(" ", 1)[0] if " " in cut else ""
-    return cut.rstrip(" ,;:")
 
 
 class _InLoopServer(uvicorn.Server):
