@@ -207,11 +207,10 @@ class LLMSimulator:
         words = self.reply.split(" ")
         return [w if i == 0 else " " + w for i, w in enumerate(words)]
 
-    # --- routes -----------------------------------------------------------------------------
-    async def _models(self, request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [{"id": self.model, "object": "model"}]})
-
-    async def _chat(self, request: Request) -> Response:
+    async def _json_request(self, request: Request) -> dict[str, Any] | Response:
+        """The common front of the JSON routes: parse, record, then apply the fault set for
+        this request (an auth error answers at once; `slow` delays). Returns the body, or the
+        response to send instead."""
         try:
             body = await request.json()
         except ValueError:
@@ -226,12 +225,29 @@ class LLMSimulator:
                 received_at=time.monotonic(),
             )
         )
+        error = await self._apply_fault(request)
+        if error is not None:
+            return error
+        return body if isinstance(body, dict) else {}
+
+    async def _apply_fault(self, request: Request) -> Response | None:
+        """Apply the fault set for this request: an auth error answers at once, `slow` waits."""
         fault = self._take_fault()
         error = self._auth_error(request, fault)
         if error is not None:
             return error
         if fault == "slow":
             await asyncio.sleep(self.slow_s)
+        return None
+
+    # --- routes -----------------------------------------------------------------------------
+    async def _models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": self.model, "object": "model"}]})
+
+    async def _chat(self, request: Request) -> Response:
+        body = await self._json_request(request)
+        if isinstance(body, Response):
+            return body
         model = body.get("model") or self.model
         created = int(time.time())
         cid = f"chatcmpl-sim{len(self.requests)}"
@@ -296,12 +312,9 @@ class LLMSimulator:
                 received_at=time.monotonic(),
             )
         )
-        fault = self._take_fault()
-        error = self._auth_error(request, fault)
+        error = await self._apply_fault(request)
         if error is not None:
             return error
-        if fault == "slow":
-            await asyncio.sleep(self.slow_s)
         if "file" not in files or "model" not in form:
             return JSONResponse(
                 _error_body("file and model are required", "invalid_request_error", None), 400
@@ -313,26 +326,9 @@ class LLMSimulator:
         return JSONResponse({"text": text})
 
     async def _speech(self, request: Request) -> Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            return JSONResponse(
-                _error_body("invalid JSON body", "invalid_request_error", None), 400
-            )
-        self.requests.append(
-            RecordedRequest(
-                request.url.path,
-                request.headers.get("authorization"),
-                json=body,
-                received_at=time.monotonic(),
-            )
-        )
-        fault = self._take_fault()
-        error = self._auth_error(request, fault)
-        if error is not None:
-            return error
-        if fault == "slow":
-            await asyncio.sleep(self.slow_s)
+        body = await self._json_request(request)
+        if isinstance(body, Response):
+            return body
         text = str(body.get("input") or "")
         fmt = body.get("response_format") or "mp3"
         if fmt not in ("pcm", "wav"):
