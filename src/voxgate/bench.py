@@ -31,6 +31,9 @@ console = Console(width=None if Console().is_terminal else 160)
 OutDir = Annotated[
     Path, typer.Option("--out-dir", help="Where result JSON files go.")
 ]
+Duration = Annotated[float, typer.Option(help="Measured seconds per run.")]
+Warmup = Annotated[float, typer.Option(help="Streaming seconds before measuring.")]
+Drain = Annotated[float, typer.Option(help="Seconds to wait for the last echoes.")]
 NoSave = Annotated[bool, typer.Option("--no-save", help="Print only; write no result file.")]
 Nice = Annotated[
     int,
@@ -203,9 +206,9 @@ def relay(
     paths: Annotated[
         str, typer.Option(help="direct,raw,voxgate,compat; add asgi for the raw relay under uvicorn")
     ] = "direct,raw,voxgate,compat",
-    duration: Annotated[float, typer.Option(help="Measured seconds per run.")] = 10.0,
-    warmup: Annotated[float, typer.Option(help="Streaming seconds before measuring.")] = 2.0,
-    drain: Annotated[float, typer.Option(help="Seconds to wait for the last echoes.")] = 3.0,
+    duration: Duration = 10.0,
+    warmup: Warmup = 2.0,
+    drain: Drain = 3.0,
     repeat: Repeat = 1,
     loop: Loop = "asyncio",
     nice: Nice = 0,
@@ -223,9 +226,9 @@ def relay(
 @bench_app.command()
 def frames(
     sessions: Annotated[int, typer.Option(help="Concurrent sessions.")] = 100,
-    duration: Annotated[float, typer.Option(help="Measured seconds per run.")] = 10.0,
-    warmup: Annotated[float, typer.Option(help="Streaming seconds before measuring.")] = 2.0,
-    drain: Annotated[float, typer.Option(help="Seconds to wait for the last echoes.")] = 3.0,
+    duration: Duration = 10.0,
+    warmup: Warmup = 2.0,
+    drain: Drain = 3.0,
     repeat: Repeat = 1,
     loop: Loop = "asyncio",
     nice: Nice = 0,
