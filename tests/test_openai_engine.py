@@ -27,8 +27,8 @@ from voxgate.engines.base import (
     Transcript,
     TurnDetectionOptions,
     UserSpeaking,
-    heard_prefix,
 )
+from voxgate.turns import heard_prefix
 from voxgate.engines.openai_realtime import (
     OpenAIRealtimeEngine,
     OpenAIRequestError,

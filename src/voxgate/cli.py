@@ -59,7 +59,8 @@ def serve(
 ) -> None:
     """Run the gateway (browser client at http://HOST:PORT)."""
     from voxgate.gateway.server import serve as run_server
-    from voxgate.logs import configure_logging, register_secret
+    from voxgate.logs import configure_logging
+    from voxgate.secrets import register_secret
 
     overrides: dict[str, Any] = {}
     if host is not None:

@@ -7,42 +7,17 @@ The scrubber is a last line of defence: code should never log a secret, but a UR
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from contextvars import ContextVar
 from typing import Any
 
 import orjson
 
-_SECRET_PATTERNS = [
-    (re.compile(r"([?&](?:token|key|api_key|conversation_signature)=)[^&\s\"']+", re.I), r"\1***"),
-    (re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.I), r"\1***"),
-    (re.compile(r"(voxgate\.bearer\.)[A-Za-z0-9._~+/=-]+"), r"\1***"),
-    (re.compile(r"(openai-insecure-api-key\.)[A-Za-z0-9._~+/=-]+"), r"\1***"),
-    (re.compile(r"\b(sk-[A-Za-z0-9_-]{6})[A-Za-z0-9_-]+"), r"\1***"),
-    (re.compile(r"(xi-api-key['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}]+", re.I), r"\1***"),
-]
-
-_extra_secrets: list[str] = []
+from voxgate.secrets import scrub
 
 #: The session a log line belongs to. Set once per session task; tasks the session (and its
 #: engine) create inherit it, so engine logs carry the id too without passing it around.
 session_id_var: ContextVar[str | None] = ContextVar("voxgate_session_id", default=None)
-
-
-def register_secret(value: str | None) -> None:
-    """Scrub this exact value from every log line (provider keys, the JWT secret)."""
-    if value and len(value) >= 6 and value not in _extra_secrets:
-        _extra_secrets.append(value)
-
-
-def scrub(text: str) -> str:
-    for pattern, repl in _SECRET_PATTERNS:
-        text = pattern.sub(repl, text)
-    for secret in _extra_secrets:
-        if secret in text:
-            text = text.replace(secret, "***")
-    return text
 
 
 class ScrubFilter(logging.Filter):

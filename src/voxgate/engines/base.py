@@ -106,31 +106,6 @@ def personality_text(personality: dict[str, int] | None) -> str:
     return "Personality: be " + "; ".join(phrases) + "."
 
 
-def cut_at_word(text: str, fraction: float) -> str:
-    """The first `fraction` of `text` (by characters), cut back to a word boundary."""
-    if fraction >= 1.0:
-        return text
-    if fraction <= 0.0 or not text:
-        return ""
-    n = int(len(text) * fraction)
-    cut = text[:n]
-    if n < len(text) and not text[n].isspace():
-        cut = cut.rsplit(" ", 1)[0] if " " in cut else ""
-    return cut.strip().rstrip(",;:")
-
-
-def heard_prefix(text: str, played_ms: float, total_ms: float) -> str:
-    """What a listener heard of `text` after `played_ms` of its `total_ms` of speech.
-
-    Speech runs at a near-even rate of characters within a reply, so cutting the text in
-    proportion to the audio played is a fair estimate when the provider cannot say exactly
-    (OpenAI deletes a truncated item's transcript; ElevenLabs corrects only barge-ins).
-    """
-    if total_ms <= 0:
-        return ""
-    return cut_at_word(text, played_ms / total_ms)
-
-
 # --------------------------------------------------------------------------------------------
 # Events (engine -> session). Small slotted dataclasses: audio events are on the hot path.
 # --------------------------------------------------------------------------------------------

@@ -67,8 +67,8 @@ from voxgate.engines.base import (
     StatusChanged,
     Transcript,
     UserSpeaking,
-    heard_prefix,
 )
+from voxgate.turns import heard_prefix
 
 if TYPE_CHECKING:
     from voxgate.config import Settings

@@ -31,7 +31,7 @@ from voxgate.config import Settings
 from voxgate.gateway.auth import Authenticator, AuthError, Identity
 from voxgate.gateway.limits import KeyedTokenBuckets
 from voxgate.gateway.origins import origin_allowed
-from voxgate.logs import scrub
+from voxgate.secrets import scrub
 from voxgate.protocol import ErrorCode
 
 log = logging.getLogger("voxgate.gateway.tokens")

@@ -54,7 +54,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from voxgate.engines.base import heard_prefix
+from voxgate.turns import heard_prefix
 from voxgate.gateway.auth import (
     BEARER_SUBPROTOCOL_PREFIX,
     AuthError,

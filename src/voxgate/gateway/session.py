@@ -43,8 +43,8 @@ from voxgate.engines.base import (
     Transcript,
     TurnDetectionOptions,
     UserSpeaking,
-    heard_prefix,
 )
+from voxgate.turns import heard_prefix
 from voxgate.gateway.limits import TokenBucket, WindowCounter
 from voxgate.gateway.writer import StoreWriter
 from voxgate.logs import session_id_var

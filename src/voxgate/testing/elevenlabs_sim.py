@@ -57,7 +57,7 @@ from voxgate.audio import (
     rms_dbfs,
     ulaw_to_pcm16,
 )
-from voxgate.engines.base import cut_at_word
+from voxgate.turns import cut_at_word
 
 log = logging.getLogger("voxgate.testing.elevenlabs_sim")
 
@@ -1062,7 +1062,6 @@ __all__ = [
     "SimAgent",
     "SimConversation",
     "SimFault",
-    "cut_at_word",
     "decode_audio",
     "encode_audio",
     "format_rate",
