@@ -11,6 +11,9 @@ import pytest
 
 from voxgate.config import Settings
 
+#: Fixtures shared by several folders: a throwaway PostgreSQL server.
+pytest_plugins = ["tests.support.postgres"]
+
 _ISOLATED_PREFIXES = ("VOXGATE_", "OPENAI_", "ELEVENLABS_")
 
 

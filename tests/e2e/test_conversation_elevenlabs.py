@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from procs import clean_env, free_port, talk, voxgate_processes, wait_http
+from tests.support.procs import clean_env, free_port, talk, voxgate_processes, wait_http
 from voxgate.audio import read_wav, write_wav
 from voxgate.client import VoxgateClient
 from voxgate.testing.elevenlabs_sim import ElevenLabsSim, SimAgent

@@ -17,7 +17,7 @@ import pytest
 
 from voxgate.client import ProtocolFailure, VoxgateClient
 from voxgate.config import Settings
-from voxgate.engines.base import ReconnectPolicy
+from voxgate.engines.upstream import ReconnectPolicy
 from voxgate.gateway.limits import CircuitBreaker
 from voxgate.testing.faultproxy import FaultProxy
 from voxgate.testing.openai_sim import OpenAISimulator, default_response

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from procs import clean_env, free_port, talk, voxgate_processes, wait_http
+from tests.support.procs import clean_env, free_port, talk, voxgate_processes, wait_http
 from voxgate.audio import read_wav, write_wav
 from voxgate.client import ProtocolFailure, VoxgateClient
 from voxgate.testing.openai_sim import OpenAISimulator

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from .conftest import SPOKEN, PageSession, gateway_env
+from tests.support.browser import SPOKEN, PageSession, gateway_env
 
 pytestmark = pytest.mark.browser
 

@@ -1,7 +1,7 @@
 """The conversation store against real databases: a SQLite file and a real PostgreSQL server.
 
 Every test here runs on both backends (`store_url` is parametrized); PostgreSQL is started by
-the suite itself (`pg_fixture`).
+the suite itself (`tests/support/postgres.py`).
 """
 
 from __future__ import annotations
@@ -26,19 +26,12 @@ from voxgate.store.base import ConversationNotFound, TurnRecord, UserSettings
 from voxgate.store.models import Base
 from voxgate.store.sql import SchemaError, SqlConversationStore, head_revision
 
-try:  # the fixtures live in our own module; conftest.py belongs to the lead
-    from pg_fixture import pg_database_url, pg_server  # noqa: F401
-except ImportError:  # tests/ imported as a package
-    from tests.pg_fixture import pg_database_url, pg_server  # type: ignore[no-redef] # noqa: F401
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'nested' / 'voxgate.db'}"
     else:
         yield request.getfixturevalue("pg_database_url")
-
 
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[SqlConversationStore]:
@@ -48,7 +41,6 @@ async def store(store_url: str) -> AsyncIterator[SqlConversationStore]:
         yield s
     finally:
         await s.close()
-
 
 async def test_create_get_and_list_with_paging_per_user(store: SqlConversationStore) -> None:
     before = datetime.now(UTC)
@@ -92,7 +84,6 @@ async def test_create_get_and_list_with_paging_per_user(store: SqlConversationSt
     assert (empty, total) == ([], 0)
     with pytest.raises(ValueError):
         await store.list_conversations(limit=0)
-
 
 async def test_turns_in_order_interrupted_heard_text_and_end(store: SqlConversationStore) -> None:
     conv = await store.create_conversation("carol", "cascade")
@@ -161,7 +152,6 @@ async def test_turns_in_order_interrupted_heard_text_and_end(store: SqlConversat
     with pytest.raises(ConversationNotFound):
         await store.add_turn("f" * 32, TurnRecord(role="user", text="orphan"))
 
-
 async def test_delete_removes_conversation_and_turns(store: SqlConversationStore) -> None:
     keep = await store.create_conversation("dave", "cascade")
     doomed = await store.create_conversation("dave", "cascade")
@@ -185,7 +175,6 @@ async def test_delete_removes_conversation_and_turns(store: SqlConversationStore
         ).scalar_one()
     assert orphans == 0
 
-
 async def test_user_settings_round_trip(store: SqlConversationStore) -> None:
     assert await store.get_user_settings("erin") is None
     await store.create_conversation("erin", "cascade")  # creates the user row, no settings yet
@@ -201,7 +190,6 @@ async def test_user_settings_round_trip(store: SqlConversationStore) -> None:
     # A user who never had a conversation can save settings too.
     await store.save_user_settings(UserSettings("frank", voice="alloy"))
     assert await store.get_user_settings("frank") == UserSettings("frank", voice="alloy")
-
 
 async def test_conversation_survives_restart_and_migrations_are_idempotent(store_url: str) -> None:
     first = SqlConversationStore(store_url)
@@ -235,7 +223,6 @@ async def test_conversation_survives_restart_and_migrations_are_idempotent(store
     finally:
         await second.close()
 
-
 async def test_open_refuses_a_schema_from_the_future(store_url: str) -> None:
     first = SqlConversationStore(store_url)
     await first.open()
@@ -246,7 +233,6 @@ async def test_open_refuses_a_schema_from_the_future(store_url: str) -> None:
     with pytest.raises(SchemaError, match="f00dfeed"):
         await later.open()
     assert await later.ping() is False
-
 
 async def test_concurrent_open_of_a_fresh_database(store_url: str) -> None:
     """Gateways starting at once on an empty database all come up (one migrates)."""
@@ -261,7 +247,6 @@ async def test_concurrent_open_of_a_fresh_database(store_url: str) -> None:
     finally:
         for s in stores:
             await s.close()
-
 
 async def test_concurrent_add_turn_from_many_tasks(store_url: str) -> None:
     # Two store instances stand for two gateway processes sharing the database.
@@ -291,7 +276,6 @@ async def test_concurrent_add_turn_from_many_tasks(store_url: str) -> None:
         await a.close()
         await b.close()
 
-
 _WRITER = textwrap.dedent(
     """
     import asyncio, sys
@@ -311,7 +295,6 @@ _WRITER = textwrap.dedent(
     asyncio.run(main(sys.argv[1], sys.argv[2]))
     """
 )
-
 
 async def test_sigkill_keeps_every_committed_turn(store_url: str, tmp_path: Path) -> None:
     setup = SqlConversationStore(store_url)
@@ -362,7 +345,6 @@ async def test_sigkill_keeps_every_committed_turn(store_url: str, tmp_path: Path
     assert len(texts) - (committed + 1) in (0, 1)
     assert got.turn_count == len(texts)
 
-
 def test_audio_log_writes_wav_per_turn(tmp_path: Path) -> None:
     assert AudioLog.from_settings(get_settings(audio_log_dir=None)) is None  # off by default
     log = AudioLog.from_settings(get_settings(audio_log_dir=str(tmp_path / "audio")))
@@ -378,7 +360,6 @@ def test_audio_log_writes_wav_per_turn(tmp_path: Path) -> None:
         log.write("../escape", 0, "user", pcm, 16000)
     log.delete("abc123")
     assert log.files("abc123") == [] and not (tmp_path / "audio" / "abc123").exists()
-
 
 async def test_in_memory_sqlite_survives_concurrent_sessions() -> None:
     """`sqlite+aiosqlite:///:memory:` is one shared connection: concurrent sessions' transactions

@@ -8,7 +8,7 @@ from pathlib import Path
 from voxgate import protocol
 from voxgate.config import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env_names() -> list[str]:

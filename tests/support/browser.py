@@ -1,4 +1,4 @@
-"""Real-browser fixtures: Debian's Chromium driven by Playwright (Python), real gateways.
+"""Real-browser fixtures and helpers: Debian's Chromium driven by Playwright (Python), real gateways.
 
 - The browser is the system `chromium` (installed by `scripts/setup.sh`); Playwright never
   downloads one. It runs headless with a fake microphone that plays an espeak-ng WAV once.
@@ -26,17 +26,14 @@ from typing import Any
 import httpx
 import pytest
 
-pytest.importorskip("playwright.sync_api")
-from playwright.sync_api import (  # noqa: E402
+from playwright.sync_api import (
     Browser,
     BrowserContext,
     Page,
     Playwright,
     sync_playwright,
 )
-from playwright.sync_api import TimeoutError as PlaywrightTimeoutError  # noqa: E402
-
-pytestmark = pytest.mark.browser
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "test-artifacts"

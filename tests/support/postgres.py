@@ -6,7 +6,7 @@ own cluster and parallel xdist workers each get their own server. As root it run
 the `postgres` user (PostgreSQL refuses to run as root). Tests are skipped, with the reason, only
 when no server can be started at all.
 
-Use: `from tests.pg_fixture import pg_server, pg_database_url` in a test module; `pg_server` is
+The fixtures are registered for the whole suite by `tests/conftest.py`; `pg_server` is
 session-scoped (one server per xdist worker), `pg_database_url` gives each test a new database.
 """
 

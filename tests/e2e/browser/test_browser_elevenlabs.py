@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from .conftest import (
+from tests.support.browser import (
     SPOKEN,
     ServerProcess,
     _clean_env,

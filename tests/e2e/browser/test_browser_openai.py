@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from .conftest import SPOKEN, ServerProcess, gateway_env, start_gateway
+from tests.support.browser import SPOKEN, ServerProcess, gateway_env, start_gateway
 
 pytestmark = pytest.mark.browser
 

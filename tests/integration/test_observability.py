@@ -13,7 +13,7 @@ import httpx
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from procs import VOXGATE, clean_env, free_port
+from tests.support.procs import VOXGATE, clean_env, free_port
 from voxgate.client import VoxgateClient
 from voxgate.store.sql import SqlConversationStore
 from voxgate.testing.speech import silence, synthesize
