@@ -16,6 +16,7 @@ from voxgate.audio import StreamResampler, chunks, duration_ms, parse_wav_bytes,
 from voxgate.config import Settings
 from voxgate.engines import create_engine
 from voxgate.engines.base import (
+    AssistantSpeaking,
     AudioOut,
     EngineError,
     EngineEvent,
@@ -24,8 +25,10 @@ from voxgate.engines.base import (
     Interrupted,
     ResponseDone,
     StartOptions,
+    StatusChanged,
     Transcript,
     TurnDetectionOptions,
+    UserSpeaking,
 )
 from voxgate.engines.cascade.engine import CascadeEngine
 from voxgate.engines.cascade.tts import EspeakSynthesizer
@@ -35,6 +38,22 @@ from voxgate.testing.speech import silence, synthesize
 IN_RATE = 16000
 PHRASES = ["hello can you hear me", "what time is it"]
 WAIT_S = 20.0
+
+#: Short names for the event types, so the expected event orders below read as sequences.
+KINDS: dict[type, str] = {
+    StatusChanged: "status",
+    AssistantSpeaking: "speaking",
+    UserSpeaking: "user_speaking",
+    Transcript: "transcript",
+    AudioOut: "audio",
+    ResponseDone: "response_done",
+    Interrupted: "interrupted",
+    EngineError: "error",
+}
+
+
+def kind(event: EngineEvent) -> str:
+    return KINDS[type(event)]
 
 
 @pytest.fixture
@@ -78,7 +97,7 @@ class Recorder:
 
     def kinds(self, start: int = 0) -> list[str]:
         """Event kinds, without the status changes of start-up."""
-        return [e.kind for e in self.events[start:] if e.kind != "status"]
+        return [kind(e) for e in self.events[start:] if kind(e) != "status"]
 
     async def close(self) -> None:
         self._task.cancel()
@@ -169,7 +188,7 @@ async def test_spoken_turn_gives_exact_transcript_and_spoken_echo(engine_factory
     first_speaking = kinds.index("speaking")
     assert first_speaking < kinds.index("audio") < len(kinds) - 1
     assert kinds[-2:] == ["speaking", "response_done"]
-    assert [e.is_speaking for e in rec.events if e.kind == "user_speaking"] == [True, False]
+    assert [e.is_speaking for e in rec.events if kind(e) == "user_speaking"] == [True, False]
     # Partial user transcripts came first, growing towards the final.
     partials = [
         e for e in rec.events if isinstance(e, Transcript) and e.role == "user" and not e.final
@@ -223,7 +242,7 @@ async def test_manual_mode_commit_ends_the_turn(engine_factory, grammar):
     # No trailing silence: only the commit can end this turn.
     await speak(engine, silence(200, IN_RATE) + synthesize("what time is it", IN_RATE))
     await asyncio.sleep(0.3)
-    assert not any(e.kind == "transcript" and e.final for e in rec.events)
+    assert not any(kind(e) == "transcript" and e.final for e in rec.events)
     await engine.commit()
     user = await rec.wait_for(final("user"))
     assert isinstance(user, Transcript) and user.text == "what time is it"
@@ -269,7 +288,7 @@ async def test_a_turn_without_pause_is_ended_at_the_turn_limit(engine_factory, g
     engine, rec = await engine_factory(stt_grammar=grammar)
     engine.MAX_TURN_MS = 600  # the limit is 60 s; the behaviour is the same
     await speak(engine, utterance("hello can you hear me"))
-    speaking = [e.is_speaking for e in rec.events if e.kind == "user_speaking"]
+    speaking = [e.is_speaking for e in rec.events if kind(e) == "user_speaking"]
     # Cut at the limit, then the rest of the speech is a turn of its own.
     assert speaking[:3] == [True, False, True], speaking
 
@@ -494,7 +513,7 @@ async def test_stop_ends_the_event_stream(make_settings):
     await engine.stop()
     await engine.stop()  # idempotent
     async with asyncio.timeout(5):
-        kinds = [(e.kind, getattr(e, "status", None)) async for e in engine.events()]
+        kinds = [(kind(e), getattr(e, "status", None)) async for e in engine.events()]
     assert kinds == [("status", "connecting"), ("status", "connected"), ("status", "disconnected")]
 
 
@@ -591,7 +610,7 @@ async def test_silero_vad_runs_a_spoken_turn_through_onnxruntime(engine_factory,
     assert isinstance(user, Transcript) and user.text == "what time is it"
     resp = await rec.wait_for(done())
     assert isinstance(resp, ResponseDone) and resp.status == "completed"
-    assert [e.is_speaking for e in rec.events if e.kind == "user_speaking"] == [True, False]
+    assert [e.is_speaking for e in rec.events if kind(e) == "user_speaking"] == [True, False]
 
 
 async def test_whisper_without_faster_whisper_says_how_to_install(make_settings, tmp_path, monkeypatch):

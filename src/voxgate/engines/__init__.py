@@ -36,8 +36,8 @@ def engine_class(name: str) -> type[ConversationEngine]:
 
 
 def create_engine(name: str, settings: Settings) -> ConversationEngine:
-    """A new, unstarted engine. Every engine class takes the `Settings` as its only argument."""
-    return engine_class(name)(settings)  # type: ignore[call-arg]
+    """A new, unstarted engine, built by the engine class from the settings it needs."""
+    return engine_class(name).from_settings(settings)
 
 
 __all__ = ["ENGINES", "ConversationEngine", "EngineUnavailable", "create_engine", "engine_class"]

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+if TYPE_CHECKING:
+    from voxgate.config import Settings
 
 EngineStatus = Literal["disconnected", "connecting", "connected", "reconnecting"]
 Role = Literal["user", "assistant"]
@@ -115,19 +117,16 @@ def personality_text(personality: dict[str, int] | None) -> str:
 class StatusChanged:
     status: EngineStatus
     reason: str | None = None
-    kind: str = "status"
 
 
 @dataclass(slots=True)
 class AssistantSpeaking:
     is_speaking: bool
-    kind: str = "speaking"
 
 
 @dataclass(slots=True)
 class UserSpeaking:
     is_speaking: bool
-    kind: str = "user_speaking"
 
 
 @dataclass(slots=True)
@@ -137,14 +136,12 @@ class Transcript:
     text: str  # everything so far for this item
     delta: str  # what is new
     final: bool
-    kind: str = "transcript"
 
 
 @dataclass(slots=True)
 class AudioOut:
     pcm16: bytes  # at capabilities.output_rate
     item_id: str
-    kind: str = "audio"
 
 
 @dataclass(slots=True)
@@ -152,7 +149,6 @@ class ResponseDone:
     response_id: str
     status: Literal["completed", "cancelled", "failed"]
     usage: dict[str, Any] | None = None
-    kind: str = "response_done"
 
 
 @dataclass(slots=True)
@@ -162,7 +158,6 @@ class Interrupted:
     #: What the listener actually heard, when the engine knows (ElevenLabs correction, cascade
     #: sentence tracking); otherwise the session estimates it from played_ms.
     heard_text: str | None = None
-    kind: str = "interrupted"
 
 
 @dataclass(slots=True)
@@ -170,7 +165,6 @@ class EngineError:
     code: str  # a protocol ErrorCode value
     message: str
     fatal: bool = False
-    kind: str = "error"
 
 
 EngineEvent = (
@@ -223,6 +217,29 @@ class ConversationEngine(ABC):
         #: Set by the session: called with (ok, seconds) after each upstream connect attempt.
         self.connect_observer: Callable[[bool, float], None] | None = None
 
+    # --- configuration --------------------------------------------------------------------
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """A new, unstarted engine for these settings.
+
+        Engines that read only a few settings override this to build their own small config
+        view; the default hands over the whole `Settings` for engines whose constructor takes it.
+        """
+        return cls(settings)  # type: ignore[call-arg]
+
+    @classmethod
+    def availability(cls, settings: Settings) -> str | None:
+        """Why sessions would fail to start with these settings (a sentence), or None.
+
+        Must be cheap (no model loads, no network): `/health` and engine choice call it.
+        """
+        return None
+
+    @classmethod
+    def describe(cls, settings: Settings) -> list[str]:
+        """Lines `voxgate serve` logs about which parts of this engine run and why."""
+        return []
+
     # --- input ----------------------------------------------------------------------------
     @abstractmethod
     async def start(self, options: StartOptions) -> None: ...
@@ -264,12 +281,6 @@ class ConversationEngine(ABC):
         if isinstance(event, EngineError) and event.fatal:
             self._finish_events()
 
-    def emit_nowait(self, event: EngineEvent) -> None:
-        """For sync callbacks; drops nothing but raises QueueFull if the consumer is stuck."""
-        if self._closed:
-            return
-        self._events.put_nowait(event)
-
     def _finish_events(self) -> None:
         """End `events()` for the consumer; further emits are dropped."""
         if self._closed:
@@ -291,18 +302,3 @@ class ConversationEngine(ABC):
         if self.connect_observer is not None:
             self.connect_observer(ok, seconds)
 
-
-@dataclass(slots=True)
-class ReconnectPolicy:
-    """Exponential backoff with full jitter: 1 s, 2 s, 4 s ... capped, for `attempts` tries."""
-
-    attempts: int = 5
-    base_s: float = 1.0
-    max_s: float = 30.0
-
-    def delays(self) -> list[float]:
-        return [min(self.max_s, self.base_s * (2**i)) for i in range(self.attempts)]
-
-    def jittered(self, delay: float) -> float:
-        # "Equal jitter": at least half the delay, so retries never bunch up at zero.
-        return delay / 2 + random.random() * delay / 2

@@ -61,13 +61,13 @@ from voxgate.engines.base import (
     EngineUnavailable,
     HistoryTurn,
     Interrupted,
-    ReconnectPolicy,
     ResponseDone,
     StartOptions,
     StatusChanged,
     Transcript,
     UserSpeaking,
 )
+from voxgate.engines.upstream import ReconnectPolicy
 from voxgate.turns import heard_prefix
 
 if TYPE_CHECKING:

@@ -42,15 +42,14 @@ from voxgate.engines.base import (
     ConversationEngine,
     EngineError,
     EngineUnavailable,
-    HistoryTurn,
     Interrupted,
-    ReconnectPolicy,
     ResponseDone,
     StartOptions,
     StatusChanged,
     Transcript,
     UserSpeaking,
 )
+from voxgate.engines.upstream import ReconnectPolicy
 from voxgate.turns import heard_prefix
 
 if TYPE_CHECKING:
@@ -333,11 +332,6 @@ class OpenAIRealtimeEngine(ConversationEngine):
         self._up = None
         await self.emit(StatusChanged("disconnected"))
         self._finish_events()
-
-    @property
-    def history(self) -> list[HistoryTurn]:
-        """The user/assistant turns so far (replay material for a later resume)."""
-        return [HistoryTurn(role, text) for role, text in self._turns if role != "system"]  # type: ignore[arg-type]
 
     # --- input -------------------------------------------------------------------------------
     async def send_audio(self, pcm16: bytes) -> None:
