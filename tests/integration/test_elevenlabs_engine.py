@@ -29,7 +29,7 @@ from voxgate.engines.base import (
     StatusChanged,
     Transcript,
 )
-from voxgate.engines.elevenlabs import ElevenLabsEngine, fetch_signed_url
+from voxgate.engines.elevenlabs import ElevenLabsConfig, ElevenLabsEngine, fetch_signed_url
 from voxgate.testing.elevenlabs_sim import (
     DEFAULT_CLIENT_EVENTS,
     MALFORMED_MESSAGES,
@@ -145,7 +145,7 @@ async def started(
     async def start(
         options: StartOptions | None = None, **kw: Any
     ) -> tuple[ElevenLabsEngine, Recorder]:
-        engine = ElevenLabsEngine(settings(**kw))
+        engine = ElevenLabsEngine.from_settings(settings(**kw))
         engine.response_idle_s = 0.4
         rec = Recorder(engine)
         live.append((engine, rec))
@@ -464,7 +464,7 @@ async def test_invalid_key_is_a_clear_unretryable_error(
     settings: Callable[..., Settings], sim: ElevenLabsSim
 ) -> None:
     bad = "xi-wrong-key-0000"
-    engine = ElevenLabsEngine(settings(elevenlabs_api_key=bad))
+    engine = ElevenLabsEngine.from_settings(settings(elevenlabs_api_key=bad))
     outcomes: list[bool] = []
     engine.connect_observer = lambda ok, seconds: outcomes.append(ok)
     with pytest.raises(EngineUnavailable) as info:
@@ -480,13 +480,17 @@ async def test_invalid_key_is_a_clear_unretryable_error(
 
 async def test_unknown_agent(settings: Callable[..., Settings], sim: ElevenLabsSim) -> None:
     with pytest.raises(EngineUnavailable) as info:
-        await fetch_signed_url(settings(elevenlabs_agent_id="agent_nope"))
+        await fetch_signed_url(
+            ElevenLabsConfig.from_settings(settings(elevenlabs_agent_id="agent_nope"))
+        )
     assert (
         "agent_nope" in info.value.message and "VOXGATE_ELEVENLABS_AGENT_ID" in info.value.message
     )
     assert not info.value.retryable
     # A public connect to an unknown agent fails at the socket with the provider's sentence.
-    engine = ElevenLabsEngine(settings(elevenlabs_api_key=None, elevenlabs_agent_id="agent_nope"))
+    engine = ElevenLabsEngine.from_settings(
+        settings(elevenlabs_api_key=None, elevenlabs_agent_id="agent_nope")
+    )
     with pytest.raises(EngineUnavailable) as info:
         await engine.start(StartOptions())
     assert "agent_nope" in info.value.message and "1008" in info.value.message
@@ -494,7 +498,7 @@ async def test_unknown_agent(settings: Callable[..., Settings], sim: ElevenLabsS
 
 
 async def test_no_agent_configured(make_settings: Callable[..., Settings]) -> None:
-    engine = ElevenLabsEngine(make_settings(elevenlabs_api_key="k"))
+    engine = ElevenLabsEngine.from_settings(make_settings(elevenlabs_api_key="k"))
     with pytest.raises(EngineUnavailable) as info:
         await engine.start(StartOptions())
     assert "VOXGATE_ELEVENLABS_AGENT_ID" in info.value.message and not info.value.retryable
@@ -510,7 +514,7 @@ async def test_public_agent_needs_no_key_private_agent_does(
     engine, rec = await started(elevenlabs_api_key=None, elevenlabs_agent_id="agent_pub")
     assert engine.status == "connected" and sim.rest_calls == []
     assert "conversation_signature" not in sim.conversations[-1].query
-    private = ElevenLabsEngine(settings(elevenlabs_api_key=None))
+    private = ElevenLabsEngine.from_settings(settings(elevenlabs_api_key=None))
     with pytest.raises(EngineUnavailable) as info:
         await private.start(StartOptions())
     assert "signed URL" in info.value.message

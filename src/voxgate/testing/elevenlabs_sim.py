@@ -57,20 +57,10 @@ from voxgate.audio import (
     rms_dbfs,
     ulaw_to_pcm16,
 )
+from voxgate.engines.elevenlabs.wire import FORMAT_RATES
 from voxgate.turns import cut_at_word
 
 log = logging.getLogger("voxgate.testing.elevenlabs_sim")
-
-#: ElevenLabs audio format names and their sample rates (`pcm_*` is PCM16 LE mono).
-AUDIO_FORMATS: dict[str, int] = {
-    "pcm_8000": 8000,
-    "pcm_16000": 16000,
-    "pcm_22050": 22050,
-    "pcm_24000": 24000,
-    "pcm_44100": 44100,
-    "pcm_48000": 48000,
-    "ulaw_8000": 8000,
-}
 
 #: The service's documented default `client_events`.
 DEFAULT_CLIENT_EVENTS = frozenset(
@@ -98,7 +88,7 @@ DEFAULT_ALLOWED_OVERRIDES = frozenset(
 def format_rate(fmt: str) -> int:
     """Sample rate of an ElevenLabs audio format name (`pcm_44100` -> 44100)."""
     try:
-        return AUDIO_FORMATS[fmt]
+        return FORMAT_RATES[fmt]
     except KeyError:
         raise ValueError(f"unknown ElevenLabs audio format {fmt!r}") from None
 
@@ -1055,7 +1045,6 @@ def run_elevenlabs_sim(
 
 
 __all__ = [
-    "AUDIO_FORMATS",
     "DEFAULT_CLIENT_EVENTS",
     "MALFORMED_MESSAGES",
     "ElevenLabsSim",

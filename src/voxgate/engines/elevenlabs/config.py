@@ -1,0 +1,46 @@
+"""What the ElevenLabs engine reads from the settings, as one frozen value.
+
+The engine, the signed-URL call and the gateway's direct-connection route need a handful of
+settings; a small view makes that set visible (and lets a test build it without a `Settings`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from voxgate.engines.upstream import ReconnectPolicy, UpstreamOptions
+
+if TYPE_CHECKING:
+    from voxgate.config import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class ElevenLabsConfig:
+    #: With a key, conversations use signed URLs (private agents); without one the agent must be
+    #: public. The key only ever goes into the signed-URL request header.
+    api_key: str | None
+    agent_id: str | None
+    #: The conversation socket (public agents) and the REST base (signed URLs).
+    url: str
+    api_base: str
+    #: The whole start (signed URL, socket, metadata), and each reconnect attempt, within this.
+    start_timeout_s: float
+    upstream: UpstreamOptions
+    reconnect: ReconnectPolicy
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ElevenLabsConfig:
+        key = settings.elevenlabs_api_key
+        return cls(
+            api_key=(key.get_secret_value() or None) if key is not None else None,
+            agent_id=settings.elevenlabs_agent_id or None,
+            url=settings.elevenlabs_url,
+            api_base=settings.elevenlabs_api_base,
+            start_timeout_s=settings.start_timeout_s,
+            upstream=UpstreamOptions.from_settings(settings),
+            reconnect=ReconnectPolicy.from_settings(settings),
+        )
+
+
+__all__ = ["ElevenLabsConfig"]
