@@ -28,14 +28,11 @@ from voxgate.engines.base import (
     TurnDetectionOptions,
     UserSpeaking,
 )
-from voxgate.turns import heard_prefix
-from voxgate.engines.openai_realtime import (
-    OpenAIRealtimeEngine,
-    OpenAIRequestError,
-    create_client_secret,
-)
+from voxgate.engines.openai.engine import OpenAIRealtimeEngine
+from voxgate.engines.openai.rest import OpenAIRequestError, create_client_secret
 from voxgate.testing.openai_sim import OpenAISimulator
 from voxgate.testing.speech import silence, synthesize
+from voxgate.turns import heard_prefix
 
 KEY = "sk-engine-test-key-98765"
 PHRASE = "what is the weather like today"
@@ -112,7 +109,7 @@ async def run(engine_settings: Callable[..., Settings]) -> AsyncIterator[Callabl
     started: list[Running] = []
 
     async def factory(options: StartOptions | None = None, **settings: Any) -> Running:
-        engine = OpenAIRealtimeEngine(engine_settings(**settings))
+        engine = OpenAIRealtimeEngine.from_settings(engine_settings(**settings))
         running = Running(engine)
         started.append(running)
         await engine.start(options or StartOptions(instructions="Be brief."))
@@ -270,7 +267,7 @@ async def test_invalid_or_missing_key_is_not_retryable_and_never_leaks(
 ) -> None:
     wrong = "sk-wrong-key-abcdef123456"
     attempts: list[bool] = []
-    engine = OpenAIRealtimeEngine(engine_settings(openai_api_key=wrong))
+    engine = OpenAIRealtimeEngine.from_settings(engine_settings(openai_api_key=wrong))
     engine.connect_observer = lambda ok, seconds: attempts.append(ok)
     with pytest.raises(EngineUnavailable) as info:
         await engine.start(StartOptions())
@@ -279,7 +276,7 @@ async def test_invalid_or_missing_key_is_not_retryable_and_never_leaks(
     assert info.value.retryable is False and info.value.upstream is True
     assert attempts == [False]
     await engine.stop()
-    engine = OpenAIRealtimeEngine(engine_settings(openai_api_key=None))
+    engine = OpenAIRealtimeEngine.from_settings(engine_settings(openai_api_key=None))
     with pytest.raises(EngineUnavailable) as info:
         await engine.start(StartOptions())
     assert info.value.retryable is False and "OPENAI_API_KEY" in info.value.message
@@ -290,7 +287,7 @@ async def test_refused_handshake_is_retryable(
     engine_settings: Callable[..., Settings], sim: OpenAISimulator
 ) -> None:
     sim.faults.refuse_status = 503
-    engine = OpenAIRealtimeEngine(engine_settings())
+    engine = OpenAIRealtimeEngine.from_settings(engine_settings())
     with pytest.raises(EngineUnavailable) as info:
         await engine.start(StartOptions())
     assert info.value.retryable is True and "503" in info.value.message

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 #: engine name -> "module:Class"
 ENGINES: dict[str, str] = {
-    "openai": "voxgate.engines.openai_realtime:OpenAIRealtimeEngine",
+    "openai": "voxgate.engines.openai.engine:OpenAIRealtimeEngine",
     "cascade": "voxgate.engines.cascade.engine:CascadeEngine",
     "elevenlabs": "voxgate.engines.elevenlabs:ElevenLabsEngine",
 }

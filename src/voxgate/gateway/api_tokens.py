@@ -197,7 +197,7 @@ async def _openai_direct(
     request: Request, settings: Settings, identity: Identity, body: SessionTokenRequest
 ) -> Response:
     from voxgate.engines.base import EngineUnavailable
-    from voxgate.engines.openai_realtime import OpenAIRequestError, create_client_secret
+    from voxgate.engines.openai.rest import OpenAIRequestError, create_client_secret
 
     low, high = _OPENAI_SECRET_TTL_RANGE
     session: dict[str, Any] = {

@@ -2,10 +2,11 @@
 
 Why it looks the way it does:
 
-- **GA only.** The beta interface is shut down (protocol notes §0): no `OpenAI-Beta` header,
-  GA session shape, GA event names.
+- **GA only.** The beta interface is shut down: no `OpenAI-Beta` header, GA session shape, GA
+  event names.
 - **Hot path.** `send_audio` is a base64 call and a byte concatenation into a pre-built JSON
-  template; no models, no dict building, no JSON encoder.
+  template; no models, no dict building, no JSON encoder. Provider events reach their
+  `_on_<event>` handler through one dict lookup, built once per engine.
 - **The client knows what was heard.** `interrupt(played_ms)` truncates the assistant item to
   what was actually played (clamped to the audio received), and the engine drops every later
   audio delta of the cancelled response so no stale audio follows `Interrupted`.
@@ -26,14 +27,13 @@ import base64
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any, Self
 
-import httpx
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from voxgate.engines.base import (
     AssistantSpeaking,
@@ -47,10 +47,13 @@ from voxgate.engines.base import (
     StartOptions,
     StatusChanged,
     Transcript,
+    TurnDetectionOptions,
     UserSpeaking,
 )
-from voxgate.engines.upstream import ReconnectPolicy
-from voxgate.turns import heard_prefix
+from voxgate.engines.openai.config import OpenAIConfig
+from voxgate.engines.openai.dial import dial_openai, realtime_url, unreachable
+from voxgate.engines.upstream import cancel_and_wait, close_quietly, reconnect
+from voxgate.turns import heard_prefix, text_delta
 
 if TYPE_CHECKING:
     from voxgate.config import Settings
@@ -67,52 +70,26 @@ FATAL_CODES = {"invalid_api_key", "insufficient_quota", "account_deactivated"}
 HARMLESS_CODES = {"response_cancel_not_active"}
 _STATUS_MAP = {"completed": "completed", "cancelled": "cancelled"}
 
+Event = dict[str, Any]
+Handler = Callable[[Event], Awaitable[None]]
 
-class OpenAIRequestError(Exception):
-    """A REST call to OpenAI failed; the message never contains the API key."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-async def create_client_secret(settings: Settings, body: dict[str, Any]) -> dict[str, Any]:
-    """Mint a browser-safe ephemeral secret (`POST /realtime/client_secrets`, §15).
-
-    Returns OpenAI's JSON (`value`, `expires_at`, `session`). Raises `OpenAIRequestError` with
-    OpenAI's own error sentence on 4xx/5xx, and `EngineUnavailable` when no key is configured.
-    """
-    if settings.openai_api_key is None:
-        raise EngineUnavailable(
-            "OPENAI_API_KEY is not set: the server needs it to mint OpenAI client secrets",
-            upstream=True,
-            retryable=False,
-        )
-    key = settings.openai_api_key.get_secret_value()
-    url = settings.openai_api_base.rstrip("/") + "/realtime/client_secrets"
-    try:
-        async with httpx.AsyncClient(timeout=settings.start_timeout_s) as client:
-            resp = await client.post(url, json=body, headers={"Authorization": f"Bearer {key}"})
-    except httpx.HTTPError as exc:
-        raise OpenAIRequestError(
-            502, f"could not reach OpenAI to create a client secret: {type(exc).__name__}"
-        ) from None
-    if resp.status_code >= 400:
-        detail = ""
-        with contextlib.suppress(Exception):
-            detail = str(resp.json()["error"]["message"])
-        detail = _scrub(detail or resp.reason_phrase, key)
-        raise OpenAIRequestError(
-            resp.status_code,
-            f"OpenAI refused to create a client secret (HTTP {resp.status_code}): {detail}",
-        )
-    data: dict[str, Any] = resp.json()
-    return data
-
-
-def _scrub(text: str, key: str) -> str:
-    return text.replace(key, "****") if key else text
+#: Provider event type -> the engine method that handles it. Audio and text deltas share a
+#: handler where OpenAI sends the same thing under two names (spoken vs text-only replies).
+_HANDLERS: dict[str, str] = {
+    "response.output_audio.delta": "_on_response_output_audio_delta",
+    "response.output_audio_transcript.delta": "_on_assistant_text_delta",
+    "response.output_text.delta": "_on_assistant_text_delta",
+    "response.output_audio_transcript.done": "_on_assistant_text_done",
+    "response.output_text.done": "_on_assistant_text_done",
+    "input_audio_buffer.speech_started": "_on_input_audio_buffer_speech_started",
+    "input_audio_buffer.speech_stopped": "_on_input_audio_buffer_speech_stopped",
+    "conversation.item.input_audio_transcription.delta": "_on_input_transcription_delta",
+    "conversation.item.input_audio_transcription.completed": "_on_input_transcription_completed",
+    "response.created": "_on_response_created",
+    "response.output_item.added": "_on_response_output_item_added",
+    "response.done": "_on_response_done",
+    "error": "_on_error",
+}
 
 
 @dataclass
@@ -138,18 +115,44 @@ class _Upstream:
         self.expired = False
 
 
+def _turn_detection(td: TurnDetectionOptions) -> dict[str, Any] | None:
+    """OpenAI's `turn_detection` for the client's choice; None is manual (the client commits)."""
+    if td.mode != "server_vad":
+        return None
+    config: dict[str, Any] = {"type": "server_vad", "create_response": True,
+                              "interrupt_response": True}  # fmt: skip
+    if td.threshold is not None:
+        config["threshold"] = td.threshold
+    if td.silence_ms is not None:
+        config["silence_duration_ms"] = td.silence_ms
+    if td.prefix_ms is not None:
+        config["prefix_padding_ms"] = td.prefix_ms
+    return config
+
+
+def _replay_item(role: str, text: str) -> str:
+    """A `conversation.item.create` that restores one earlier turn into a new session."""
+    content_type = "output_text" if role == "assistant" else "input_text"
+    item = {"type": "message", "role": role, "content": [{"type": content_type, "text": text}]}
+    return orjson.dumps({"type": "conversation.item.create", "item": item}).decode()
+
+
 class OpenAIRealtimeEngine(ConversationEngine):
     """OpenAI Realtime GA over WebSocket; see the module docstring for the design."""
 
     name = "openai"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, config: OpenAIConfig) -> None:
         super().__init__()
-        self.settings = settings
+        self.config = config
         self.capabilities = Capabilities(
             audio_in=True, audio_out=True, tools=False, server_vad=True,
             input_rate=RATE, output_rate=RATE,
         )  # fmt: skip
+        self._url = realtime_url(config.url, {"model": config.model})
+        self._handlers: dict[str, Handler] = {
+            etype: getattr(self, method) for etype, method in _HANDLERS.items()
+        }
         self._options = StartOptions()
         self._up: _Upstream | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -174,25 +177,12 @@ class OpenAIRealtimeEngine(ConversationEngine):
         self._awaiting_response = False
         self._first_byte: asyncio.Task[None] | None = None
 
-    # --- connection --------------------------------------------------------------------------
-    def _url(self) -> str:
-        parts = urlsplit(self.settings.openai_url)
-        query = parts.query + ("&" if parts.query else "")
-        query += urlencode({"model": self.settings.openai_realtime_model})
-        return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        return cls(OpenAIConfig.from_settings(settings))
 
+    # --- connection --------------------------------------------------------------------------
     def _session_config(self) -> dict[str, Any]:
-        td = self._options.turn_detection
-        turn_detection: dict[str, Any] | None = None
-        if td.mode == "server_vad":
-            turn_detection = {"type": "server_vad", "create_response": True,
-                              "interrupt_response": True}  # fmt: skip
-            if td.threshold is not None:
-                turn_detection["threshold"] = td.threshold
-            if td.silence_ms is not None:
-                turn_detection["silence_duration_ms"] = td.silence_ms
-            if td.prefix_ms is not None:
-                turn_detection["prefix_padding_ms"] = td.prefix_ms
         audio_format = {"type": "audio/pcm", "rate": RATE}
         return {
             "type": "realtime",
@@ -201,22 +191,20 @@ class OpenAIRealtimeEngine(ConversationEngine):
             "audio": {
                 "input": {
                     "format": audio_format,
-                    "transcription": {"model": self.settings.openai_transcription_model},
-                    "turn_detection": turn_detection,
+                    "transcription": {"model": self.config.transcription_model},
+                    "turn_detection": _turn_detection(self._options.turn_detection),
                 },
                 "output": {
                     "format": audio_format,
-                    "voice": self._options.voice or self.settings.openai_voice,
+                    "voice": self._options.voice or self.config.voice,
                 },
             },
         }
 
     async def _open(self) -> _Upstream:
         """Dial, configure and restore one upstream session; raises `EngineUnavailable`."""
-        key = (
-            self.settings.openai_api_key.get_secret_value() if self.settings.openai_api_key else ""
-        )
-        if not key:
+        config = self.config
+        if not config.api_key:
             raise EngineUnavailable(
                 "OPENAI_API_KEY is not set: configure an OpenAI API key to use the openai engine",
                 upstream=True,
@@ -225,54 +213,18 @@ class OpenAIRealtimeEngine(ConversationEngine):
         started = time.monotonic()
         ws: ClientConnection | None = None
         try:
-            async with asyncio.timeout(self.settings.start_timeout_s):
-                ping = self.settings.upstream_ping_interval_s or None
-                ws = await connect(
-                    self._url(),
-                    additional_headers={"Authorization": f"Bearer {key}"},
-                    ping_interval=ping,
-                    ping_timeout=ping,
-                    max_size=None,
-                    open_timeout=self.settings.start_timeout_s,
-                    close_timeout=2,
-                    # PCM barely deflates; compression costs CPU on every frame (benchmarks).
-                    compression="deflate" if self.settings.ws_compression else None,
-                )
+            async with asyncio.timeout(config.start_timeout_s):
+                ws = await dial_openai(self._url, config.api_key, config.upstream)
                 await self._configure(ws)
         except EngineUnavailable:
             self.report_connect(False, time.monotonic() - started)
-            await _close_quietly(ws)
+            await close_quietly(ws)
             raise
-        except InvalidURI:
+        except (OSError, ConnectionClosed, TimeoutError, ValueError) as exc:
             self.report_connect(False, time.monotonic() - started)
-            raise EngineUnavailable(
-                "VOXGATE_OPENAI_URL is not a valid WebSocket URL (expected wss://host/v1/realtime)",
-                upstream=True,
-                retryable=False,
-            ) from None
-        except InvalidStatus as exc:
-            self.report_connect(False, time.monotonic() - started)
-            status = exc.response.status_code
-            if status in (401, 403):
-                raise EngineUnavailable(
-                    f"OpenAI rejected the API key (HTTP {status}): check OPENAI_API_KEY",
-                    upstream=True,
-                    retryable=False,
-                ) from None
-            raise EngineUnavailable(
-                f"OpenAI refused the connection (HTTP {status}); try again shortly",
-                upstream=True,
-                retryable=True,
-            ) from None
-        except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError, ValueError) as exc:
-            self.report_connect(False, time.monotonic() - started)
-            await _close_quietly(ws)
-            reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
-            raise EngineUnavailable(
-                f"could not connect to OpenAI Realtime ({reason}); check the network and "
-                "VOXGATE_OPENAI_URL",
-                upstream=True,
-                retryable=True,
+            await close_quietly(ws)
+            raise unreachable(
+                "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
             ) from None
         self.report_connect(True, time.monotonic() - started)
         return _Upstream(ws, time.monotonic())
@@ -296,13 +248,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
                     retryable=code not in FATAL_CODES and code != "unknown_parameter",
                 )
         for role, text in self._turns:
-            content_type = "output_text" if role == "assistant" else "input_text"
-            item = {
-                "type": "message",
-                "role": role,
-                "content": [{"type": content_type, "text": text}],
-            }
-            await ws.send(orjson.dumps({"type": "conversation.item.create", "item": item}).decode())
+            await ws.send(_replay_item(role, text))
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self, options: StartOptions) -> None:
@@ -314,21 +260,16 @@ class OpenAIRealtimeEngine(ConversationEngine):
         self._ready.set()
         await self.emit(StatusChanged("connected"))
         self._reader = asyncio.create_task(self._run(), name="openai-reader")
-        if self.settings.openai_session_recycle_s > 0:
+        if self.config.recycle_s > 0:
             self._recycler = asyncio.create_task(self._recycle_loop(), name="openai-recycle")
 
     async def stop(self) -> None:
         if self._stopping:
             return
         self._stopping = True
-        current = asyncio.current_task()
-        for task in (self._first_byte, self._recycler, self._reader):
-            if task is not None and task is not current and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await cancel_and_wait((self._first_byte, self._recycler, self._reader))
         if self._up is not None:
-            await _close_quietly(self._up.ws)
+            await close_quietly(self._up.ws)
         self._up = None
         await self.emit(StatusChanged("disconnected"))
         self._finish_events()
@@ -345,7 +286,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
         """Send a control event. Unlike audio, control events wait out a reconnect (bounded),
         so a message typed during a blip still gets its answer."""
         if self._reconnecting:
-            await _wait_event(self._ready, 2 * self.settings.start_timeout_s)
+            await _wait_event(self._ready, 2 * self.config.start_timeout_s)
         up = self._up
         if up is None or self._reconnecting or self._closed:
             return
@@ -364,10 +305,10 @@ class OpenAIRealtimeEngine(ConversationEngine):
         """A provider that keeps the socket (and pings) alive but never starts the response is
         as dead as one that dropped: after `first_byte_timeout_s` report it and abort the
         socket, so the reconnect path restores the conversation and asks again."""
-        await asyncio.sleep(self.settings.first_byte_timeout_s)
+        seconds = self.config.first_byte_timeout_s
+        await asyncio.sleep(seconds)
         if not self._awaiting_response or self._up is not up or self._stopping or self._closed:
             return
-        seconds = self.settings.first_byte_timeout_s
         log.warning("OpenAI did not start a response within %.0f s; reconnecting", seconds)
         await self.emit(EngineError(
             "timeout", f"OpenAI did not start answering within {seconds:.0f} s; reconnecting"
@@ -381,7 +322,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
         response may write to the conversation at a time."""
         if self._response_id is not None:
             await self.interrupt(None)
-            await _wait_event(self._idle, self.settings.first_byte_timeout_s)
+            await _wait_event(self._idle, self.config.first_byte_timeout_s)
         await self._send({"type": "response.create"})
 
     async def commit(self) -> None:
@@ -438,13 +379,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
         if item.final:
             # Already in the history (as the full transcript, or an earlier estimate): replace.
             held = item.transcript if item.heard is None else item.heard
-            for i in range(len(self._turns) - 1, -1, -1):
-                if self._turns[i] == ("assistant", held):
-                    if heard:
-                        self._turns[i] = ("assistant", heard)
-                    else:
-                        del self._turns[i]
-                    break
+            self._replace_assistant_turn(held, heard)
         else:
             item.final = True
             if heard:
@@ -453,55 +388,59 @@ class OpenAIRealtimeEngine(ConversationEngine):
             await self.emit(Transcript("assistant", item.id, heard, "", True))
         item.heard = heard
 
+    def _replace_assistant_turn(self, held: str, heard: str) -> None:
+        """The latest assistant turn `held` becomes `heard` (dropped when nothing was heard)."""
+        turns = self._turns
+        for i in range(len(turns) - 1, -1, -1):
+            if turns[i] == ("assistant", held):
+                if heard:
+                    turns[i] = ("assistant", heard)
+                else:
+                    del turns[i]
+                return
+
     # --- reading -----------------------------------------------------------------------------
     async def _run(self) -> None:
         """Own the upstream socket: read events, recover from drops, swap recycled sessions."""
         try:
-            while not self._stopping:
+            while not self._stopping and not self._closed:
                 up = self._up
                 assert up is not None
-                try:
-                    async for raw in up.ws:
-                        try:
-                            event = orjson.loads(raw)
-                        except orjson.JSONDecodeError:
-                            log.warning("ignoring an unparsable frame from OpenAI")
-                            continue
-                        if isinstance(event, dict):
-                            await self._dispatch(event)
-                        if self._closed:
-                            return
-                except ConnectionClosed:
-                    pass
+                with contextlib.suppress(ConnectionClosed):
+                    await self._read(up)
                 if self._stopping or self._closed:
                     return
                 if self._up is not up:
                     continue  # recycled: the new session is already in place
                 await self._recover(expected=up.expired)
-                if self._closed:
-                    return
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must end the conversation visibly, not hang it
             log.exception("openai engine reader failed")
             await self.emit(EngineError("internal", f"the OpenAI engine failed: {exc}", fatal=True))
 
+    async def _read(self, up: _Upstream) -> None:
+        """Hand each event of this session to its handler until the socket ends (or the events
+        do, after a fatal error). Unknown event types are ignored."""
+        handlers = self._handlers
+        async for raw in up.ws:
+            try:
+                event = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                log.warning("ignoring an unparsable frame from OpenAI")
+                continue
+            try:
+                handler = handlers.get(event.get("type"))
+            except (AttributeError, TypeError):
+                continue  # not an object, or a "type" that cannot name an event
+            if handler is not None:
+                await handler(event)
+            if self._closed:
+                return
+
     async def _recover(self, *, expected: bool) -> None:
         """The upstream went away: fail the response in flight, reconnect and restore."""
-        if self._response_id is not None:
-            rid = self._response_id
-            self._end_response()
-            await self.emit(ResponseDone(rid, "failed"))
-            await self.emit(EngineError(
-                "upstream_error", "the connection to OpenAI dropped mid-response; reconnecting"
-            ))  # fmt: skip
-        if self.is_speaking:
-            await self.emit(AssistantSpeaking(False))
-        # The new upstream session knows nothing of these: never truncate/cancel across sessions.
-        self._item = None
-        self._dropped_responses.clear()
-        self._user_partial.clear()
-        self._user_speaking = False
+        await self._forget_session()
         self._reconnecting = True
         self._ready.clear()
         try:
@@ -512,32 +451,39 @@ class OpenAIRealtimeEngine(ConversationEngine):
                     await self._re_request_response()
                     return
             await self.emit(StatusChanged("reconnecting", "upstream connection lost"))
-            policy = ReconnectPolicy(
-                self.settings.reconnect_attempts,
-                self.settings.reconnect_base_s,
-                self.settings.reconnect_max_s,
+            up, last = await reconnect(
+                self.config.reconnect, self._open, stopped=lambda: self._stopping
             )
-            last = "no attempt was made"
-            for delay in policy.delays():
-                await asyncio.sleep(policy.jittered(delay))
-                try:
-                    self._up = await self._open()
-                except EngineUnavailable as exc:
-                    last = exc.message
-                    if not exc.retryable:
-                        break
-                    continue
+            if up is not None:
+                self._up = up
                 await self._re_request_response()
                 await self.emit(StatusChanged("connected"))
-                return
-            await self.emit(EngineError(
-                "upstream_unavailable",
-                f"Lost the connection to OpenAI and could not reconnect ({last}).",
-                fatal=True,
-            ))  # fmt: skip
+            elif not self._stopping:
+                await self.emit(EngineError(
+                    "upstream_unavailable",
+                    f"Lost the connection to OpenAI and could not reconnect ({last}).",
+                    fatal=True,
+                ))  # fmt: skip
         finally:
             self._reconnecting = False
             self._ready.set()  # release waiting senders (they check `_closed`)
+
+    async def _forget_session(self) -> None:
+        """End what lived in the lost upstream session: the response in flight fails, and the
+        new session knows nothing of its items (never truncate/cancel across sessions)."""
+        if self._response_id is not None:
+            rid = self._response_id
+            self._end_response()
+            await self.emit(ResponseDone(rid, "failed"))
+            await self.emit(EngineError(
+                "upstream_error", "the connection to OpenAI dropped mid-response; reconnecting"
+            ))  # fmt: skip
+        if self.is_speaking:
+            await self.emit(AssistantSpeaking(False))
+        self._item = None
+        self._dropped_responses.clear()
+        self._user_partial.clear()
+        self._user_speaking = False
 
     async def _re_request_response(self) -> None:
         """After a restore: ask again for a response whose request died with the old upstream
@@ -550,11 +496,12 @@ class OpenAIRealtimeEngine(ConversationEngine):
 
     async def _recycle_loop(self) -> None:
         """Swap in a fresh upstream session before OpenAI's 60-minute limit, when quiet."""
+        recycle_s = self.config.recycle_s
         while not self._stopping:
             up = self._up
             if up is None:
                 return
-            wait = up.opened_at + self.settings.openai_session_recycle_s - time.monotonic()
+            wait = up.opened_at + recycle_s - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
                 continue
@@ -564,110 +511,128 @@ class OpenAIRealtimeEngine(ConversationEngine):
             try:
                 fresh = await self._open()
             except EngineUnavailable:
-                await asyncio.sleep(min(30.0, self.settings.openai_session_recycle_s))
+                await asyncio.sleep(min(30.0, recycle_s))
                 continue
             if self._up is not up or self._stopping:
-                await _close_quietly(fresh.ws)
+                await close_quietly(fresh.ws)
                 continue
             self._up = fresh
-            await _close_quietly(up.ws)
+            await close_quietly(up.ws)
 
     def _end_response(self) -> None:
         self._response_id = None
         self._idle.set()
 
-    async def _dispatch(self, event: dict[str, Any]) -> None:
-        etype = event.get("type")
-        if etype == "response.output_audio.delta":
-            rid = event.get("response_id")
-            if rid in self._dropped_responses:
-                return
-            item = self._item
-            if item is None or item.id != event.get("item_id"):
-                item = self._item = _Item(event.get("item_id", ""), rid or "")
-            pcm = base64.b64decode(event.get("delta", ""))
-            item.audio_bytes += len(pcm)
-            if not self.is_speaking:
-                await self.emit(AssistantSpeaking(True))
-            await self.emit(AudioOut(pcm, item.id))
-        elif (
-            etype == "response.output_audio_transcript.delta"
-            or etype == "response.output_text.delta"
-        ):
-            item = self._assistant_item(event)
-            if item is None or item.interrupted:
-                return
-            delta = event.get("delta") or ""
-            item.transcript += delta
-            await self.emit(Transcript("assistant", item.id, item.transcript, delta, False))
-        elif (
-            etype == "response.output_audio_transcript.done" or etype == "response.output_text.done"
-        ):
-            item = self._assistant_item(event)
-            if item is None or item.interrupted or item.final:
-                return
-            text = event.get("transcript") if "transcript" in event else event.get("text")
-            text = text or item.transcript
-            delta = text[len(item.transcript) :] if text.startswith(item.transcript) else ""
-            item.transcript = text
-            item.final = True
-            if text:
-                self._turns.append(("assistant", text))
-            await self.emit(Transcript("assistant", item.id, text, delta, True))
-        elif etype == "input_audio_buffer.speech_started":
-            self._user_speaking = True
-            await self.emit(UserSpeaking(True))
-            item = self._item
-            if (
-                self._server_vad
-                and self._response_id is not None
-                and item is not None
-                and item.response_id == self._response_id
-                and not item.interrupted
-                and item.audio_bytes > 0
-            ):
-                # OpenAI cancels the response itself; we only stop its audio and say so.
-                await self._mark_interrupted(item, item.audio_bytes // BYTES_PER_MS)
-        elif etype == "input_audio_buffer.speech_stopped":
-            self._user_speaking = False
-            await self.emit(UserSpeaking(False))
-        elif etype == "conversation.item.input_audio_transcription.delta":
-            item_id = event.get("item_id", "")
-            delta = event.get("delta") or ""
-            text = self._user_partial.get(item_id, "") + delta
-            self._user_partial[item_id] = text
-            await self.emit(Transcript("user", item_id, text, delta, False))
-        elif etype == "conversation.item.input_audio_transcription.completed":
-            item_id = event.get("item_id", "")
-            text = event.get("transcript") or ""
-            so_far = self._user_partial.pop(item_id, "")
-            delta = text[len(so_far) :] if text.startswith(so_far) else text
-            if text.strip():
-                self._insert_user_turn(text)
-            await self.emit(Transcript("user", item_id, text, delta, True))
-        elif etype == "response.created":
-            self._awaiting_response = False
-            rid = (event.get("response") or {}).get("id")
-            self._response_id = rid
-            self._idle.clear()
-        elif etype == "response.output_item.added":
-            added = event.get("item") or {}
-            if added.get("type") == "message" and added.get("role") == "assistant":
-                self._item = _Item(added.get("id", ""), event.get("response_id", ""))
-        elif etype == "response.done":
-            response = event.get("response") or {}
-            rid = response.get("id", "")
-            status = _STATUS_MAP.get(response.get("status", ""), "failed")
-            if rid == self._response_id:
-                self._end_response()
-            self._dropped_responses.discard(rid)
-            if self.is_speaking:
-                await self.emit(AssistantSpeaking(False))
-            await self.emit(ResponseDone(rid, status, response.get("usage")))  # type: ignore[arg-type]
-        elif etype == "error":
-            await self._on_error(event.get("error") or {})
+    # --- provider events (one handler per event type, see `_HANDLERS`) -----------------------
+    async def _on_response_output_audio_delta(self, event: Event) -> None:
+        rid = event.get("response_id")
+        if rid in self._dropped_responses:
+            return
+        item = self._item
+        if item is None or item.id != event.get("item_id"):
+            item = self._item = _Item(event.get("item_id", ""), rid or "")
+        pcm = base64.b64decode(event.get("delta", ""))
+        item.audio_bytes += len(pcm)
+        if not self.is_speaking:
+            await self.emit(AssistantSpeaking(True))
+        await self.emit(AudioOut(pcm, item.id))
 
-    def _assistant_item(self, event: dict[str, Any]) -> _Item | None:
+    async def _on_assistant_text_delta(self, event: Event) -> None:
+        item = self._assistant_item(event)
+        if item is None or item.interrupted:
+            return
+        delta = event.get("delta") or ""
+        item.transcript += delta
+        await self.emit(Transcript("assistant", item.id, item.transcript, delta, False))
+
+    async def _on_assistant_text_done(self, event: Event) -> None:
+        item = self._assistant_item(event)
+        if item is None or item.interrupted or item.final:
+            return
+        text = event.get("transcript") if "transcript" in event else event.get("text")
+        text = text or item.transcript
+        # The client already holds the partials: a rewritten final adds nothing to them.
+        delta = text_delta(item.transcript, text, fallback="")
+        item.transcript = text
+        item.final = True
+        if text:
+            self._turns.append(("assistant", text))
+        await self.emit(Transcript("assistant", item.id, text, delta, True))
+
+    async def _on_input_audio_buffer_speech_started(self, event: Event) -> None:
+        self._user_speaking = True
+        await self.emit(UserSpeaking(True))
+        item = self._item
+        if (
+            self._server_vad
+            and self._response_id is not None
+            and item is not None
+            and item.response_id == self._response_id
+            and not item.interrupted
+            and item.audio_bytes > 0
+        ):
+            # OpenAI cancels the response itself; we only stop its audio and say so.
+            await self._mark_interrupted(item, item.audio_bytes // BYTES_PER_MS)
+
+    async def _on_input_audio_buffer_speech_stopped(self, event: Event) -> None:
+        self._user_speaking = False
+        await self.emit(UserSpeaking(False))
+
+    async def _on_input_transcription_delta(self, event: Event) -> None:
+        item_id = event.get("item_id", "")
+        delta = event.get("delta") or ""
+        text = self._user_partial.get(item_id, "") + delta
+        self._user_partial[item_id] = text
+        await self.emit(Transcript("user", item_id, text, delta, False))
+
+    async def _on_input_transcription_completed(self, event: Event) -> None:
+        item_id = event.get("item_id", "")
+        text = event.get("transcript") or ""
+        delta = text_delta(self._user_partial.pop(item_id, ""), text)
+        if text.strip():
+            self._insert_user_turn(text)
+        await self.emit(Transcript("user", item_id, text, delta, True))
+
+    async def _on_response_created(self, event: Event) -> None:
+        self._awaiting_response = False
+        self._response_id = (event.get("response") or {}).get("id")
+        self._idle.clear()
+
+    async def _on_response_output_item_added(self, event: Event) -> None:
+        added = event.get("item") or {}
+        if added.get("type") == "message" and added.get("role") == "assistant":
+            self._item = _Item(added.get("id", ""), event.get("response_id", ""))
+
+    async def _on_response_done(self, event: Event) -> None:
+        response = event.get("response") or {}
+        rid = response.get("id", "")
+        status = _STATUS_MAP.get(response.get("status", ""), "failed")
+        if rid == self._response_id:
+            self._end_response()
+        self._dropped_responses.discard(rid)
+        if self.is_speaking:
+            await self.emit(AssistantSpeaking(False))
+        await self.emit(ResponseDone(rid, status, response.get("usage")))  # type: ignore[arg-type]
+
+    async def _on_error(self, event: Event) -> None:
+        err = event.get("error") or {}
+        code = err.get("code") or err.get("type") or "error"
+        message = err.get("message") or "OpenAI reported an error"
+        if code in HARMLESS_CODES:
+            return
+        if code == "session_expired" and self._up is not None:
+            self._up.expired = True
+            return
+        if code in FATAL_CODES:
+            await self.emit(
+                EngineError("upstream_unavailable", f"OpenAI: {message} ({code})", fatal=True)
+            )
+            if self._up is not None:
+                await close_quietly(self._up.ws)
+            return
+        await self.emit(EngineError("upstream_error", f"OpenAI: {message} ({code})"))
+
+    def _assistant_item(self, event: Event) -> _Item | None:
         item = self._item
         if event.get("response_id") in self._dropped_responses and (
             item is None or item.id != event.get("item_id")
@@ -690,23 +655,6 @@ class OpenAIRealtimeEngine(ConversationEngine):
         else:
             self._turns.append(("user", text))
 
-    async def _on_error(self, err: dict[str, Any]) -> None:
-        code = err.get("code") or err.get("type") or "error"
-        message = err.get("message") or "OpenAI reported an error"
-        if code in HARMLESS_CODES:
-            return
-        if code == "session_expired" and self._up is not None:
-            self._up.expired = True
-            return
-        if code in FATAL_CODES:
-            await self.emit(
-                EngineError("upstream_unavailable", f"OpenAI: {message} ({code})", fatal=True)
-            )
-            if self._up is not None:
-                await _close_quietly(self._up.ws)
-            return
-        await self.emit(EngineError("upstream_error", f"OpenAI: {message} ({code})"))
-
 
 async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
     """Wait for `event` at most `timeout` seconds; False on timeout.
@@ -724,11 +672,4 @@ async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
     return True
 
 
-async def _close_quietly(ws: ClientConnection | None) -> None:
-    if ws is None:
-        return
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(ws.close(), 3)
-
-
-__all__ = ["OpenAIRealtimeEngine", "OpenAIRequestError", "create_client_secret"]
+__all__ = ["OpenAIRealtimeEngine"]
