@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 ENGINES: dict[str, str] = {
     "openai": "voxgate.engines.openai.engine:OpenAIRealtimeEngine",
     "cascade": "voxgate.engines.cascade.engine:CascadeEngine",
-    "elevenlabs": "voxgate.engines.elevenlabs:ElevenLabsEngine",
+    "elevenlabs": "voxgate.engines.elevenlabs.engine:ElevenLabsEngine",
 }
 
 
