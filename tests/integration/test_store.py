@@ -26,6 +26,7 @@ from voxgate.store.base import ConversationNotFound, TurnRecord, UserSettings
 from voxgate.store.models import Base
 from voxgate.store.sql import SchemaError, SqlConversationStore, head_revision
 
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":

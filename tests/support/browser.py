@@ -25,7 +25,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from playwright.sync_api import (
     Browser,
     BrowserContext,
