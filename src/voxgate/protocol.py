@@ -5,15 +5,17 @@ negotiated rate). See `docs/protocol.md` for the complete reference with example
 
 Parsing is split on purpose: `audio_chunk` (50 frames a second per session) is checked by hand
 with no model validation, while control messages (a few per turn) go through pydantic models
-whose errors name the offending field.
+whose errors name the offending field. Server messages are typed dicts (orjson serializes them
+cheaply), except `audio`, which is assembled as text by `audio_frame`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 from enum import IntEnum, StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired, TypedDict
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -72,14 +74,13 @@ class ProtocolError(Exception):
         self.message = message
         self.fatal = fatal
         self.close_code = close_code
-        #: Malformed input counts towards the invalid-frame flood limit (ARCHITECTURE 7).
+        #: Malformed input counts towards the invalid-frame flood limit: a client that keeps
+        #: sending garbage is closed instead of getting an error reply for every frame.
         self.counts_as_invalid = counts_as_invalid
 
-    def to_message(self) -> dict[str, Any]:
-        return error_message(self.code, self.message, fatal=self.fatal)
 
-
-def _invalid(message: str, code: ErrorCode = ErrorCode.BAD_REQUEST) -> ProtocolError:
+def invalid(message: str, code: ErrorCode = ErrorCode.BAD_REQUEST) -> ProtocolError:
+    """A non-fatal error for malformed client input (it counts towards the flood limit)."""
     return ProtocolError(code, message, counts_as_invalid=True)
 
 
@@ -206,21 +207,24 @@ def _describe(error: ValidationError, msg_type: str) -> str:
 def decode_pcm16_base64(data: Any, field: str = "pcm16Base64") -> bytes:
     """Decode base64 PCM16, refusing non-strings, bad base64 and odd byte counts."""
     if not isinstance(data, str):
-        raise _invalid(f"audio_chunk: field '{field}' must be a base64 string")
+        raise invalid(f"audio_chunk: field '{field}' must be a base64 string")
     try:
         pcm = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise _invalid(f"audio_chunk: field '{field}' is not valid base64") from None
+        raise invalid(f"audio_chunk: field '{field}' is not valid base64") from None
     check_pcm16(pcm)
     return pcm
 
 
 def check_pcm16(pcm: bytes) -> bytes:
     if len(pcm) % 2:
-        raise _invalid(
-            f"audio: PCM16 needs an even number of bytes (2 per sample), got {len(pcm)}"
-        )
+        raise odd_pcm16(len(pcm))
     return pcm
+
+
+def odd_pcm16(nbytes: int) -> ProtocolError:
+    """The error for audio that cannot be PCM16 (binary frames check their length inline)."""
+    return invalid(f"audio: PCM16 needs an even number of bytes (2 per sample), got {nbytes}")
 
 
 def parse_client_text(text: str | bytes) -> ClientMessage:
@@ -228,44 +232,142 @@ def parse_client_text(text: str | bytes) -> ClientMessage:
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError:
-        raise _invalid("the frame is not valid JSON", ErrorCode.INVALID_JSON) from None
+        raise invalid("the frame is not valid JSON", ErrorCode.INVALID_JSON) from None
     if not isinstance(data, dict):
-        raise _invalid("a message must be a JSON object with a 'type' field")
+        raise invalid("a message must be a JSON object with a 'type' field")
     msg_type = data.get("type")
     if not isinstance(msg_type, str):
-        raise _invalid("a message must have a string 'type' field")
+        raise invalid("a message must have a string 'type' field")
     if msg_type == "audio_chunk":
         return AudioChunk(decode_pcm16_base64(data.get("pcm16Base64")))
     model = _CONTROL_MODELS.get(msg_type)
     if model is None:
-        raise _invalid(
+        raise invalid(
             f"unknown message type '{msg_type[:40]}'; expected one of {sorted(CLIENT_TYPES)}",
             ErrorCode.UNKNOWN_TYPE,
         )
     try:
         return model.model_validate(data)  # type: ignore[return-value]
     except ValidationError as exc:
-        raise _invalid(_describe(exc, msg_type)) from None
+        raise invalid(_describe(exc, msg_type)) from None
     except ValueError as exc:
-        raise _invalid(f"{msg_type}: {exc}") from None
-
-
-def parse_client_binary(frame: bytes) -> AudioChunk:
-    """A binary frame is raw PCM16 LE mono audio at the session's input rate."""
-    return AudioChunk(check_pcm16(frame))
+        raise invalid(f"{msg_type}: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------
-# Gateway -> client. Plain dicts serialized with orjson: cheap on the hot path.
+# Gateway -> client. Typed dicts serialized with orjson: cheap, and checked by mypy.
 # --------------------------------------------------------------------------------------------
 
 
-def encode(message: dict[str, Any]) -> str:
+class AudioFormat(TypedDict):
+    format: Literal["pcm16"]
+    rate: int
+
+
+class SessionReadyMessage(TypedDict):
+    type: Literal["session_ready"]
+    sessionId: str
+    conversationId: str
+    engine: str
+    protocol: int
+    capabilities: dict[str, Any]
+    inputAudio: AudioFormat
+    outputAudio: AudioFormat
+    binary: bool
+
+
+class StatusMessage(TypedDict):
+    type: Literal["status"]
+    status: str
+    reason: NotRequired[str]
+
+
+class SpeakingMessage(TypedDict):
+    type: Literal["speaking"]
+    isSpeaking: bool
+    #: Binary audio frames that follow belong to this item.
+    itemId: NotRequired[str]
+
+
+class UserSpeakingMessage(TypedDict):
+    type: Literal["user_speaking"]
+    isSpeaking: bool
+
+
+class TranscriptMessage(TypedDict):
+    type: Literal["transcript"]
+    role: str
+    itemId: str
+    text: str
+    delta: str
+    final: bool
+
+
+class ResponseDoneMessage(TypedDict):
+    type: Literal["response_done"]
+    responseId: str
+    status: str
+    usage: NotRequired[dict[str, Any]]
+
+
+class InterruptedMessage(TypedDict):
+    type: Literal["interrupted"]
+    itemId: str
+    playedMs: int
+
+
+class ErrorMessage(TypedDict):
+    type: Literal["error"]
+    code: str
+    message: str
+    fatal: bool
+
+
+class PongMessage(TypedDict):
+    type: Literal["pong"]
+    id: NotRequired[str | int]
+
+
+class BackpressureMessage(TypedDict):
+    type: Literal["backpressure"]
+    paused: bool
+
+
+#: Every server message but `audio`, which never exists as a dict (see `audio_frame`).
+ServerMessage = (
+    SessionReadyMessage
+    | StatusMessage
+    | SpeakingMessage
+    | UserSpeakingMessage
+    | TranscriptMessage
+    | ResponseDoneMessage
+    | InterruptedMessage
+    | ErrorMessage
+    | PongMessage
+    | BackpressureMessage
+)
+
+
+def encode(message: Mapping[str, Any]) -> str:
     return orjson.dumps(message).decode()
 
 
-def encode_bytes(message: dict[str, Any]) -> bytes:
-    return orjson.dumps(message)
+_AUDIO_HEAD = '{"type":"audio","chunkBase64":"'
+_b64encode = base64.b64encode
+
+
+def audio_frame_tail(item_id: str) -> str:
+    """The end of every JSON `audio` message of one item: build it once per item."""
+    return '","itemId":' + orjson.dumps(item_id).decode() + "}"
+
+
+def audio_frame(pcm16: bytes, tail: str) -> str:
+    """One JSON `audio` message, `{"type":"audio","chunkBase64":...,"itemId":...}`, as text.
+
+    Assembled by hand rather than through a dict and orjson: it is sent 50 times a second per
+    session, and the item's part (`audio_frame_tail`) does not change between frames.
+    """
+    return _AUDIO_HEAD + _b64encode(pcm16).decode() + tail
 
 
 def session_ready(
@@ -277,7 +379,7 @@ def session_ready(
     input_rate: int,
     output_rate: int,
     binary: bool,
-) -> dict[str, Any]:
+) -> SessionReadyMessage:
     return {
         "type": "session_ready",
         "sessionId": session_id,
@@ -291,25 +393,27 @@ def session_ready(
     }
 
 
-def status_message(status: str, reason: str | None = None) -> dict[str, Any]:
-    msg: dict[str, Any] = {"type": "status", "status": status}
+def status_message(status: str, reason: str | None = None) -> StatusMessage:
+    msg: StatusMessage = {"type": "status", "status": status}
     if reason:
         msg["reason"] = reason
     return msg
 
 
-def speaking_message(is_speaking: bool, item_id: str | None = None) -> dict[str, Any]:
-    msg: dict[str, Any] = {"type": "speaking", "isSpeaking": is_speaking}
+def speaking_message(is_speaking: bool, item_id: str | None = None) -> SpeakingMessage:
+    msg: SpeakingMessage = {"type": "speaking", "isSpeaking": is_speaking}
     if item_id is not None:
-        msg["itemId"] = item_id  # binary audio frames that follow belong to this item
+        msg["itemId"] = item_id
     return msg
 
 
-def user_speaking_message(is_speaking: bool) -> dict[str, Any]:
+def user_speaking_message(is_speaking: bool) -> UserSpeakingMessage:
     return {"type": "user_speaking", "isSpeaking": is_speaking}
 
 
-def transcript_message(role: str, item_id: str, text: str, delta: str, final: bool) -> dict[str, Any]:
+def transcript_message(
+    role: str, item_id: str, text: str, delta: str, final: bool
+) -> TranscriptMessage:
     return {
         "type": "transcript",
         "role": role,
@@ -320,35 +424,31 @@ def transcript_message(role: str, item_id: str, text: str, delta: str, final: bo
     }
 
 
-def audio_message(pcm16: bytes, item_id: str) -> dict[str, Any]:
-    return {"type": "audio", "chunkBase64": base64.b64encode(pcm16).decode(), "itemId": item_id}
-
-
 def response_done_message(
     response_id: str, status: str, usage: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    msg: dict[str, Any] = {"type": "response_done", "responseId": response_id, "status": status}
+) -> ResponseDoneMessage:
+    msg: ResponseDoneMessage = {"type": "response_done", "responseId": response_id, "status": status}
     if usage is not None:
         msg["usage"] = usage
     return msg
 
 
-def interrupted_message(item_id: str, played_ms: int) -> dict[str, Any]:
+def interrupted_message(item_id: str, played_ms: int) -> InterruptedMessage:
     return {"type": "interrupted", "itemId": item_id, "playedMs": played_ms}
 
 
-def error_message(code: ErrorCode | str, message: str, *, fatal: bool = False) -> dict[str, Any]:
+def error_message(code: ErrorCode | str, message: str, *, fatal: bool = False) -> ErrorMessage:
     return {"type": "error", "code": str(code), "message": message, "fatal": fatal}
 
 
-def pong_message(ping_id: str | int | None) -> dict[str, Any]:
-    msg: dict[str, Any] = {"type": "pong"}
+def pong_message(ping_id: str | int | None) -> PongMessage:
+    msg: PongMessage = {"type": "pong"}
     if ping_id is not None:
         msg["id"] = ping_id
     return msg
 
 
-def backpressure_message(paused: bool) -> dict[str, Any]:
+def backpressure_message(paused: bool) -> BackpressureMessage:
     return {"type": "backpressure", "paused": paused}
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from voxgate import protocol as P
-from voxgate.gateway.session import Outbox
+from voxgate.gateway.outbox import Outbox
 
 
 class RecordingSocket:

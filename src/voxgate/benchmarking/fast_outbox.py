@@ -8,15 +8,15 @@ send awaits `writable.wait()` before writing anything, so a send that would bloc
 unsent and the frame is queued exactly as before (the bounded, drop-oldest behaviour for slow
 clients is unchanged). The sender task itself is the current `Outbox.run`, inherited as is.
 
-Enabled in the benchmark's gateway process with `VOXGATE_BENCH_FAST_OUTBOX=1`; voxgate itself
-is untouched.
+Enabled in the benchmark's gateway process with `VOXGATE_BENCH_FAST_OUTBOX=1`, which passes
+`FastOutbox` as the sessions' outbox factory (`SessionTuning`); voxgate itself is untouched.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from voxgate.gateway import session as session_module
+from voxgate.gateway.outbox import Outbox
 
 
 class _BusyTrackingSocket:
@@ -41,7 +41,7 @@ class _BusyTrackingSocket:
 COUNTS = {"inline": 0, "queued": 0}
 
 
-class FastOutbox(session_module.Outbox):
+class FastOutbox(Outbox):
     def __init__(self, websocket: Any, max_audio_bytes: int) -> None:
         super().__init__(websocket, max_audio_bytes)
         self._direct_send = websocket.send
@@ -65,7 +65,3 @@ class FastOutbox(session_module.Outbox):
             coro.close()  # it would have waited for the transport: nothing was written
         COUNTS["queued"] += 1
         return super().put_audio(payload, nbytes, item_id)
-
-
-def install() -> None:
-    session_module.Outbox = FastOutbox  # type: ignore[misc]

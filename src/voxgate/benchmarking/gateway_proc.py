@@ -20,7 +20,9 @@ from voxgate.benchmarking._run import run_coroutine
 from voxgate.benchmarking.procs import announce_port, raise_fd_limit
 from voxgate.config import Settings
 from voxgate.gateway.app import create_app
+from voxgate.gateway.outbox import Outbox, OutboxFactory
 from voxgate.gateway.server import VoxgateServer, uvicorn_config
+from voxgate.gateway.state import SessionTuning
 from voxgate.logs import configure_logging
 
 #: Experiment knobs (not settings of voxgate itself): `VOXGATE_BENCH_GC_FREEZE=1` moves every
@@ -31,6 +33,7 @@ GC_FREEZE = os.environ.get("VOXGATE_BENCH_GC_FREEZE") == "1"
 #: `VOXGATE_BENCH_GC_THRESHOLD=700,10,10` sets `gc.set_threshold` (`0` disables the collector).
 GC_THRESHOLD = os.environ.get("VOXGATE_BENCH_GC_THRESHOLD")
 GC_STATS = os.environ.get("VOXGATE_BENCH_GC_STATS") == "1"
+FAST_OUTBOX = os.environ.get("VOXGATE_BENCH_FAST_OUTBOX") == "1"
 
 
 class _GcPauses:
@@ -62,36 +65,24 @@ class _AnnouncingServer(VoxgateServer):
             announce_port(self.servers[0].sockets[0].getsockname()[1])
 
 
-def _slow_watchdog(scale: float) -> None:
-    """Experiment: the session watchdog's 1 s tick stretched `scale` times (it wakes every
-    session once a second, all in step since they connected together)."""
-    import asyncio as real_asyncio
-    import types
+def _tuning() -> SessionTuning:
+    """Experiment knobs from the environment: `VOXGATE_BENCH_WATCHDOG_SCALE` stretches the
+    session watchdog's 1 s tick (it wakes every session once a second, all in step since they
+    connected together); `VOXGATE_BENCH_FAST_OUTBOX=1` tries the inline-send outbox."""
+    scale = float(os.environ.get("VOXGATE_BENCH_WATCHDOG_SCALE", "1"))
+    outbox_factory: OutboxFactory = Outbox
+    if FAST_OUTBOX:
+        from voxgate.benchmarking.fast_outbox import FastOutbox
 
-    from voxgate.gateway import session as session_module
-
-    async def wait_for(aw, timeout):  # type: ignore[no-untyped-def]
-        if timeout == 1.0:
-            timeout *= scale
-        return await real_asyncio.wait_for(aw, timeout)
-
-    shim = types.SimpleNamespace(**{k: getattr(real_asyncio, k) for k in dir(real_asyncio) if not k.startswith("__")})
-    shim.wait_for = wait_for
-    session_module.asyncio = shim  # type: ignore[assignment]
+        outbox_factory = FastOutbox
+    return SessionTuning(outbox_factory=outbox_factory, watchdog_tick_s=1.0 * scale)
 
 
 def main() -> None:
     raise_fd_limit()
-    watchdog_scale = float(os.environ.get("VOXGATE_BENCH_WATCHDOG_SCALE", "1"))
-    if watchdog_scale != 1:
-        _slow_watchdog(watchdog_scale)
-    if os.environ.get("VOXGATE_BENCH_FAST_OUTBOX") == "1":
-        from voxgate.benchmarking.fast_outbox import install
-
-        install()
     settings = Settings(_env_file=None, host="127.0.0.1", port=0)  # type: ignore[call-arg]
     configure_logging(settings.log_level, settings.log_format)
-    app = create_app(settings)
+    app = create_app(settings, tuning=_tuning())
     config = uvicorn_config(app, settings, port=0)
     config.backlog = 4096
     server = _AnnouncingServer(config)
@@ -107,10 +98,7 @@ def main() -> None:
     finally:
         if GC_STATS:
             print(pauses.summary(), file=sys.stderr)
-        watchdog_scale = float(os.environ.get("VOXGATE_BENCH_WATCHDOG_SCALE", "1"))
-    if watchdog_scale != 1:
-        _slow_watchdog(watchdog_scale)
-    if os.environ.get("VOXGATE_BENCH_FAST_OUTBOX") == "1":
+        if FAST_OUTBOX:
             from voxgate.benchmarking.fast_outbox import COUNTS
 
             print(f"fast outbox: {COUNTS}", file=sys.stderr)

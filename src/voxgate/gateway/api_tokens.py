@@ -31,8 +31,8 @@ from voxgate.config import Settings
 from voxgate.gateway.auth import Authenticator, AuthError, Identity
 from voxgate.gateway.limits import KeyedTokenBuckets
 from voxgate.gateway.origins import origin_allowed
-from voxgate.secrets import scrub
 from voxgate.protocol import ErrorCode
+from voxgate.secrets import scrub
 
 log = logging.getLogger("voxgate.gateway.tokens")
 

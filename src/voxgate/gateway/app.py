@@ -22,16 +22,20 @@ from voxgate.gateway.auth import SUBPROTOCOL, AuthError, Identity, admin_identit
 from voxgate.gateway.limits import HeaderSizeLimit, LimitExceeded
 from voxgate.gateway.origins import BrowserHostGuard, origin_allowed
 from voxgate.gateway.session import GatewaySession, close_reason
-from voxgate.gateway.state import GatewayState
+from voxgate.gateway.state import GatewayState, SessionTuning
 from voxgate.protocol import CloseCode, ErrorCode
 from voxgate.store.base import ConversationStore
 
 log = logging.getLogger("voxgate.gateway")
 
 
-def create_app(settings: Settings | None = None, store: ConversationStore | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    store: ConversationStore | None = None,
+    tuning: SessionTuning | None = None,
+) -> FastAPI:
     settings = settings or Settings()
-    state = GatewayState(settings, store)
+    state = GatewayState(settings, store, tuning)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -186,7 +190,7 @@ async def serve_websocket(state: GatewayState, websocket: WebSocket) -> None:
             await reject(ErrorCode.SESSION_LIMIT, exc.message, CloseCode.LIMIT)
             return
         await websocket.accept(subprotocol=subprotocol)
-        session = GatewaySession(state, websocket, identity)
+        session = GatewaySession(state, websocket, identity, state.tuning.outbox_factory)
         state.sessions[session.id] = session
         try:
             await session.run()

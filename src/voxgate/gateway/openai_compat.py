@@ -54,7 +54,6 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from voxgate.turns import heard_prefix
 from voxgate.gateway.auth import (
     BEARER_SUBPROTOCOL_PREFIX,
     AuthError,
@@ -66,6 +65,7 @@ from voxgate.gateway.session import close_reason
 from voxgate.gateway.writer import StoreWriter
 from voxgate.protocol import CloseCode
 from voxgate.store.base import TurnRecord
+from voxgate.turns import heard_prefix
 
 if TYPE_CHECKING:
     from voxgate.gateway.state import GatewayState
@@ -335,7 +335,7 @@ async def serve_compat(state: GatewayState, websocket: WebSocket) -> None:
                          CloseCode.GOING_AWAY, "server_error")  # fmt: skip
             return
         session = CompatSession(state, websocket, upstream, identity, model)
-        state.sessions[session.id] = session  # type: ignore[assignment]  # same info()/shutdown shape
+        state.sessions[session.id] = session
         try:
             await session.run()
         finally:
@@ -540,7 +540,7 @@ class CompatSession:
         s = self.settings
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._shutdown.wait(), 1.0)
+                await asyncio.wait_for(self._shutdown.wait(), self.state.tuning.watchdog_tick_s)
             self._flush_metrics()
             if self._shutdown.is_set():
                 raise _End(

@@ -12,18 +12,16 @@ seam to the engine, resampling between the client's rates and the engine's nativ
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from starlette.websockets import WebSocket, WebSocketState
 
 from voxgate import protocol as P
@@ -44,12 +42,13 @@ from voxgate.engines.base import (
     TurnDetectionOptions,
     UserSpeaking,
 )
-from voxgate.turns import heard_prefix
 from voxgate.gateway.limits import TokenBucket, WindowCounter
+from voxgate.gateway.outbox import Outbox, OutboxFactory, SlowClient, abort_connection
 from voxgate.gateway.writer import StoreWriter
 from voxgate.logs import session_id_var
 from voxgate.protocol import CloseCode, ErrorCode, ProtocolError
 from voxgate.store.base import TurnRecord, UserSettings
+from voxgate.turns import heard_prefix
 
 if TYPE_CHECKING:
     from voxgate.gateway.auth import Identity
@@ -65,7 +64,7 @@ class SessionEnded(Exception):
         self,
         close_code: int = CloseCode.NORMAL,
         reason: str = "",
-        final: list[dict[str, Any]] | None = None,
+        final: list[Mapping[str, Any]] | None = None,
     ) -> None:
         super().__init__(reason)
         self.close_code = close_code
@@ -88,200 +87,6 @@ def close_reason(text: str, limit: int = 123) -> str:
     if len(data) <= limit:
         return text
     return data[:limit].decode("utf-8", errors="ignore")
-
-
-# --------------------------------------------------------------------------------------------
-# Outbound: a bounded queue in front of the client socket
-# --------------------------------------------------------------------------------------------
-
-
-class SlowClient(Exception):
-    pass
-
-
-class Outbox:
-    """Everything the gateway sends to one client goes through here.
-
-    Why a queue and not direct sends: a client that stops reading must not stall the engine (and
-    through it the provider socket). Audio is bounded by seconds of audio; when a client falls
-    further behind, the oldest queued audio is dropped (and counted) instead of growing memory,
-    and the client is told once (`backpressure` paused true, a non-fatal `rate_limited`), then
-    `backpressure` paused false when it has caught up. Control messages are never dropped, but
-    a client that lets thousands pile up is closed. Below this queue the server's transport
-    stops taking frames at its write high-water mark (uvicorn: 64 KiB), so the queue is the
-    only place a slow client's backlog can grow.
-    """
-
-    MAX_CONTROL = 5000
-
-    def __init__(self, websocket: WebSocket, max_audio_bytes: int) -> None:
-        self._ws = websocket
-        #: (is_audio, payload, audio bytes, item id or transcript key). A payload is encoded
-        #: text, raw bytes, or a one-element list holding a transcript still open to coalescing.
-        self._queue: deque[tuple[bool, Any, int, str]] = deque()
-        self._open_transcripts: dict[str, list[dict[str, Any]]] = {}
-        self._wake = asyncio.Event()
-        self.max_audio_bytes = max_audio_bytes
-        self.audio_bytes = 0
-        self.control_count = 0
-        self.dropped_audio_bytes = 0
-        #: Audio had to be dropped and the backlog has not drained yet. The session tells the
-        #: client (`backpressure` paused true); `run()` says paused false once it caught up.
-        self.congested = False
-        self._closed = False
-        #: When the send in progress began (None when idle): how long the client has not read.
-        self._sending_since: float | None = None
-
-    def put(self, message: dict[str, Any]) -> None:
-        if self._closed:
-            return
-        self._queue.append((False, orjson.dumps(message).decode(), 0, ""))
-        self.control_count += 1
-        if self.control_count > self.MAX_CONTROL:
-            raise SlowClient("the client is not reading messages")
-        self._wake.set()
-
-    def put_transcript(self, message: dict[str, Any]) -> None:
-        """Queue a `transcript`, merged into one of the same item still waiting to be sent.
-
-        Each transcript carries all text so far, so for a client that reads slowly the queued
-        ones would grow with the square of the answer; merging keeps the backlog linear and
-        loses nothing: `text` is the newest, `delta` the concatenation of the merged deltas.
-        """
-        if self._closed:
-            return
-        key = f"{message['role']}:{message['itemId']}"
-        holder = self._open_transcripts.get(key)
-        if holder is not None:
-            previous = holder[0]
-            if message["text"].startswith(previous["text"]):
-                message["delta"] = previous["delta"] + message["delta"]
-            holder[0] = message
-            return
-        holder = [message]
-        self._open_transcripts[key] = holder
-        self._queue.append((False, holder, 0, key))
-        self.control_count += 1
-        if self.control_count > self.MAX_CONTROL:
-            raise SlowClient("the client is not reading messages")
-        self._wake.set()
-
-    def put_audio(self, payload: str | bytes, nbytes: int, item_id: str) -> int:
-        """Queue one audio frame; returns bytes of older audio dropped to make room."""
-        if self._closed:
-            return 0
-        self._queue.append((True, payload, nbytes, item_id))
-        self.audio_bytes += nbytes
-        dropped = 0
-        if self.audio_bytes > self.max_audio_bytes:
-            dropped = self._drop_oldest_audio(self.audio_bytes - self.max_audio_bytes)
-        self._wake.set()
-        return dropped
-
-    def _drop_oldest_audio(self, need: int) -> int:
-        dropped = 0
-        kept: deque[tuple[bool, Any, int, str]] = deque()
-        while self._queue and dropped < need:
-            entry = self._queue.popleft()
-            if entry[0]:
-                dropped += entry[2]
-            else:
-                kept.append(entry)
-        kept.extend(self._queue)
-        self._replace_queue(kept)
-        self.audio_bytes -= dropped
-        self.dropped_audio_bytes += dropped
-        return dropped
-
-    def _replace_queue(self, kept: deque[tuple[bool, Any, int, str]]) -> None:
-        # In place: `run()` holds this deque; a new object would leave it sending dropped
-        # audio from the old one and never see anything queued after the drop.
-        self._queue.clear()
-        self._queue.extend(kept)
-
-    def drop_audio(self, item_id: str | None = None) -> int:
-        """Drop queued audio (of one item, or all): an interrupt must silence the client now."""
-        if not self.audio_bytes:
-            return 0
-        dropped = 0
-        kept: deque[tuple[bool, Any, int, str]] = deque()
-        for entry in self._queue:
-            if entry[0] and (item_id is None or entry[3] == item_id):
-                dropped += entry[2]
-            else:
-                kept.append(entry)
-        self._replace_queue(kept)
-        self.audio_bytes -= dropped
-        return dropped
-
-    def pending_control(self) -> list[str]:
-        return [self._encoded(e) for e in self._queue if not e[0]]
-
-    def _encoded(self, entry: tuple[bool, Any, int, str]) -> Any:
-        payload = entry[1]
-        if isinstance(payload, list):  # a transcript: closed to merging once it leaves
-            self._open_transcripts.pop(entry[3], None)
-            return P.encode(payload[0])
-        return payload
-
-    def close(self) -> None:
-        self._closed = True
-        self._queue.clear()
-        self._open_transcripts.clear()
-
-    async def run(self) -> None:
-        ws_send = self._ws.send
-        queue = self._queue
-        while True:
-            if not queue:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            entry = queue.popleft()
-            is_audio, payload, nbytes, _ = entry
-            if is_audio:
-                self.audio_bytes -= nbytes
-                if self.congested and self.audio_bytes <= self.max_audio_bytes // 4:
-                    # Caught up: say so next, ahead of the audio still queued.
-                    self.congested = False
-                    queue.appendleft((False, P.encode(P.backpressure_message(False)), 0, ""))
-                    self.control_count += 1
-            else:
-                self.control_count -= 1
-                if isinstance(payload, list):
-                    payload = self._encoded(entry)
-            self._sending_since = time.monotonic()
-            if isinstance(payload, bytes):
-                await ws_send({"type": "websocket.send", "bytes": payload})
-            else:
-                await ws_send({"type": "websocket.send", "text": payload})
-            self._sending_since = None
-
-    def stalled_s(self) -> float:
-        """Seconds the current send has been waiting for the client to read (0 when idle)."""
-        since = self._sending_since
-        return 0.0 if since is None else time.monotonic() - since
-
-
-def _server_transport(send: Any) -> Any:
-    """The asyncio transport behind an ASGI `send`: the server's protocol is the bound method's
-    owner, possibly behind a few wrapping closures (Starlette's exception handling)."""
-    pending = [send]
-    for _ in range(8):
-        if not pending:
-            break
-        fn = pending.pop()
-        transport = getattr(getattr(fn, "__self__", None), "transport", None)
-        if transport is not None:
-            return transport
-        for cell in getattr(fn, "__closure__", None) or ():
-            try:
-                value = cell.cell_contents
-            except ValueError:  # an empty cell
-                continue
-            if callable(value):
-                pending.append(value)
-    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,6 +113,7 @@ class GatewaySession:
         state: GatewayState,
         websocket: WebSocket,
         identity: Identity,
+        outbox_factory: OutboxFactory = Outbox,
     ) -> None:
         self.state = state
         self.settings = state.settings
@@ -331,7 +137,7 @@ class GatewaySession:
         self.audio_out_bytes = 0
         self.turns_stored = 0
         self.last_activity = time.monotonic()
-        self.outbox = Outbox(websocket, max_audio_bytes=int(self.settings.client_buffer_s * 48000))
+        self.outbox = outbox_factory(websocket, int(self.settings.client_buffer_s * 48000))
         s = self.settings
         self._control_bucket = TokenBucket.per_minute(s.control_messages_per_min)
         self._audio_bucket: TokenBucket | None = None
@@ -341,6 +147,7 @@ class GatewaySession:
         self._turn_order: deque[str] = deque()
         self._cancelled_items: deque[str] = deque(maxlen=32)
         self._announced_item: str | None = None
+        self._audio_tail = ""  # of `_announced_item`'s JSON audio frames
         self._client_speaking = False
         self._turn_mark: float | None = None  # end of user speech / commit / typed message
         self._awaiting_audio = False
@@ -429,19 +236,9 @@ class GatewaySession:
         )
 
     def _abort_connection(self) -> None:
-        """The client did not take our last words within the timeout: it stopped reading.
-
-        Drop the TCP connection. A graceful close would wait for the write buffer to drain,
-        which never happens while the peer keeps acknowledging a zero window, so the server
-        would hold the connection and its buffers long after the session ended. The server's
-        ASGI `send` is a bound method of its protocol object (uvicorn: websockets, wsproto),
-        which owns the transport (Starlette may wrap it in a closure); under a server without
-        one this does nothing.
-        """
-        transport = _server_transport(getattr(self.ws, "_send", None))
-        if transport is not None and hasattr(transport, "abort"):
+        """The client did not take our last words within the timeout: it stopped reading."""
+        if abort_connection(self.ws):
             log.warning("session %s: the client is not reading; dropping its connection", self.id)
-            transport.abort()
 
     def request_shutdown(self, reason: str = "server_shutdown") -> None:
         self._shutdown_reason = reason
@@ -564,7 +361,7 @@ class GatewaySession:
                 self._send_now(P.error_message(exc.code, exc.message))
                 self.state.metrics.errors_total.labels(str(exc.code)).inc()
 
-    def _send_now(self, message: dict[str, Any]) -> None:
+    def _send_now(self, message: Mapping[str, Any]) -> None:
         # Before the sender task runs, messages still queue; it flushes them when it starts.
         self.outbox.put(message)
 
@@ -725,9 +522,10 @@ class GatewaySession:
 
     async def _watchdog(self) -> None:
         s = self.settings
+        tick = self.state.tuning.watchdog_tick_s
         while True:
             try:
-                await asyncio.wait_for(self._shutdown.wait(), 1.0)
+                await asyncio.wait_for(self._shutdown.wait(), tick)
             except TimeoutError:
                 pass
             if self._shutdown.is_set():
@@ -777,7 +575,7 @@ class GatewaySession:
                 if len(pcm) > max_frame:
                     self._check_size(len(pcm))
                 if len(pcm) & 1:
-                    self._client_error(P._invalid(f"audio: PCM16 needs an even number of bytes, got {len(pcm)}"))
+                    self._client_error(P.odd_pcm16(len(pcm)))
                     continue
             else:
                 text = message.get("text") or ""
@@ -873,6 +671,7 @@ class GatewaySession:
                         continue
                 if item_id != self._announced_item or not self._client_speaking:
                     self._announced_item = item_id
+                    self._audio_tail = P.audio_frame_tail(item_id)
                     self._client_speaking = True
                     outbox.put(P.speaking_message(True, item_id))
                 if self._awaiting_audio and self._turn_mark is not None:
@@ -886,14 +685,7 @@ class GatewaySession:
                 if self.binary:
                     dropped = outbox.put_audio(pcm, n, item_id)
                 else:
-                    payload = (
-                        '{"type":"audio","chunkBase64":"'
-                        + base64.b64encode(pcm).decode()
-                        + '","itemId":'
-                        + orjson.dumps(item_id).decode()
-                        + "}"
-                    )
-                    dropped = outbox.put_audio(payload, n, item_id)
+                    dropped = outbox.put_audio(P.audio_frame(pcm, self._audio_tail), n, item_id)
                 if dropped:
                     self._audio_dropped(dropped)
             elif isinstance(event, Transcript):

@@ -6,29 +6,62 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from voxgate.config import Settings
 from voxgate.gateway.auth import Authenticator
 from voxgate.gateway.limits import CircuitBreaker, SessionLimiter
 from voxgate.gateway.metrics import Metrics
+from voxgate.gateway.outbox import Outbox, OutboxFactory
 from voxgate.store.base import ConversationStore
-
-if TYPE_CHECKING:
-    from voxgate.gateway.session import GatewaySession
 
 log = logging.getLogger("voxgate.gateway")
 
 
+class LiveSession(Protocol):
+    """What the registry of live sessions needs from one, whichever endpoint serves it: the
+    status and admin routes read it, and a server shutdown asks it to end."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def engine_name(self) -> str | None: ...
+    @property
+    def started(self) -> bool: ...
+    @property
+    def conversation_id(self) -> str | None: ...
+    def info(self) -> dict[str, Any]: ...
+    def request_shutdown(self, reason: str = "server_shutdown") -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTuning:
+    """Knobs of the session machinery for experiments (benchmarks), not settings of voxgate."""
+
+    #: Builds each `/ws` session's outbox (a benchmark tries variants).
+    outbox_factory: OutboxFactory = Outbox
+    #: How often a session's watchdog wakes to check its timeouts.
+    watchdog_tick_s: float = 1.0
+
+
 class GatewayState:
-    def __init__(self, settings: Settings, store: ConversationStore | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: ConversationStore | None = None,
+        tuning: SessionTuning | None = None,
+    ) -> None:
         self.settings = settings
+        self.tuning = tuning or SessionTuning()
         self.authenticator = Authenticator(settings)
         self.limiter = SessionLimiter(settings.max_sessions, settings.max_sessions_per_user)
         self.metrics = Metrics()
         self.store: ConversationStore = store if store is not None else _default_store(settings)
         self.audio_log = _audio_log(settings)
-        self.sessions: dict[str, GatewaySession] = {}
+        self.sessions: dict[str, LiveSession] = {}
         self.websockets_open = 0
         self.shutting_down = False
         self.started_at = time.time()
