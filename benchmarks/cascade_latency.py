@@ -94,7 +94,7 @@ async def _run(n_utterances: int, settings: Settings | None, responder: str) -> 
 
 
 async def _measure(n_utterances: int, settings: Settings) -> dict[str, Any]:
-    engine = CascadeEngine(settings)
+    engine = CascadeEngine.from_settings(settings)
     await engine.start(StartOptions())
     frame_bytes = bytes_for_ms(FRAME_MS, RATE)
     first_audio_seen: asyncio.Event = asyncio.Event()

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from voxgate import __version__
 from voxgate.config import Settings
@@ -42,6 +44,22 @@ def _mount_optional() -> None:
     app.add_typer(bench_app, name="bench", help="Benchmarks (see docs/benchmarks.md).")
 
 
+def _load_settings(**overrides: Any) -> Settings:
+    """The settings, or exit 2 naming each bad variable and what it accepts (e.g.
+    `VOXGATE_STT: Input should be 'pocketsphinx', 'openai' or 'whisper'`), not a traceback."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            name = ".".join(str(part) for part in error["loc"])
+            got = error.get("input")
+            detail = error["msg"]
+            if isinstance(got, str | int | float):
+                detail += f" (got {got!r})"
+            err.print(f"[red]voxgate: {escape(name)}: {escape(detail)}[/red]")
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def version() -> None:
     """Print the version."""
@@ -71,7 +89,7 @@ def serve(
         overrides["engine"] = engine
     if insecure:
         overrides["insecure"] = True
-    settings = Settings(**overrides)
+    settings = _load_settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
     for secret in (settings.openai_api_key, settings.elevenlabs_api_key, settings.jwt_secret, settings.llm_api_key):
         if secret is not None:
@@ -241,7 +259,7 @@ def token(
     """Mint a JWT for a user (needs VOXGATE_JWT_SECRET)."""
     from voxgate.gateway.auth import Authenticator, AuthError
 
-    settings = Settings()
+    settings = _load_settings()
     try:
         console.print(Authenticator(settings).mint_jwt(user, ttl, admin=admin), soft_wrap=True)
     except AuthError as exc:

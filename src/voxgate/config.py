@@ -1,8 +1,9 @@
 """One `Settings` object, read from the environment and `.env`.
 
-Every variable is documented in the README's configuration table; names follow
-ARCHITECTURE section 5. Provider keys (`OPENAI_API_KEY`, `ELEVENLABS_API_KEY`) keep the names the
-providers' own SDKs use, so an operator's existing environment works unchanged.
+Every variable is documented in the README's configuration table and starts with `VOXGATE_`,
+except the provider keys (`OPENAI_API_KEY`, `ELEVENLABS_API_KEY`) and the OpenAI model and voice,
+which keep the names the providers' own SDKs use, so an operator's existing environment works
+unchanged.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CsvList = Annotated[list[str], NoDecode]
+
+#: The cascade's swappable parts. A misspelt name fails at startup, naming the allowed values,
+#: rather than when the first session starts.
+SttKind = Literal["pocketsphinx", "openai", "whisper"]
+TtsKind = Literal["espeak", "openai"]
+VadKind = Literal["webrtc", "silero"]
 
 
 def _env(name: str) -> AliasChoices:
@@ -80,16 +87,16 @@ class Settings(BaseSettings):
     llm_model: str = Field("gpt-4o-mini", validation_alias=_env("VOXGATE_LLM_MODEL"))
     llm_api_key: SecretStr | None = Field(None, validation_alias=_env("VOXGATE_LLM_API_KEY"))
     #: `pocketsphinx` (default), `openai` (needs OPENAI_API_KEY) or `whisper` (faster-whisper).
-    stt: str = Field("pocketsphinx", validation_alias=_env("VOXGATE_STT"))
+    stt: SttKind = Field("pocketsphinx", validation_alias=_env("VOXGATE_STT"))
     #: A JSGF grammar file that constrains pocketsphinx (exact transcripts for a known phrase set).
     stt_grammar: str | None = Field(None, validation_alias=_env("VOXGATE_STT_GRAMMAR"))
     whisper_model_path: str | None = Field(None, validation_alias=_env("VOXGATE_WHISPER_MODEL"))
     #: `espeak` (default) or `openai`.
-    tts: str = Field("espeak", validation_alias=_env("VOXGATE_TTS"))
+    tts: TtsKind = Field("espeak", validation_alias=_env("VOXGATE_TTS"))
     tts_voice: str = Field("en-us", validation_alias=_env("VOXGATE_TTS_VOICE"))
     espeak_bin: str = Field("espeak-ng", validation_alias=_env("VOXGATE_ESPEAK_BIN"))
     #: `webrtc` (default) or `silero` (needs onnxruntime and VOXGATE_SILERO_MODEL).
-    vad: str = Field("webrtc", validation_alias=_env("VOXGATE_VAD"))
+    vad: VadKind = Field("webrtc", validation_alias=_env("VOXGATE_VAD"))
     vad_aggressiveness: int = Field(2, ge=0, le=3, validation_alias=_env("VOXGATE_VAD_AGGRESSIVENESS"))
     vad_silence_ms: int = Field(400, ge=20, validation_alias=_env("VOXGATE_VAD_SILENCE_MS"))
     vad_prefix_ms: int = Field(300, ge=0, validation_alias=_env("VOXGATE_VAD_PREFIX_MS"))

@@ -1,7 +1,7 @@
 """The cascade engine: VAD -> speech-to-text -> responder -> text-to-speech, offline by default.
 
 It speaks the same `ConversationEngine` events as the OpenAI Realtime engine, so a client cannot
-tell which one it talks to. Every part is swappable by configuration (see `describe_parts`).
+tell which one it talks to. Every part is swappable by configuration (see `CascadeConfig`).
 
 Timeline of one spoken turn (server VAD):
 
@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
 import logging
 import secrets
-import shutil
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from voxgate.audio import bytes_for_ms, duration_ms
 from voxgate.engines.base import (
@@ -35,7 +32,6 @@ from voxgate.engines.base import (
     Capabilities,
     ConversationEngine,
     EngineError,
-    EngineUnavailable,
     Interrupted,
     ResponseDone,
     StartOptions,
@@ -43,23 +39,13 @@ from voxgate.engines.base import (
     Transcript,
     UserSpeaking,
 )
-from voxgate.engines.cascade.responder import (
-    ChatCompletionsResponder,
-    EchoResponder,
-    Message,
-    Responder,
-    ResponderError,
-)
+from voxgate.engines.cascade.config import CascadeConfig
+from voxgate.engines.cascade.responder import Message, Responder, ResponderError, make_responder
 from voxgate.engines.cascade.stt import Recognizer, SpeechToTextError, make_recognizer
 from voxgate.engines.cascade.text import SentenceSplitter, SpokenSentence, heard_text, is_speakable
-from voxgate.engines.cascade.tts import (
-    ESPEAK_INSTALL_HINT,
-    EspeakSynthesizer,
-    OpenAISpeechSynthesizer,
-    Synthesizer,
-    TextToSpeechError,
-)
-from voxgate.engines.cascade.vad import VAD_RATE, TurnSegmenter, make_classifier
+from voxgate.engines.cascade.tts import Synthesizer, TextToSpeechError, make_synthesizer
+from voxgate.engines.cascade.vad import VAD_RATE, TurnSegmenter, make_segmenter
+from voxgate.turns import text_delta
 
 if TYPE_CHECKING:
     from voxgate.config import Settings
@@ -72,74 +58,6 @@ OUTPUT_RATE = 24000  # the default client rate: the common path needs no resampl
 
 def _new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(10)}"
-
-
-def _secret(value: Any) -> str | None:
-    if value is None:
-        return None
-    getter = getattr(value, "get_secret_value", None)
-    return getter() if getter else str(value)
-
-
-def describe_parts(settings: Settings) -> dict[str, str]:
-    """Which part does each job, and why: `voxgate serve` logs this at startup."""
-    if settings.vad == "silero":
-        vad = f"silero (VOXGATE_VAD=silero, model {settings.silero_model_path or 'unset'})"
-    else:
-        vad = (
-            f"webrtcvad (aggressiveness {settings.vad_aggressiveness}, "
-            f"hangover {settings.vad_silence_ms} ms, prefix {settings.vad_prefix_ms} ms)"
-        )
-    if settings.stt == "openai":
-        stt = f"openai {settings.openai_transcription_model} at {settings.openai_api_base} (VOXGATE_STT=openai)"
-    elif settings.stt == "whisper":
-        stt = f"faster-whisper {settings.whisper_model_path} (VOXGATE_STT=whisper)"
-    else:
-        grammar = f", JSGF grammar {settings.stt_grammar}" if settings.stt_grammar else ""
-        stt = f"pocketsphinx, offline (VOXGATE_STT={settings.stt}{grammar})"
-    if settings.llm_url:
-        responder = (
-            f"chat completions {settings.llm_model} at {settings.llm_url} (VOXGATE_LLM_URL set)"
-        )
-    else:
-        responder = "echo (VOXGATE_LLM_URL unset)"
-    if settings.tts == "openai":
-        tts = f"openai speech at {settings.openai_api_base} (VOXGATE_TTS=openai)"
-    else:
-        tts = f"espeak-ng '{settings.espeak_bin}', voice {settings.tts_voice}, offline"
-    return {"vad": vad, "stt": stt, "responder": responder, "tts": tts}
-
-
-def availability_problem(settings: Settings) -> str | None:
-    """The first configuration problem that would make `start()` fail, as an actionable sentence."""
-    s = settings
-    if s.tts == "espeak":
-        if shutil.which(s.espeak_bin) is None and not Path(s.espeak_bin).is_file():
-            return ESPEAK_INSTALL_HINT
-    elif s.tts != "openai":
-        return f"unknown text-to-speech '{s.tts}': set VOXGATE_TTS to espeak or openai"
-    if "openai" in (s.tts, s.stt) and not _secret(s.openai_api_key):
-        return "VOXGATE_STT/VOXGATE_TTS=openai needs OPENAI_API_KEY"
-    if s.vad == "silero":
-        if importlib.util.find_spec("onnxruntime") is None:
-            return "Silero VAD needs onnxruntime: run `pip install 'voxgate[silero]'`"
-        if not s.silero_model_path or not Path(s.silero_model_path).is_file():
-            return "Silero VAD needs VOXGATE_SILERO_MODEL (path of silero_vad.onnx)"
-    elif s.vad != "webrtc":
-        return f"unknown VAD '{s.vad}': set VOXGATE_VAD to webrtc or silero"
-    if s.stt == "whisper":
-        if importlib.util.find_spec("faster_whisper") is None:
-            return "faster-whisper is not installed: run `pip install 'voxgate[whisper]'`"
-        if not s.whisper_model_path or not Path(s.whisper_model_path).exists():
-            return "VOXGATE_STT=whisper needs VOXGATE_WHISPER_MODEL (a local model directory)"
-    elif s.stt == "pocketsphinx":
-        if s.stt_grammar and not Path(s.stt_grammar).is_file():
-            return f"the JSGF grammar file {s.stt_grammar} does not exist: fix VOXGATE_STT_GRAMMAR"
-    elif s.stt != "openai":
-        return (
-            f"unknown speech-to-text '{s.stt}': set VOXGATE_STT to pocketsphinx, openai or whisper"
-        )
-    return None
 
 
 @dataclass(eq=False)
@@ -193,9 +111,13 @@ class CascadeEngine(ConversationEngine):
     #: Audio held while speech onset is inside the echo guard window (then used or dropped).
     MAX_GUARD_MS = 3000
 
-    def __init__(self, settings: Settings) -> None:
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        return cls(CascadeConfig.from_settings(settings))
+
+    def __init__(self, config: CascadeConfig) -> None:
         super().__init__()
-        self.settings = settings
+        self.config = config
         self.capabilities = Capabilities(
             audio_in=True,
             audio_out=True,
@@ -234,84 +156,27 @@ class CascadeEngine(ConversationEngine):
     @classmethod
     def describe(cls, settings: Settings) -> list[str]:
         """One line per part: which one is active and why."""
-        return [f"{part}: {why}" for part, why in describe_parts(settings).items()]
+        parts = CascadeConfig.from_settings(settings).describe_parts()
+        return [f"{part}: {why}" for part, why in parts.items()]
 
     @classmethod
     def availability(cls, settings: Settings) -> str | None:
         """A sentence saying why sessions would fail to start, or None. Cheap: no model loads."""
-        return availability_problem(settings)
+        return CascadeConfig.from_settings(settings).problem()
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self, options: StartOptions) -> None:
         if self._started:
             return
         self._options = options
-        s = self.settings
         await self.emit(StatusChanged("connecting"))
-        td = options.turn_detection
-        self._manual = td.mode == "manual"
+        self._manual = options.turn_detection.mode == "manual"
         try:
-            # Text-to-speech first: a missing espeak-ng is the most likely fault on a new machine.
-            if s.tts == "openai":
-                key = _secret(s.openai_api_key)
-                if not key:
-                    raise EngineUnavailable(
-                        "VOXGATE_TTS=openai needs OPENAI_API_KEY: set it (or set VOXGATE_TTS=espeak)",
-                        retryable=False,
-                    )
-                self._tts = OpenAISpeechSynthesizer(
-                    s.openai_api_base, key, options.voice or s.openai_voice, OUTPUT_RATE
-                )
-            elif s.tts == "espeak":
-                espeak = EspeakSynthesizer(s.espeak_bin, s.tts_voice, OUTPUT_RATE)
-                if options.voice and options.voice != s.tts_voice:
-                    if await espeak.accepts_voice(options.voice):
-                        espeak.voice = options.voice
-                    else:
-                        log.info(
-                            "cascade: '%s' is not an espeak-ng voice; speaking with '%s'",
-                            options.voice,
-                            s.tts_voice,
-                        )
-                self._tts = espeak
-            else:
-                raise EngineUnavailable(
-                    f"unknown text-to-speech '{s.tts}': set VOXGATE_TTS to espeak or openai",
-                    retryable=False,
-                )
-            classifier = make_classifier(
-                s.vad,
-                aggressiveness=s.vad_aggressiveness,
-                silero_model_path=s.silero_model_path,
-                threshold=td.threshold,
-            )
-            self._segmenter = TurnSegmenter(
-                classifier,
-                silence_ms=td.silence_ms if td.silence_ms is not None else s.vad_silence_ms,
-                prefix_ms=td.prefix_ms if td.prefix_ms is not None else s.vad_prefix_ms,
-            )
-            self._stt = make_recognizer(
-                s.stt,
-                grammar_path=s.stt_grammar,
-                whisper_model_path=s.whisper_model_path,
-                openai_api_base=s.openai_api_base,
-                openai_api_key=_secret(s.openai_api_key),
-                openai_model=s.openai_transcription_model,
-            )
-            await self._stt.prepare()
-            if s.llm_url:
-                self._responder = ChatCompletionsResponder(
-                    s.llm_url,
-                    s.llm_model,
-                    _secret(s.llm_api_key),
-                    read_timeout_s=s.first_byte_timeout_s,
-                )
-            else:
-                self._responder = EchoResponder()
+            await self._make_parts(options)
         except BaseException:
             await self._close_parts()
             raise
-        self.parts = describe_parts(s)
+        self.parts = self.config.describe_parts()
         for part, why in self.parts.items():
             log.info("cascade %s: %s", part, why)
         self._system_prompt = options.system_prompt()
@@ -319,6 +184,16 @@ class CascadeEngine(ConversationEngine):
             self._history.append({"role": turn.role, "content": turn.text})
         self._started = True
         await self.emit(StatusChanged("connected"))
+
+    async def _make_parts(self, options: StartOptions) -> None:
+        """Build the parts in the order `CascadeConfig.problem` checks them, so the sentence a
+        failing start raises is the one `/health` already showed."""
+        config = self.config
+        self._tts = await make_synthesizer(config.tts, options.voice, OUTPUT_RATE)
+        self._segmenter = make_segmenter(config.vad, options.turn_detection)
+        self._stt = make_recognizer(config.stt)
+        await self._stt.prepare()
+        self._responder = make_responder(config.responder)
 
     async def stop(self) -> None:
         if self._stopped:
@@ -436,7 +311,7 @@ class CascadeEngine(ConversationEngine):
         now = time.monotonic()
         if resp is not None and resp.audible(now):
             assert resp.first_audio_t is not None
-            if (now - resp.first_audio_t) * 1000.0 < self.settings.echo_guard_ms:
+            if (now - resp.first_audio_t) * 1000.0 < self.config.echo_guard_ms:
                 # Probably our own voice coming back through the speaker: hold it and decide
                 # once the guard window has passed.
                 self._guard_audio = [prefix]
@@ -455,7 +330,7 @@ class CascadeEngine(ConversationEngine):
         guard_over = (
             resp is None
             or resp.first_audio_t is None
-            or (now - resp.first_audio_t) * 1000.0 >= self.settings.echo_guard_ms
+            or (now - resp.first_audio_t) * 1000.0 >= self.config.echo_guard_ms
         )
         if guard_over or not still_audible:
             audio = b"".join(self._guard_audio)
@@ -498,8 +373,7 @@ class CascadeEngine(ConversationEngine):
         text = await self._stt.partial()
         if item_id is None or not text or item_id != self._user_item or text == self._last_partial:
             return
-        last = self._last_partial
-        delta = text[len(last) :] if text.startswith(last) else text
+        delta = text_delta(self._last_partial, text)
         self._last_partial = text
         await self.emit(Transcript("user", item_id, text, delta, final=False))
 
@@ -533,7 +407,7 @@ class CascadeEngine(ConversationEngine):
         if not text:
             log.debug("turn %s: nothing recognised, no reply", item_id)
             return
-        delta = text[len(last_partial) :] if text.startswith(last_partial) else text
+        delta = text_delta(last_partial, text)
         await self.emit(Transcript("user", item_id, text, delta, final=True))
         self._history.append({"role": "user", "content": text})
         self._trim_history()
@@ -599,7 +473,7 @@ class CascadeEngine(ConversationEngine):
             await self.emit(EngineError("upstream_unavailable", str(exc), fatal=False))
             await self._finish_response(resp, "failed")
         except TextToSpeechError as exc:
-            code = "upstream_unavailable" if self.settings.tts == "openai" else "internal"
+            code = "upstream_unavailable" if self.config.tts.kind == "openai" else "internal"
             await self.emit(EngineError(code, f"text-to-speech failed: {exc}", fatal=False))
             await self._finish_response(resp, "failed")
         except asyncio.CancelledError:
@@ -658,7 +532,9 @@ class CascadeEngine(ConversationEngine):
         if announced:
             resp.sentences[-1].complete = True
 
-    async def _finish_response(self, resp: _Response, status: str) -> None:
+    async def _finish_response(
+        self, resp: _Response, status: Literal["completed", "failed"]
+    ) -> None:
         if resp.cancelling:
             return  # the canceller reports the end
         resp.done = True
@@ -668,10 +544,8 @@ class CascadeEngine(ConversationEngine):
             self._trim_history()
         if status == "completed" or resp.text:
             await self.emit(Transcript("assistant", resp.item_id, resp.text, "", final=True))
-        if resp.speaking:
-            resp.speaking = False
-            await self.emit(AssistantSpeaking(False))
-        await self.emit(ResponseDone(resp.response_id, status))  # type: ignore[arg-type]
+        await self._stop_speaking(resp)
+        await self.emit(ResponseDone(resp.response_id, status))
 
     async def _cancel_response(
         self, played_ms: int | None, *, explicit: bool = False, only_running: bool = False
@@ -707,37 +581,47 @@ class CascadeEngine(ConversationEngine):
             resp.task.cancel()
             await asyncio.wait({resp.task}, timeout=5.0)
             resp.done = True
-        emitted = resp.emitted_ms()
         if resp.first_audio_t is not None:
-            if played_ms is None:
-                played = (now - resp.first_audio_t) * 1000.0
+            await self._interrupt_at_heard(resp, played_ms, now, running)
+        await self._stop_speaking(resp)
+        if running:
+            await self.emit(ResponseDone(resp.response_id, "cancelled"))
+
+    async def _interrupt_at_heard(
+        self, resp: _Response, played_ms: int | None, now: float, running: bool
+    ) -> None:
+        """Report how far the listener got (`Interrupted` with the words heard) and make the
+        history say only that."""
+        assert resp.first_audio_t is not None
+        # Without the client's word, assume it played in real time from the first byte.
+        played = (now - resp.first_audio_t) * 1000.0 if played_ms is None else float(played_ms)
+        played = max(0.0, min(played, resp.emitted_ms()))
+        resp.interrupted = True
+        heard = heard_text(resp.sentences, played)
+        self._keep_heard_in_history(resp, heard, running)
+        log.debug("cascade cancel %s: interrupted at %.0f ms", resp.item_id, played)
+        await self.emit(Interrupted(resp.item_id, int(played), heard_text=heard))
+        await self._stop_speaking(resp)
+        if running:
+            # The item ends with what was heard, as the OpenAI engine does after a truncate.
+            await self.emit(Transcript("assistant", resp.item_id, heard, "", final=True))
+
+    def _keep_heard_in_history(self, resp: _Response, heard: str, running: bool) -> None:
+        """The history keeps what was heard, not what was generated (OpenAI truncation)."""
+        index = resp.history_index
+        if index is not None and 0 <= index < len(self._history):
+            if heard:
+                self._history[index]["content"] = heard
             else:
-                played = float(played_ms)
-            played = max(0.0, min(played, emitted))
-            resp.interrupted = True
-            heard = heard_text(resp.sentences, played)
-            # The history keeps what was heard, not what was generated (OpenAI truncation).
-            if resp.history_index is not None and 0 <= resp.history_index < len(self._history):
-                if heard:
-                    self._history[resp.history_index]["content"] = heard
-                else:
-                    del self._history[resp.history_index]
-            elif running and heard:
-                self._history.append({"role": "assistant", "content": heard})
-                self._trim_history()
-            log.debug("cascade cancel %s: interrupted at %.0f ms", resp.item_id, played)
-            await self.emit(Interrupted(resp.item_id, int(played), heard_text=heard))
-            if resp.speaking:
-                resp.speaking = False
-                await self.emit(AssistantSpeaking(False))
-            if running:
-                # The item ends with what was heard, as the OpenAI engine does after a truncate.
-                await self.emit(Transcript("assistant", resp.item_id, heard, "", final=True))
+                del self._history[index]
+        elif running and heard:
+            self._history.append({"role": "assistant", "content": heard})
+            self._trim_history()
+
+    async def _stop_speaking(self, resp: _Response) -> None:
         if resp.speaking:
             resp.speaking = False
             await self.emit(AssistantSpeaking(False))
-        if running:
-            await self.emit(ResponseDone(resp.response_id, "cancelled"))
 
     # --- introspection (tests, benchmark) ---------------------------------------------------
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
@@ -17,6 +18,22 @@ import httpx
 Message = dict[str, str]
 
 ECHO_PREFIX = "Echo:"
+
+
+@dataclass(frozen=True, slots=True)
+class ResponderConfig:
+    """The chat endpoint, when there is one (without it the assistant echoes)."""
+
+    llm_url: str | None
+    model: str
+    api_key: str | None = field(repr=False)
+    #: How long the endpoint may take to start answering (and between streamed pieces).
+    read_timeout_s: float
+
+    def describe(self) -> str:
+        if self.llm_url:
+            return f"chat completions {self.model} at {self.llm_url} (VOXGATE_LLM_URL set)"
+        return "echo (VOXGATE_LLM_URL unset)"
 
 
 class ResponderError(Exception):
@@ -130,6 +147,14 @@ class ChatCompletionsResponder:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def make_responder(config: ResponderConfig) -> Responder:
+    if not config.llm_url:
+        return EchoResponder()
+    return ChatCompletionsResponder(
+        config.llm_url, config.model, config.api_key, read_timeout_s=config.read_timeout_s
+    )
 
 
 def _message_text(data: dict[str, Any]) -> str:

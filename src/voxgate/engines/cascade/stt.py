@@ -11,19 +11,74 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import importlib.util
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
 from voxgate.audio import wav_bytes
 from voxgate.engines.base import EngineUnavailable
 
+if TYPE_CHECKING:
+    from voxgate.config import SttKind
+
 log = logging.getLogger("voxgate.cascade")
 
 STT_RATE = 16000
+
+_NO_KEY = "VOXGATE_STT=openai needs OPENAI_API_KEY: set it (or set VOXGATE_STT=pocketsphinx)"
+_NO_FASTER_WHISPER = (
+    "faster-whisper is not installed: run `pip install 'voxgate[whisper]'` "
+    "(or set VOXGATE_STT=pocketsphinx)"
+)
+
+
+def _no_grammar(path: str) -> str:
+    return f"the JSGF grammar file {path} does not exist: fix VOXGATE_STT_GRAMMAR"
+
+
+def _no_whisper_model(path: str | None) -> str:
+    return (
+        f"the whisper model was not found ({path or 'VOXGATE_WHISPER_MODEL unset'}): "
+        "set VOXGATE_WHISPER_MODEL to a local faster-whisper model directory"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SttConfig:
+    """Which recogniser, and what each kind needs."""
+
+    kind: SttKind
+    #: pocketsphinx: a JSGF grammar that constrains it (exact transcripts for known phrases).
+    grammar_path: str | None
+    whisper_model_path: str | None
+    openai_api_base: str
+    openai_api_key: str | None = field(repr=False)
+    openai_model: str
+
+    def describe(self) -> str:
+        if self.kind == "openai":
+            return f"openai {self.openai_model} at {self.openai_api_base} (VOXGATE_STT=openai)"
+        if self.kind == "whisper":
+            return f"faster-whisper {self.whisper_model_path} (VOXGATE_STT=whisper)"
+        grammar = f", JSGF grammar {self.grammar_path}" if self.grammar_path else ""
+        return f"pocketsphinx, offline (VOXGATE_STT=pocketsphinx{grammar})"
+
+    def problem(self) -> str | None:
+        """Why this recogniser cannot run here, or None. Cheap: no import, no model load."""
+        if self.kind == "openai":
+            return None if self.openai_api_key else _NO_KEY
+        if self.kind == "whisper":
+            if importlib.util.find_spec("faster_whisper") is None:
+                return _NO_FASTER_WHISPER
+            path = self.whisper_model_path
+            return None if path and Path(path).exists() else _no_whisper_model(path)
+        grammar = self.grammar_path
+        return _no_grammar(grammar) if grammar and not Path(grammar).is_file() else None
 
 
 def _done(text: str) -> Awaitable[str]:
@@ -70,10 +125,7 @@ class PocketSphinxRecognizer:
 
     def __init__(self, grammar_path: str | None = None) -> None:
         if grammar_path and not Path(grammar_path).is_file():
-            raise EngineUnavailable(
-                f"the JSGF grammar file {grammar_path} does not exist: fix VOXGATE_STT_GRAMMAR",
-                retryable=False,
-            )
+            raise EngineUnavailable(_no_grammar(grammar_path), retryable=False)
         self._grammar = grammar_path
         # One worker keeps the decoder calls in order and off the event loop.
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pocketsphinx")
@@ -214,17 +266,9 @@ class WhisperRecognizer(_BufferedRecognizer):
         try:
             import faster_whisper
         except ImportError as exc:
-            raise EngineUnavailable(
-                "faster-whisper is not installed: run `pip install 'voxgate[whisper]'` "
-                "(or set VOXGATE_STT=pocketsphinx)",
-                retryable=False,
-            ) from exc
+            raise EngineUnavailable(_NO_FASTER_WHISPER, retryable=False) from exc
         if not model_path or not Path(model_path).exists():
-            raise EngineUnavailable(
-                f"the whisper model was not found ({model_path or 'VOXGATE_WHISPER_MODEL unset'}): "
-                "set VOXGATE_WHISPER_MODEL to a local faster-whisper model directory",
-                retryable=False,
-            )
+            raise EngineUnavailable(_no_whisper_model(model_path), retryable=False)
         self._module = faster_whisper
         self._path = model_path
         self._model: Any = None
@@ -247,27 +291,11 @@ class WhisperRecognizer(_BufferedRecognizer):
         return await asyncio.to_thread(run)
 
 
-def make_recognizer(
-    kind: str,
-    *,
-    grammar_path: str | None,
-    whisper_model_path: str | None,
-    openai_api_base: str,
-    openai_api_key: str | None,
-    openai_model: str,
-) -> Recognizer:
-    if kind == "pocketsphinx":
-        return PocketSphinxRecognizer(grammar_path)
-    if kind == "openai":
-        if not openai_api_key:
-            raise EngineUnavailable(
-                "VOXGATE_STT=openai needs OPENAI_API_KEY: set it (or set VOXGATE_STT=pocketsphinx)",
-                retryable=False,
-            )
-        return OpenAITranscriber(openai_api_base, openai_api_key, openai_model)
-    if kind == "whisper":
-        return WhisperRecognizer(whisper_model_path)
-    raise EngineUnavailable(
-        f"unknown speech-to-text '{kind}': set VOXGATE_STT to pocketsphinx, openai or whisper",
-        retryable=False,
-    )
+def make_recognizer(config: SttConfig) -> Recognizer:
+    if config.kind == "pocketsphinx":
+        return PocketSphinxRecognizer(config.grammar_path)
+    if config.kind == "whisper":
+        return WhisperRecognizer(config.whisper_model_path)
+    if not config.openai_api_key:
+        raise EngineUnavailable(_NO_KEY, retryable=False)
+    return OpenAITranscriber(config.openai_api_base, config.openai_api_key, config.openai_model)

@@ -9,19 +9,51 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
 from voxgate.audio import StreamResampler
 from voxgate.engines.base import EngineUnavailable
 
+if TYPE_CHECKING:
+    from voxgate.config import TtsKind
+
+log = logging.getLogger("voxgate.cascade")
+
 ESPEAK_INSTALL_HINT = (
     "espeak-ng is not installed: run `apt-get install espeak-ng` (or set VOXGATE_ESPEAK_BIN)"
 )
+_NO_KEY = "VOXGATE_TTS=openai needs OPENAI_API_KEY: set it (or set VOXGATE_TTS=espeak)"
+
+
+@dataclass(frozen=True, slots=True)
+class TtsConfig:
+    """Which synthesiser, and what each kind needs."""
+
+    kind: TtsKind
+    espeak_bin: str
+    #: The espeak-ng voice unless a session asks for another one espeak-ng knows.
+    espeak_voice: str
+    openai_api_base: str
+    openai_api_key: str | None = field(repr=False)
+    openai_voice: str
+
+    def describe(self) -> str:
+        if self.kind == "openai":
+            return f"openai speech at {self.openai_api_base} (VOXGATE_TTS=openai)"
+        return f"espeak-ng '{self.espeak_bin}', voice {self.espeak_voice}, offline"
+
+    def problem(self) -> str | None:
+        """Why this synthesiser cannot run here, or None. Cheap: nothing is started."""
+        if self.kind == "openai":
+            return None if self.openai_api_key else _NO_KEY
+        return None if _find_espeak(self.espeak_bin) else ESPEAK_INSTALL_HINT
 
 
 class TextToSpeechError(Exception):
@@ -82,11 +114,17 @@ class WavStreamHeader:
         return b""
 
 
-def resolve_espeak(binary: str) -> str:
-    """Absolute path of the espeak-ng binary, or `EngineUnavailable` with the install sentence."""
+def _find_espeak(binary: str) -> str | None:
+    """The espeak-ng binary: a name on PATH, or a file path."""
     path = shutil.which(binary)
     if path is None and Path(binary).is_file():
         path = binary
+    return path
+
+
+def resolve_espeak(binary: str) -> str:
+    """Absolute path of the espeak-ng binary, or `EngineUnavailable` with the install sentence."""
+    path = _find_espeak(binary)
     if path is None:
         raise EngineUnavailable(ESPEAK_INSTALL_HINT, retryable=False)
     return path
@@ -247,3 +285,28 @@ class OpenAISpeechSynthesizer:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+async def make_synthesizer(config: TtsConfig, voice: str | None, output_rate: int) -> Synthesizer:
+    """The configured synthesiser, speaking with the session's `voice` when it can.
+
+    Client voices are often another engine's names ("alloy"): espeak-ng keeps its configured
+    voice unless it knows the one asked for.
+    """
+    if config.kind == "openai":
+        if not config.openai_api_key:
+            raise EngineUnavailable(_NO_KEY, retryable=False)
+        return OpenAISpeechSynthesizer(
+            config.openai_api_base, config.openai_api_key, voice or config.openai_voice, output_rate
+        )
+    espeak = EspeakSynthesizer(config.espeak_bin, config.espeak_voice, output_rate)
+    if voice and voice != config.espeak_voice:
+        if await espeak.accepts_voice(voice):
+            espeak.voice = voice
+        else:
+            log.info(
+                "cascade: '%s' is not an espeak-ng voice; speaking with '%s'",
+                voice,
+                config.espeak_voice,
+            )
+    return espeak

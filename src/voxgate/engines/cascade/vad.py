@@ -10,16 +10,64 @@ webrtcvad, so it runs inline on the event loop.
 from __future__ import annotations
 
 import collections
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from voxgate.engines.base import EngineUnavailable
+from voxgate.engines.base import EngineUnavailable, TurnDetectionOptions
+
+if TYPE_CHECKING:
+    from voxgate.config import VadKind
 
 #: The engine's native input rate: both webrtcvad and pocketsphinx's model want 16 kHz.
 VAD_RATE = 16000
+
+_NO_ONNXRUNTIME = (
+    "Silero VAD needs onnxruntime, which is not installed: run "
+    "`pip install 'voxgate[silero]'` (or set VOXGATE_VAD=webrtc)"
+)
+
+
+def _no_silero_model(model_path: str | None) -> str:
+    return (
+        f"Silero VAD model file not found ({model_path or 'VOXGATE_SILERO_MODEL unset'}): "
+        "download silero_vad.onnx and set VOXGATE_SILERO_MODEL to its path "
+        "(or set VOXGATE_VAD=webrtc)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class VadConfig:
+    """The voice activity detector's settings (a turn's own `turnDetection` may override the
+    timings and the sensitivity)."""
+
+    kind: VadKind
+    aggressiveness: int
+    silence_ms: int
+    prefix_ms: int
+    silero_model_path: str | None
+
+    def describe(self) -> str:
+        if self.kind == "silero":
+            return f"silero (VOXGATE_VAD=silero, model {self.silero_model_path or 'unset'})"
+        return (
+            f"webrtcvad (aggressiveness {self.aggressiveness}, "
+            f"hangover {self.silence_ms} ms, prefix {self.prefix_ms} ms)"
+        )
+
+    def problem(self) -> str | None:
+        """Why this detector cannot run here, or None. Cheap: nothing is imported or loaded."""
+        if self.kind != "silero":
+            return None
+        if importlib.util.find_spec("onnxruntime") is None:
+            return _NO_ONNXRUNTIME
+        path = self.silero_model_path
+        if not path or not Path(path).is_file():
+            return _no_silero_model(path)
+        return None
 
 
 class FrameClassifier(Protocol):
@@ -79,18 +127,9 @@ class SileroClassifier:
         try:
             import onnxruntime
         except ImportError as exc:
-            raise EngineUnavailable(
-                "Silero VAD needs onnxruntime, which is not installed: run "
-                "`pip install 'voxgate[silero]'` (or set VOXGATE_VAD=webrtc)",
-                retryable=False,
-            ) from exc
+            raise EngineUnavailable(_NO_ONNXRUNTIME, retryable=False) from exc
         if not model_path or not Path(model_path).is_file():
-            raise EngineUnavailable(
-                f"Silero VAD model file not found ({model_path or 'VOXGATE_SILERO_MODEL unset'}): "
-                "download silero_vad.onnx and set VOXGATE_SILERO_MODEL to its path "
-                "(or set VOXGATE_VAD=webrtc)",
-                retryable=False,
-            )
+            raise EngineUnavailable(_no_silero_model(model_path), retryable=False)
         options = onnxruntime.SessionOptions()
         # One voice session must not eat every core of a shared machine.
         options.intra_op_num_threads = 1
@@ -205,15 +244,24 @@ class TurnSegmenter:
         self._recent.clear()
 
 
-def make_classifier(
-    kind: str, *, aggressiveness: int, silero_model_path: str | None, threshold: float | None
-) -> FrameClassifier:
+def make_classifier(config: VadConfig, threshold: float | None) -> FrameClassifier:
     """The configured classifier; `threshold` (0..1, from `turnDetection`) maps onto webrtcvad's
     aggressiveness 0..3 or Silero's probability threshold."""
-    if kind == "silero":
-        return SileroClassifier(silero_model_path, threshold if threshold is not None else 0.5)
-    if kind != "webrtc":
-        raise EngineUnavailable(f"unknown VAD '{kind}': set VOXGATE_VAD to webrtc or silero")
+    if config.kind == "silero":
+        return SileroClassifier(
+            config.silero_model_path, threshold if threshold is not None else 0.5
+        )
+    aggressiveness = config.aggressiveness
     if threshold is not None:
         aggressiveness = min(3, max(0, round(threshold * 3)))
     return WebRtcClassifier(aggressiveness)
+
+
+def make_segmenter(config: VadConfig, turn: TurnDetectionOptions) -> TurnSegmenter:
+    """The session's segmenter: the configured detector, with the session's own turn timings
+    where its `turnDetection` gives them."""
+    return TurnSegmenter(
+        make_classifier(config, turn.threshold),
+        silence_ms=turn.silence_ms if turn.silence_ms is not None else config.silence_ms,
+        prefix_ms=turn.prefix_ms if turn.prefix_ms is not None else config.prefix_ms,
+    )

@@ -6,7 +6,7 @@ settings; a small view makes that set visible (and lets a test build it without 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from voxgate.engines.upstream import ReconnectPolicy, UpstreamOptions
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 class ElevenLabsConfig:
     #: With a key, conversations use signed URLs (private agents); without one the agent must be
     #: public. The key only ever goes into the signed-URL request header.
-    api_key: str | None
+    api_key: str | None = field(repr=False)
     agent_id: str | None
     #: The conversation socket (public agents) and the REST base (signed URLs).
     url: str
