@@ -131,10 +131,8 @@ def describe_engines(settings: Settings) -> None:
         except Exception as exc:
             log.warning("engine %s: cannot be loaded: %s", name, exc)
             continue
-        describe = getattr(cls, "describe", None)
-        lines = describe(settings) if callable(describe) else []
-        check = getattr(cls, "availability", None)
-        problem = check(settings) if callable(check) else None
+        lines = cls.describe(settings)
+        problem = cls.availability(settings)
         state = f"unavailable: {problem}" if problem else "available"
         default = " (default)" if name == settings.engine else ""
         log.info("engine %s%s: %s", name, default, state)

@@ -248,10 +248,10 @@ async def _openai_direct(
 
 
 async def _elevenlabs_direct(request: Request, settings: Settings, identity: Identity) -> Response:
-    from voxgate.engines.elevenlabs import SignedUrlError, fetch_signed_url
+    from voxgate.engines.elevenlabs import ElevenLabsConfig, SignedUrlError, fetch_signed_url
 
     try:
-        signed_url = await fetch_signed_url(settings)
+        signed_url = await fetch_signed_url(ElevenLabsConfig.from_settings(settings))
     except SignedUrlError as exc:
         # No status: the server is not configured (no key or agent) or the provider is down.
         not_configured = exc.status is None and not exc.retryable

@@ -8,16 +8,12 @@ same signed URL to a browser.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urlsplit
 
 import httpx
 
 from voxgate.engines.base import EngineUnavailable
 from voxgate.engines.elevenlabs.config import ElevenLabsConfig
-
-if TYPE_CHECKING:
-    from voxgate.config import Settings
 
 
 class SignedUrlError(EngineUnavailable):
@@ -47,14 +43,12 @@ def _refusal(status: int, agent_id: str) -> SignedUrlError:
 
 
 async def fetch_signed_url(
-    config: ElevenLabsConfig | Settings, *, timeout: float = 10.0
+    config: ElevenLabsConfig, *, timeout: float = 10.0
 ) -> str:
     """A signed conversation URL for the configured private agent (valid ~15 minutes).
 
     Raises `SignedUrlError` with a sentence an operator can act on.
     """
-    if not isinstance(config, ElevenLabsConfig):  # TRANSITIONAL: the gateway route passes Settings
-        config = ElevenLabsConfig.from_settings(config)
     key, agent_id = config.api_key, config.agent_id
     if not key:
         raise SignedUrlError(
