@@ -38,9 +38,9 @@ log = logging.getLogger("voxgate.gateway.tokens")
 
 router = APIRouter(tags=["auth"])
 
-#: OpenAI accepts 10-7200 s for `expires_after.seconds` (protocol notes section 15).
+#: OpenAI accepts 10-7200 s for `expires_after.seconds`.
 _OPENAI_SECRET_TTL_RANGE = (10, 7200)
-#: ElevenLabs signed URLs expire after 15 minutes (protocol notes section 2.2).
+#: ElevenLabs signed URLs expire after 15 minutes.
 _ELEVENLABS_SIGNED_URL_TTL_S = 15 * 60
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 

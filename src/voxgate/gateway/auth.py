@@ -1,7 +1,7 @@
 """Identity: who is on the other end of a request or a WebSocket.
 
 Modes (`VOXGATE_AUTH`):
-- `none`: every connection is its own anonymous user (ARCHITECTURE 7), allowed only on loopback.
+- `none`: every connection is its own anonymous user, allowed only on loopback.
 - `jwt`: HS256 tokens signed with `VOXGATE_JWT_SECRET`; `sub` is the user id and `exp` is
   required. Single-use session tokens minted by `POST /api/realtime/session` are accepted too.
 

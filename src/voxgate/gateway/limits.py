@@ -17,6 +17,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from voxgate.gateway.asgi import send_json
+
 
 class TokenBucket:
     """Classic token bucket: `capacity` tokens, refilled at `rate` tokens per second."""
@@ -127,8 +129,8 @@ class LimitExceeded(Exception):
 class SessionLimiter:
     """Global and per-user concurrent session caps.
 
-    With auth off every connection is its own anonymous user, so only the global cap applies
-    (ARCHITECTURE 7); callers pass `per_user=False` for anonymous identities.
+    With auth off every connection is its own anonymous user, so only the global cap applies;
+    callers pass `per_user=False` for anonymous identities.
     """
 
     def __init__(self, max_sessions: int, max_per_user: int) -> None:
@@ -247,17 +249,6 @@ class HeaderSizeLimit:
                     + str(self.max_bytes).encode()
                     + b' bytes","code":"payload_too_large"}'
                 )
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 431,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close"),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+                await send_json(send, 431, body, close=True)
                 return
         await self.app(scope, receive, send)

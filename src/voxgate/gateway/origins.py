@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from starlette.requests import HTTPConnection
 
 from voxgate.config import Settings
+from voxgate.gateway.asgi import send_json
 
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
@@ -96,16 +97,6 @@ class BrowserHostGuard:
                     b'{"detail":"this server answers browsers only under a loopback address '
                     b'while VOXGATE_AUTH=none (DNS rebinding guard)","code":"forbidden_origin"}'
                 )
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 403,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+                await send_json(send, 403, body)
                 return
         await self.app(scope, receive, send)
