@@ -67,8 +67,8 @@ def gateway_env(echo_port: int, db_path: Path, **overrides: str) -> dict[str, st
 
 
 def compat_available() -> bool:
-    """Whether this install has the OpenAI-compatible endpoint (issue 10)."""
-    return importlib.util.find_spec("voxgate.gateway.openai_compat") is not None
+    """Whether this install has the OpenAI-compatible endpoint."""
+    return importlib.util.find_spec("voxgate.gateway.compat.endpoint") is not None
 
 
 @contextmanager
@@ -211,7 +211,7 @@ def relay_benchmark(
         for _ in range(max(1, repeat)):
             for path in paths:
                 if path == "compat" and not compat_available():
-                    skipped["compat"] = "voxgate.gateway.openai_compat is not installed in this build"
+                    skipped["compat"] = "voxgate.gateway.compat.endpoint is not installed in this build"
                     continue
                 all_runs.append(run_path(path, n, duration, warmup, drain))
     runs = median_runs(all_runs, key=lambda r: r["path"])

@@ -1,0 +1,151 @@
+"""The steps of a `start` on `/ws`, in order: which engine, what history, may it connect,
+with which options, and the engine's start itself.
+
+Each step refuses with a `ProtocolError` that says what to change; the session runs them and
+keeps the results. They are functions of the gateway state and the message, not of the session,
+so each reads as the one decision it makes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from voxgate import protocol as P
+from voxgate.config import Settings
+from voxgate.engines.base import (
+    ConversationEngine,
+    EngineUnavailable,
+    HistoryTurn,
+    StartOptions,
+    TurnDetectionOptions,
+)
+from voxgate.gateway.auth import Identity
+from voxgate.gateway.limits import CircuitBreaker
+from voxgate.gateway.state import GatewayState
+from voxgate.protocol import CloseCode, ErrorCode, ProtocolError
+from voxgate.store.base import ConversationRecord, UserSettings
+
+
+def choose_engine(settings: Settings, requested: str | None) -> str:
+    """The engine `start` asked for (or the default), if clients may choose it."""
+    name = requested or settings.engine
+    allowed = settings.engines_allowed_for_clients()
+    if name not in allowed:
+        raise P.invalid(f"start: engine '{name}' is not allowed here; allowed: {', '.join(allowed)}")
+    return name
+
+
+async def resume(
+    state: GatewayState, identity: Identity, conversation_id: str | None
+) -> tuple[ConversationRecord | None, list[HistoryTurn]]:
+    """The conversation to continue and the turns the engine should remember (none for new)."""
+    if not conversation_id:
+        return None, []
+    record = await state.store.get_conversation(conversation_id, with_turns=True)
+    if record is None or (
+        state.authenticator.enabled and record.user_id != identity.user_id and not identity.is_admin
+    ):
+        # Somebody else's conversation reads as a missing one: ids are not to be probed.
+        raise P.invalid(f"start: conversation '{conversation_id}' was not found")
+    history = [
+        HistoryTurn(turn.role, text) for turn in record.turns if (text := turn.remembered_text)
+    ]
+    return record, history
+
+
+def pass_breaker(state: GatewayState, engine_name: str) -> CircuitBreaker:
+    """The engine's circuit breaker, if it lets a session through.
+
+    Run it last among the checks: a half-open breaker lets exactly one trial through, and a
+    trial refused for another reason (say, an unknown conversationId) would never report an
+    outcome.
+    """
+    breaker = state.breaker(engine_name)
+    if not breaker.allow():
+        raise ProtocolError(
+            ErrorCode.ENGINE_UNAVAILABLE,
+            f"the {engine_name} engine is failing to connect; new sessions are paused for "
+            f"{max(1.0, breaker.retry_after_s()):.0f} s (circuit breaker open)",
+            fatal=True,
+            close_code=CloseCode.ENGINE_UNAVAILABLE,
+        )
+    return breaker
+
+
+async def start_options(
+    state: GatewayState, identity: Identity, session_id: str, msg: P.StartMessage,
+    history: list[HistoryTurn],
+) -> StartOptions:  # fmt: skip
+    """What the engine starts with: the message, and a signed-in user's saved settings for
+    what the message leaves out."""
+    saved = UserSettings(identity.user_id)
+    if not identity.anonymous:
+        saved = await state.store.get_user_settings(identity.user_id) or saved
+    personality = msg.personality.model_dump(exclude_none=True) if msg.personality else None
+    td = msg.turn_detection
+    turn_detection = (
+        TurnDetectionOptions(
+            mode=td.mode, threshold=td.threshold, silence_ms=td.silence_ms, prefix_ms=td.prefix_ms
+        )
+        if td
+        else TurnDetectionOptions()
+    )
+    return StartOptions(
+        instructions=msg.instructions if msg.instructions is not None else saved.instructions,
+        voice=msg.voice if msg.voice is not None else saved.voice,
+        personality=personality if personality is not None else saved.personality,
+        turn_detection=turn_detection,
+        input_rate=msg.input_rate,
+        output_rate=msg.output_rate,
+        history=history,
+        metadata=msg.metadata,
+        session_id=session_id,
+    )
+
+
+def connect_observer(
+    state: GatewayState, breaker: CircuitBreaker, engine_name: str
+) -> Callable[[bool, float], None]:
+    """What the engine reports each upstream connect to: its breaker and the metrics."""
+    histogram = state.metrics.upstream_connect_seconds
+
+    def observe(ok: bool, seconds: float) -> None:
+        breaker.record(ok)
+        histogram.labels(engine_name, "ok" if ok else "error").observe(seconds)
+
+    return observe
+
+
+async def start_engine(
+    engine: ConversationEngine,
+    options: StartOptions,
+    settings: Settings,
+    breaker: CircuitBreaker,
+    engine_name: str,
+) -> None:
+    """Start the engine within the start timeout, or refuse with why."""
+    try:
+        await asyncio.wait_for(engine.start(options), settings.start_timeout_s + 5.0)
+    except EngineUnavailable as exc:
+        code = ErrorCode.UPSTREAM_UNAVAILABLE if exc.upstream else ErrorCode.ENGINE_UNAVAILABLE
+        close = CloseCode.UPSTREAM_FAILED if exc.upstream else CloseCode.ENGINE_UNAVAILABLE
+        raise ProtocolError(code, exc.message, fatal=True, close_code=close) from None
+    except TimeoutError:
+        breaker.record(False)
+        raise ProtocolError(
+            ErrorCode.TIMEOUT,
+            f"the {engine_name} engine did not become ready within {settings.start_timeout_s:.0f} s",
+            fatal=True,
+            close_code=CloseCode.UPSTREAM_FAILED,
+        ) from None
+
+
+__all__ = [
+    "choose_engine",
+    "connect_observer",
+    "pass_breaker",
+    "resume",
+    "start_engine",
+    "start_options",
+]
