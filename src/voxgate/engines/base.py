@@ -16,7 +16,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Self
 
 if TYPE_CHECKING:
     from voxgate.config import Settings
@@ -179,6 +179,13 @@ EngineEvent = (
 )
 
 
+class EngineConfig(Protocol):
+    """A frozen view of the settings one engine reads."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self: ...
+
+
 class EngineUnavailable(Exception):
     """Raised by `start()` when the engine cannot run at all (missing binary, no key, breaker).
 
@@ -203,6 +210,8 @@ class ConversationEngine(ABC):
     """
 
     name: str = "engine"
+    #: The frozen view of `Settings` the constructor takes (built by `from_settings`).
+    config_type: ClassVar[type[EngineConfig]]
     capabilities: Capabilities
     status: EngineStatus = "disconnected"
     is_speaking: bool = False
@@ -222,10 +231,10 @@ class ConversationEngine(ABC):
     def from_settings(cls, settings: Settings) -> Self:
         """A new, unstarted engine for these settings.
 
-        Engines that read only a few settings override this to build their own small config
-        view; the default hands over the whole `Settings` for engines whose constructor takes it.
+        An engine reads a small frozen view of the settings (`config_type`), never the whole
+        `Settings`: what it depends on is visible in one place, and a test can build one.
         """
-        return cls(settings)  # type: ignore[call-arg]
+        return cls(cls.config_type.from_settings(settings))  # type: ignore[call-arg]
 
     @classmethod
     def availability(cls, settings: Settings) -> str | None:

@@ -31,21 +31,46 @@ MAX_UPSTREAM_FRAME = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
-class UpstreamOptions:
-    """How to dial a provider socket. One value per gateway, derived from the settings."""
+class ReconnectPolicy:
+    """Exponential backoff with jitter: 1 s, 2 s, 4 s ... capped, for `attempts` tries."""
 
-    open_timeout_s: float = 15.0
+    attempts: int = 5
+    base_s: float = 1.0
+    max_s: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ReconnectPolicy:
+        return cls(settings.reconnect_attempts, settings.reconnect_base_s, settings.reconnect_max_s)
+
+    def delays(self) -> list[float]:
+        return [min(self.max_s, self.base_s * (2**i)) for i in range(self.attempts)]
+
+    def jittered(self, delay: float) -> float:
+        # "Equal jitter": at least half the delay, so retries never bunch up at zero.
+        return delay / 2 + random.random() * delay / 2
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamOptions:
+    """How to open, keep and reopen a provider link. One value per gateway, from the settings."""
+
+    #: How long opening a provider session may take: the dial, and the engine's own setup
+    #: on the new socket (session configuration, conversation metadata).
+    start_timeout_s: float = 15.0
     #: WebSocket keepalive; None turns it off. A missed pong counts as a dropped upstream.
     ping_interval_s: float | None = 20.0
     #: permessage-deflate. Off by default: PCM barely deflates and it costs CPU on every frame.
     compression: bool = False
+    #: How a dropped link is reopened.
+    reconnect: ReconnectPolicy = ReconnectPolicy()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UpstreamOptions:
         return cls(
-            open_timeout_s=settings.start_timeout_s,
+            start_timeout_s=settings.start_timeout_s,
             ping_interval_s=settings.upstream_ping_interval_s or None,
             compression=settings.ws_compression,
+            reconnect=ReconnectPolicy.from_settings(settings),
         )
 
 
@@ -77,7 +102,7 @@ async def dial_ws(
             ping_interval=ping,
             ping_timeout=ping,
             max_size=MAX_UPSTREAM_FRAME,
-            open_timeout=options.open_timeout_s,
+            open_timeout=options.start_timeout_s,
             close_timeout=2,
             user_agent_header="voxgate",
         )
@@ -97,26 +122,6 @@ async def close_quietly(ws: ClientConnection | None, timeout: float = 3.0) -> No
         return
     with contextlib.suppress(Exception):
         await asyncio.wait_for(ws.close(), timeout)
-
-
-@dataclass(frozen=True, slots=True)
-class ReconnectPolicy:
-    """Exponential backoff with jitter: 1 s, 2 s, 4 s ... capped, for `attempts` tries."""
-
-    attempts: int = 5
-    base_s: float = 1.0
-    max_s: float = 30.0
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ReconnectPolicy:
-        return cls(settings.reconnect_attempts, settings.reconnect_base_s, settings.reconnect_max_s)
-
-    def delays(self) -> list[float]:
-        return [min(self.max_s, self.base_s * (2**i)) for i in range(self.attempts)]
-
-    def jittered(self, delay: float) -> float:
-        # "Equal jitter": at least half the delay, so retries never bunch up at zero.
-        return delay / 2 + random.random() * delay / 2
 
 
 async def reconnect(

@@ -23,7 +23,7 @@ import secrets
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal
 
 from voxgate.audio import bytes_for_ms, duration_ms
 from voxgate.engines.base import (
@@ -101,6 +101,7 @@ class CascadeEngine(ConversationEngine):
     """Offline-capable conversation engine; see the module docstring."""
 
     name = "cascade"
+    config_type = CascadeConfig
     AUDIO_CHUNK_MS = 40
     PARTIAL_EVERY_MS = 300
     MAX_HISTORY = 60
@@ -111,21 +112,10 @@ class CascadeEngine(ConversationEngine):
     #: Audio held while speech onset is inside the echo guard window (then used or dropped).
     MAX_GUARD_MS = 3000
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Self:
-        return cls(CascadeConfig.from_settings(settings))
-
     def __init__(self, config: CascadeConfig) -> None:
         super().__init__()
         self.config = config
-        self.capabilities = Capabilities(
-            audio_in=True,
-            audio_out=True,
-            tools=False,
-            server_vad=True,
-            input_rate=INPUT_RATE,
-            output_rate=OUTPUT_RATE,
-        )
+        self.capabilities = Capabilities(input_rate=INPUT_RATE, output_rate=OUTPUT_RATE)
         self.parts: dict[str, str] = {}
         self.timings = TurnTimings()
         self._options = StartOptions()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from voxgate.engines.upstream import ReconnectPolicy, UpstreamOptions
+from voxgate.engines.upstream import UpstreamOptions
 
 if TYPE_CHECKING:
     from voxgate.config import Settings
@@ -25,9 +25,7 @@ class ElevenLabsConfig:
     url: str
     api_base: str
     #: The whole start (signed URL, socket, metadata), and each reconnect attempt, within this.
-    start_timeout_s: float
     upstream: UpstreamOptions
-    reconnect: ReconnectPolicy
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ElevenLabsConfig:
@@ -37,9 +35,7 @@ class ElevenLabsConfig:
             agent_id=settings.elevenlabs_agent_id or None,
             url=settings.elevenlabs_url,
             api_base=settings.elevenlabs_api_base,
-            start_timeout_s=settings.start_timeout_s,
             upstream=UpstreamOptions.from_settings(settings),
-            reconnect=ReconnectPolicy.from_settings(settings),
         )
 
 

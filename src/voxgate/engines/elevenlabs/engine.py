@@ -37,7 +37,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from websockets.asyncio.client import ClientConnection
@@ -85,7 +85,7 @@ from voxgate.engines.upstream import (
 from voxgate.turns import heard_prefix, text_delta
 
 if TYPE_CHECKING:
-    from voxgate.config import Settings
+    pass
 
 log = logging.getLogger("voxgate.engines.elevenlabs")
 
@@ -160,6 +160,7 @@ class ElevenLabsEngine(ConversationEngine):
     """One ElevenLabs conversation per engine instance."""
 
     name = "elevenlabs"
+    config_type = ElevenLabsConfig
 
     #: Audio idle after which an agent turn counts as complete (no end event from ElevenLabs).
     response_idle_s: float = 1.0
@@ -169,21 +170,10 @@ class ElevenLabsEngine(ConversationEngine):
     #: Silence sent on `commit()`, so the provider's turn detection ends the user turn now.
     commit_silence_ms: int = 800
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Self:
-        return cls(ElevenLabsConfig.from_settings(settings))
-
     def __init__(self, config: ElevenLabsConfig) -> None:
         super().__init__()
         self.config = config
-        self.capabilities = Capabilities(
-            audio_in=True,
-            audio_out=True,
-            tools=False,
-            server_vad=True,
-            input_rate=16000,
-            output_rate=16000,
-        )
+        self.capabilities = Capabilities(input_rate=16000, output_rate=16000)
         self.conversation_id: str | None = None
         self.input_format = "pcm_16000"
         self.output_format = "pcm_16000"
@@ -261,7 +251,7 @@ class ElevenLabsEngine(ConversationEngine):
     async def _open(self, override: dict[str, Any], options: StartOptions) -> None:
         """The first conversation, within the start timeout; any failure is `EngineUnavailable`."""
         self._override_used = override
-        timeout_s = self.config.start_timeout_s
+        timeout_s = self.config.upstream.start_timeout_s
         try:
             async with asyncio.timeout(timeout_s):
                 try:
@@ -464,7 +454,7 @@ class ElevenLabsEngine(ConversationEngine):
         await self.emit(StatusChanged("reconnecting", f"ElevenLabs connection lost (close {code})"))
         rates = (self.capabilities.input_rate, self.capabilities.output_rate)
         ws, _ = await reconnect(
-            self.config.reconnect,
+            self.config.upstream.reconnect,
             lambda: self._reconnect_once(rates),
             stopped=lambda: self._stopping,
         )
@@ -480,7 +470,7 @@ class ElevenLabsEngine(ConversationEngine):
 
     async def _reconnect_once(self, rates: tuple[int, int]) -> ClientConnection:
         """One reconnect attempt; any failure is an `EngineUnavailable`, as `reconnect` wants."""
-        timeout_s = self.config.start_timeout_s
+        timeout_s = self.config.upstream.start_timeout_s
         try:
             async with asyncio.timeout(timeout_s):
                 ws = await self._connect(self._override_used, self._options)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from voxgate.engines.upstream import ReconnectPolicy, UpstreamOptions
+from voxgate.engines.upstream import UpstreamOptions
 
 if TYPE_CHECKING:
     from voxgate.config import Settings
@@ -25,10 +25,8 @@ class OpenAIConfig:
     #: Open a fresh upstream session this long after the last one (0: never), before OpenAI's
     #: 60-minute limit ends it at a moment of its choosing.
     recycle_s: float
-    start_timeout_s: float
     first_byte_timeout_s: float
     upstream: UpstreamOptions
-    reconnect: ReconnectPolicy
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OpenAIConfig:
@@ -40,10 +38,8 @@ class OpenAIConfig:
             voice=settings.openai_voice,
             transcription_model=settings.openai_transcription_model,
             recycle_s=settings.openai_session_recycle_s,
-            start_timeout_s=settings.start_timeout_s,
             first_byte_timeout_s=settings.first_byte_timeout_s,
             upstream=UpstreamOptions.from_settings(settings),
-            reconnect=ReconnectPolicy.from_settings(settings),
         )
 
 

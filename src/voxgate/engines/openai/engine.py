@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from websockets.asyncio.client import ClientConnection
@@ -56,7 +56,7 @@ from voxgate.engines.upstream import cancel_and_wait, close_quietly, reconnect
 from voxgate.turns import heard_prefix, text_delta
 
 if TYPE_CHECKING:
-    from voxgate.config import Settings
+    pass
 
 log = logging.getLogger("voxgate.engines.openai")
 
@@ -141,14 +141,12 @@ class OpenAIRealtimeEngine(ConversationEngine):
     """OpenAI Realtime GA over WebSocket; see the module docstring for the design."""
 
     name = "openai"
+    config_type = OpenAIConfig
 
     def __init__(self, config: OpenAIConfig) -> None:
         super().__init__()
         self.config = config
-        self.capabilities = Capabilities(
-            audio_in=True, audio_out=True, tools=False, server_vad=True,
-            input_rate=RATE, output_rate=RATE,
-        )  # fmt: skip
+        self.capabilities = Capabilities(input_rate=RATE, output_rate=RATE)
         self._url = realtime_url(config.url, {"model": config.model})
         self._handlers: dict[str, Handler] = {
             etype: getattr(self, method) for etype, method in _HANDLERS.items()
@@ -176,10 +174,6 @@ class OpenAIRealtimeEngine(ConversationEngine):
         #: the user would wait forever for an answer to a message the replay did restore.
         self._awaiting_response = False
         self._first_byte: asyncio.Task[None] | None = None
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Self:
-        return cls(OpenAIConfig.from_settings(settings))
 
     # --- connection --------------------------------------------------------------------------
     def _session_config(self) -> dict[str, Any]:
@@ -213,7 +207,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
         started = time.monotonic()
         ws: ClientConnection | None = None
         try:
-            async with asyncio.timeout(config.start_timeout_s):
+            async with asyncio.timeout(config.upstream.start_timeout_s):
                 ws = await dial_openai(self._url, config.api_key, config.upstream)
                 await self._configure(ws)
         except EngineUnavailable:
@@ -286,7 +280,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
         """Send a control event. Unlike audio, control events wait out a reconnect (bounded),
         so a message typed during a blip still gets its answer."""
         if self._reconnecting:
-            await _wait_event(self._ready, 2 * self.config.start_timeout_s)
+            await _wait_event(self._ready, 2 * self.config.upstream.start_timeout_s)
         up = self._up
         if up is None or self._reconnecting or self._closed:
             return
@@ -452,7 +446,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
                     return
             await self.emit(StatusChanged("reconnecting", "upstream connection lost"))
             up, last = await reconnect(
-                self.config.reconnect, self._open, stopped=lambda: self._stopping
+                self.config.upstream.reconnect, self._open, stopped=lambda: self._stopping
             )
             if up is not None:
                 self._up = up
