@@ -1,6 +1,6 @@
 """A spoken conversation through the gateway with the OpenAI engine, against the GA simulator.
 
-Covers issue 2's "done when": two server-VAD turns, a manual commit, a typed message and an
+Covers a whole spoken conversation: two server-VAD turns, a manual commit, a typed message and an
 interrupt mid-response whose truncate (with the played milliseconds) reaches the simulator; the
 API key never reaches a client; and the CLI flow (simulate, serve, talk) as real subprocesses.
 """

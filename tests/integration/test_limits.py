@@ -1,4 +1,4 @@
-"""Limits (issue 5): session caps, frame size, control-message and audio rates, idle and maximum
+"""Limits: session caps, frame size, control-message and audio rates, idle and maximum
 duration, the upstream start timeout, and invalid-input floods. Every limit answers with a clear
 `error` and close code, and the server stays healthy for everyone else.
 

@@ -1,7 +1,7 @@
 """The OpenAI Realtime GA simulator behaves like the real service where clients can tell.
 
 Every event it emits is parsed with the official SDK's GA models; the SDK client itself drives
-it; handshake rules, error shapes and truncation rules follow the protocol notes.
+it; handshake rules, error shapes and truncation rules follow OpenAI's GA behaviour.
 """
 
 from __future__ import annotations

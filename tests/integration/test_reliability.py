@@ -1,4 +1,4 @@
-"""Reliability by fault injection (issue 6): the network, the provider and the client misbehave;
+"""Reliability by fault injection: the network, the provider and the client misbehave;
 the conversation survives or ends with a clear sentence, and no finished turn is lost.
 
 Topology in every test: client -> gateway (in this loop) -> `FaultProxy` -> OpenAI simulator.

@@ -1,4 +1,4 @@
-"""Security (issue 5): who gets in, with which token, from which origin; the token endpoint and
+"""Security: who gets in, with which token, from which origin; the token endpoint and
 its direct provider credentials (against the shipped simulators); the operator CLI; and HTTP
 routes under odd paths and oversized headers.
 
@@ -607,7 +607,7 @@ async def test_voxgate_talk_works_with_a_token_and_is_refused_without(
     async with gateway_factory(settings) as gw:
         code, out = await _talk(gw.ws_url)
         # Refused, and the reason reaches the user. (Whether it comes as a clean sentence or
-        # inside a traceback depends on a race in `voxgate talk`: see the issue 5 report.)
+        # inside a traceback depends on a race in `voxgate talk`.)
         assert code == 1 and "authentication required" in out, out
         code, out = await _talk(gw.ws_url, "--token", make_jwt("dave"))
         assert code == 0, out

@@ -1,5 +1,5 @@
 """Provider keys and the JWT secret appear in no client frame, HTTP response, log line or error
-sentence (issue 5).
+sentence.
 
 Two full runs with recognizable fake secrets:
 

@@ -1,6 +1,6 @@
 """A minimal OpenAI Realtime GA upstream that echoes input audio straight back as output audio.
 
-It speaks just enough GA (protocol notes §7/§8) for the voxgate OpenAI engine and for OpenAI
+It speaks just enough of the GA protocol (session and audio events) for the voxgate OpenAI engine and for OpenAI
 clients: `session.created` on connect, `session.updated` for `session.update`, and every
 `input_audio_buffer.append` comes back at once as one `response.output_audio.delta` with the
 same base64 audio and the GA ids (`response_id`, `item_id`, `output_index`, `content_index`).

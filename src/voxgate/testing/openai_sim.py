@@ -84,7 +84,7 @@ def error_event(
     param: str | None = None,
     event_id: str | None = None,
 ) -> dict[str, Any]:
-    """An `error` server event with the real GA shape (§14)."""
+    """An `error` server event with the real GA shape (`type`, `code`, `message`, `param`, `event_id`)."""
     return {
         "type": "error",
         "event_id": _id("event"),
