@@ -1,3 +1,4 @@
+import { fileURLToPath } from "node:url";
 import { defineConfig } from "vitest/config";
 
 // Unit tests of both packages; the browser behaviour is tested in real Chromium from pytest
@@ -9,6 +10,8 @@ export default defineConfig({
     pool: "threads",
     poolOptions: { threads: { maxThreads: 1, minThreads: 1 } },
   },
+  // The hook's tests run against the client's source, not a possibly stale dist.
+  resolve: { alias: { "@voxgate/client": fileURLToPath(new URL("./web/src/index.ts", import.meta.url)) } },
   define: {
     __VOXGATE_WORKLETS__: '"inline"',
     __VOXGATE_CAPTURE_WORKLET__: '""',
