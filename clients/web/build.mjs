@@ -9,7 +9,8 @@
 //                         Python install needs no Node; tests/unit/test_web_bundle.py fails if
 //                         they differ from a fresh build.
 //
-// Usage: node build.mjs [--gateway-only] [--gateway-out DIR]
+// Usage: node build.mjs [--gateway-only | --no-gateway] [--gateway-out DIR]
+//   --no-gateway: the npm package only (what the tests pack: they never rewrite committed files)
 import { execFileSync } from "node:child_process";
 import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
@@ -19,6 +20,7 @@ import * as esbuild from "esbuild";
 const here = dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
 const gatewayOnly = args.includes("--gateway-only");
+const noGateway = args.includes("--no-gateway");
 const outIndex = args.indexOf("--gateway-out");
 const gatewayOut = resolve(outIndex >= 0 ? args[outIndex + 1] : join(here, "../../src/voxgate/web"));
 
@@ -68,10 +70,12 @@ const gatewayClient = await bundle({
     __VOXGATE_PLAYBACK_WORKLET__: '""',
   },
 });
-mkdirSync(gatewayOut, { recursive: true });
-writeFileSync(join(gatewayOut, "voxgate.js"), gatewayHeader + GENERATED("index.ts") + gatewayClient);
-writeFileSync(join(gatewayOut, "capture-worklet.js"), GENERATED("worklets/capture.ts") + capture);
-writeFileSync(join(gatewayOut, "playback-worklet.js"), GENERATED("worklets/playback.ts") + playback);
+if (!noGateway) {
+  mkdirSync(gatewayOut, { recursive: true });
+  writeFileSync(join(gatewayOut, "voxgate.js"), gatewayHeader + GENERATED("index.ts") + gatewayClient);
+  writeFileSync(join(gatewayOut, "capture-worklet.js"), GENERATED("worklets/capture.ts") + capture);
+  writeFileSync(join(gatewayOut, "playback-worklet.js"), GENERATED("worklets/playback.ts") + playback);
+}
 
 if (!gatewayOnly) {
   const dist = join(here, "dist");
