@@ -26,13 +26,14 @@ LONG_TEXT = (
 
 PROBE = """
 (() => {
-  const probe = { sockets: [], sent: [], streams: [], contexts: [] };
+  const probe = { sockets: [], protocols: [], sent: [], streams: [], contexts: [] };
   window.__probe = probe;
   const NativeWebSocket = window.WebSocket;
   class ProbedWebSocket extends NativeWebSocket {
     constructor(...args) {
       super(...args);
       probe.sockets.push(this);
+      probe.protocols.push([].concat(args[1] || []));
     }
     send(data) {
       if (typeof data === "string") probe.sent.push(JSON.parse(data));
