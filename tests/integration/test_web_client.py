@@ -61,3 +61,14 @@ def test_packages_typecheck(clients_installed: Path) -> None:
     # packing builds them (under the lock the example tests share).
     packed_tarballs()
     run([*tsc, "react/tsconfig.json"], cwd=CLIENTS)
+
+
+def test_public_types_have_no_any(clients_installed: Path) -> None:
+    """No `any` leaks to users from the published declarations (comments aside)."""
+    packed_tarballs()
+    leaks = []
+    for dts in sorted(CLIENTS.glob("*/dist/*.d.ts")):
+        code = re.sub(r"/\*.*?\*/|//[^\n]*", "", dts.read_text(), flags=re.S)
+        leaks += [f"{dts.name}: {line.strip()}" for line in code.splitlines() if re.search(r"\bany\b", line)]
+    assert len(list(CLIENTS.glob("*/dist/index.d.ts"))) == 2
+    assert not leaks, leaks

@@ -86,11 +86,13 @@ def folder_lock(name: str) -> Iterator[None]:
 
 
 def _digest(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for path in paths:
-        h.update(str(path.relative_to(REPO_ROOT)).encode())
-        h.update(path.read_bytes() if path.is_file() else b"<missing>")
-    return h.hexdigest()
+    """`sha256sum PATHS | sha256sum` run from the repository root: scripts/setup.sh writes the
+    same stamp for clients/, so `make test` after setup does not install twice."""
+    listing = "".join(
+        f"{hashlib.sha256(p.read_bytes() if p.is_file() else b'').hexdigest()}  {p.relative_to(REPO_ROOT)}\n"
+        for p in paths
+    )
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def npm_ci(folder: Path, extra_inputs: list[Path] | None = None) -> None:
@@ -99,7 +101,7 @@ def npm_ci(folder: Path, extra_inputs: list[Path] | None = None) -> None:
     stamp = folder / "node_modules" / ".voxgate-ci-stamp"
     digest = _digest([folder / "package-lock.json", folder / "package.json", *(extra_inputs or [])])
     with folder_lock(f"ci-{folder.name}"):
-        if stamp.is_file() and stamp.read_text() == digest:
+        if stamp.is_file() and stamp.read_text().strip() == digest:
             return
         run(["npm", "ci", "--no-audit", "--no-fund"], cwd=folder)
         stamp.write_text(digest)
