@@ -44,7 +44,9 @@ def test_served_client_is_a_fresh_build_of_the_package_source(
 
 
 def test_vitest_unit_tests(clients_installed: Path) -> None:
-    proc = run(["npx", "--no-install", "vitest", "run", "--reporter=verbose"], cwd=CLIENTS, timeout=300)
+    proc = run(
+        ["npx", "--no-install", "vitest", "run", "--reporter=verbose"], cwd=CLIENTS, timeout=300
+    )
     out = proc.stdout
     match = re.search(r"Tests\s+(\d+) passed \((\d+)\)", out)
     assert match and match.group(1) == match.group(2), out[-3000:]
@@ -69,6 +71,10 @@ def test_public_types_have_no_any(clients_installed: Path) -> None:
     leaks = []
     for dts in sorted(CLIENTS.glob("*/dist/*.d.ts")):
         code = re.sub(r"/\*.*?\*/|//[^\n]*", "", dts.read_text(), flags=re.S)
-        leaks += [f"{dts.name}: {line.strip()}" for line in code.splitlines() if re.search(r"\bany\b", line)]
+        leaks += [
+            f"{dts.name}: {line.strip()}"
+            for line in code.splitlines()
+            if re.search(r"\bany\b", line)
+        ]
     assert len(list(CLIENTS.glob("*/dist/index.d.ts"))) == 2
     assert not leaks, leaks

@@ -134,7 +134,9 @@ def spoken_turn_interrupt_and_leave(page: Page, leave_selector: str, left_select
 
     # The spoken turn: the gateway hears the fake microphone and answers.
     expect(page.locator(user_final)).to_have_text(SPOKEN, timeout=30_000)
-    expect(page.locator(assistant_final).first).to_contain_text(f"you said {SPOKEN}", timeout=30_000)
+    expect(page.locator(assistant_final).first).to_contain_text(
+        f"you said {SPOKEN}", timeout=30_000
+    )
     roles = page.locator(f"{transcript} > li").evaluate_all("els => els.map(e => e.dataset.role)")
     assert roles[:2] == ["user", "assistant"], roles
     # Wait for the short reply to finish playing before the long one.

@@ -23,7 +23,15 @@ def vite_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess
     port = free_port()
     server = spawn_app(
         "vite-preview",
-        ["node_modules/.bin/vite", "preview", "--host", "127.0.0.1", "--port", str(port), "--strictPort"],
+        [
+            "node_modules/.bin/vite",
+            "preview",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--strictPort",
+        ],
         folder,
         tmp_path_factory.mktemp("vite-app"),
     )
