@@ -24,4 +24,27 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e '.[dev]'
-echo "setup: ready ($VENV)"
+
+# Node.js for the web packages (clients/) and their examples: Next.js 16 and Vite 7 need
+# Node >= 20.19. Debian 13 ships it; on older releases install a newer nodejs first.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  echo "setup: installing Debian packages: nodejs npm"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends nodejs npm
+fi
+if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)'; then
+  echo "setup: Node.js $(node -v) is too old: the web packages need >= 20.19" >&2
+  exit 1
+fi
+# `npm ci` from the committed lock, only when the lock changed since the last install.
+export NEXT_TELEMETRY_DISABLED=1
+stamp=clients/node_modules/.voxgate-ci-stamp  # the same stamp tests/support/node.py reads
+want="$(sha256sum clients/package-lock.json clients/package.json | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "setup: npm ci in clients/"
+  (cd clients && npm ci --no-audit --no-fund)
+  echo "$want" > "$stamp"
+fi
+echo "setup: ready ($VENV, clients/node_modules)"

@@ -5,18 +5,30 @@
 // (audible hiss, worse recognition). A 32-tap Blackman-windowed sinc with a precomputed phase
 // table costs about a million multiply-adds a second, which an audio thread does not notice.
 //
-// Plain ES module with no dependencies, so it loads in an AudioWorkletGlobalScope (via the
-// worklets' `import`) and on the main thread alike.
+// No dependencies and no browser globals, so the build can bundle it into each worklet (a
+// worklet module loaded from a Blob URL cannot import its neighbours).
 
 const PHASES = 256;
 
 export class StreamResampler {
+  readonly inRate: number;
+  readonly outRate: number;
+  readonly passthrough: boolean;
+  readonly step: number;
+  readonly cutoff: number;
+  readonly halfTaps: number;
+  readonly taps: number;
+  readonly table: Float32Array;
+  private buf!: Float32Array;
+  private len!: number;
+  private pos!: number;
+
   /**
-   * @param {number} inRate  input sample rate (Hz)
-   * @param {number} outRate output sample rate (Hz)
-   * @param {{halfTaps?: number}} [options] kernel half-width, in input samples at unit ratio
+   * @param inRate  input sample rate (Hz)
+   * @param outRate output sample rate (Hz)
+   * @param options halfTaps: kernel half-width, in input samples at unit ratio
    */
-  constructor(inRate, outRate, options = {}) {
+  constructor(inRate: number, outRate: number, options: { halfTaps?: number } = {}) {
     this.inRate = inRate;
     this.outRate = outRate;
     this.passthrough = inRate === outRate;
@@ -33,7 +45,7 @@ export class StreamResampler {
   }
 
   /** Forget all history: the next sample starts a new, unrelated stream. */
-  reset() {
+  reset(): void {
     // Start with halfTaps of silence so the first output sample is centred on input 0.
     this.buf = new Float32Array(Math.max(4096, this.taps * 4));
     this.len = this.halfTaps;
@@ -42,13 +54,12 @@ export class StreamResampler {
 
   /**
    * Resample one block. Returns a new Float32Array (possibly empty) of output samples.
-   * @param {Float32Array} input
-   * @returns {Float32Array}
    */
-  process(input) {
+  process(input: Float32Array): Float32Array {
     if (this.passthrough) return input.slice();
     this._append(input);
-    const { halfTaps, table, taps, buf } = this;
+    const { halfTaps, table, taps } = this;
+    const buf = this.buf;
     const available = this.len - halfTaps - this.pos;
     if (available <= 0) return new Float32Array(0);
     const count = Math.max(0, Math.floor(available / this.step) + 1);
@@ -73,12 +84,12 @@ export class StreamResampler {
   }
 
   /** Push out the samples still held back by the filter delay (end of a stream). */
-  drain() {
+  drain(): Float32Array {
     if (this.passthrough) return new Float32Array(0);
     return this.process(new Float32Array(this.halfTaps + 1));
   }
 
-  _append(input) {
+  private _append(input: Float32Array): void {
     const need = this.len + input.length;
     if (need > this.buf.length) {
       let size = this.buf.length;
@@ -91,7 +102,7 @@ export class StreamResampler {
     this.len = need;
   }
 
-  _compact() {
+  private _compact(): void {
     // Keep only what the next output still needs (halfTaps before the read position).
     const keepFrom = Math.floor(this.pos) - this.halfTaps + 1;
     if (keepFrom <= 0) return;
@@ -101,7 +112,7 @@ export class StreamResampler {
   }
 }
 
-function buildTable(halfTaps, cutoff) {
+function buildTable(halfTaps: number, cutoff: number): Float32Array {
   const taps = halfTaps * 2;
   const table = new Float32Array(PHASES * taps);
   for (let p = 0; p < PHASES; p++) {
@@ -121,13 +132,13 @@ function buildTable(halfTaps, cutoff) {
   return table;
 }
 
-function sinc(x) {
+function sinc(x: number): number {
   if (x === 0) return 1;
   const px = Math.PI * x;
   return Math.sin(px) / px;
 }
 
-function blackman(t) {
+function blackman(t: number): number {
   // t in [-1, 1]; zero outside.
   if (t <= -1 || t >= 1) return 0;
   const u = (t + 1) / 2;
