@@ -310,18 +310,18 @@ class ReconnectAudioBuffer:
         return item
 
     def finish(self) -> None:
-        """Everything held has reached the new upstream (call it as soon as `next_held` says
+        """The held audio has gone to the new upstream (call it as soon as `next_held` says
         None, before anything else awaits). The replayed audio that the new session has not
-        committed becomes its uncommitted tail."""
+        committed becomes its uncommitted tail; so does anything a replay cut short by a new
+        drop never sent, so the next reconnect replays it."""
         if not self._holding:
             return
         self._holding = False
-        bps = self._bytes_per_s
-        self._report("buffered", self._entered / bps)
-        self._report("replayed", self._replay_pos / bps)
-        self._report("overflow", self._dropped / bps)
+        self._report_episode(discarded=0)
+        unsent, unsent_size = self._chunks, self._size
         self._chunks = deque(self._replayed)
-        self._size = self._replayed_size
+        self._chunks.extend(unsent)
+        self._size = self._replayed_size + unsent_size
         self._base = self._replay_pos - self._replayed_size
         self._replayed = deque()
         self._replayed_size = self._replay_pos = 0
@@ -331,14 +331,20 @@ class ReconnectAudioBuffer:
         if not self._holding:
             return
         self._holding = False
-        bps = self._bytes_per_s
-        self._report("buffered", self._entered / bps)
-        self._report("replayed", self._replay_pos / bps)
-        self._report("overflow", self._dropped / bps)
-        self._report("discarded", self._size / bps)
+        self._report_episode(discarded=self._size)
         self._chunks.clear()
         self._size = self._base = 0
         self._replayed.clear()
+
+    def _report_episode(self, discarded: int) -> None:
+        bps = self._bytes_per_s
+        counts: tuple[tuple[HeldAudioKind, int], ...] = (
+            ("buffered", self._entered), ("replayed", self._replay_pos),
+            ("overflow", self._dropped), ("discarded", discarded),
+        )  # fmt: skip
+        for kind, nbytes in counts:
+            if nbytes:
+                self._report(kind, nbytes / bps)
 
     def _trim(self, limit: int) -> int:
         """Drop the oldest chunks until at most `limit` bytes remain -> bytes dropped."""
