@@ -153,6 +153,10 @@ class Settings(BaseSettings):
     reconnect_max_s: float = Field(30.0, validation_alias=_env("VOXGATE_RECONNECT_MAX_S"))
     breaker_failures: int = Field(3, validation_alias=_env("VOXGATE_BREAKER_FAILURES"))
     breaker_cooldown_s: float = Field(30.0, validation_alias=_env("VOXGATE_BREAKER_COOLDOWN_S"))
+    #: User audio kept while an engine reconnects, replayed to the new upstream (0: dropped).
+    reconnect_audio_buffer_s: float = Field(
+        10.0, ge=0, validation_alias=_env("VOXGATE_RECONNECT_AUDIO_BUFFER_S")
+    )
     upstream_ping_interval_s: float = Field(
         20.0, validation_alias=_env("VOXGATE_UPSTREAM_PING_INTERVAL_S")
     )

@@ -161,6 +161,15 @@ class Interrupted:
 
 
 @dataclass(slots=True)
+class InputAudioDropped:
+    """The upstream has been away so long that the user audio kept for it overflowed: the
+    oldest is being dropped and only the newest `kept_s` seconds will reach the provider.
+    Emitted once per reconnect; the session tells the client (the session survives)."""
+
+    kept_s: float
+
+
+@dataclass(slots=True)
 class EngineError:
     code: str  # a protocol ErrorCode value
     message: str
@@ -175,8 +184,14 @@ EngineEvent = (
     | AudioOut
     | ResponseDone
     | Interrupted
+    | InputAudioDropped
     | EngineError
 )
+
+#: What a reconnecting engine reports about the user audio it kept for the provider:
+#: "buffered" (entered the buffer), "replayed" (reached the new upstream), "overflow" (oldest
+#: dropped past the limit), "discarded" (thrown away because the reconnect failed).
+HeldAudioKind = Literal["buffered", "replayed", "overflow", "discarded"]
 
 
 class EngineConfig(Protocol):
@@ -225,6 +240,8 @@ class ConversationEngine(ABC):
         self._closed = False
         #: Set by the session: called with (ok, seconds) after each upstream connect attempt.
         self.connect_observer: Callable[[bool, float], None] | None = None
+        #: Set by the session: called with (kind, seconds) about audio kept across reconnects.
+        self.held_audio_observer: Callable[[HeldAudioKind, float], None] | None = None
 
     # --- configuration --------------------------------------------------------------------
     @classmethod
@@ -311,3 +328,8 @@ class ConversationEngine(ABC):
         if self.connect_observer is not None:
             self.connect_observer(ok, seconds)
 
+    def report_held_audio(self, kind: HeldAudioKind, seconds: float) -> None:
+        """Reconnecting engines' `ReconnectAudioBuffer` calls this once per reconnect and kind;
+        the session hooks `held_audio_observer` up to the metrics."""
+        if self.held_audio_observer is not None and seconds > 0:
+            self.held_audio_observer(kind, seconds)

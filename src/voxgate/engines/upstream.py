@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
-from voxgate.engines.base import EngineUnavailable
+from voxgate.engines.base import EngineUnavailable, HeldAudioKind
 
 if TYPE_CHECKING:
     from voxgate.config import Settings
@@ -63,6 +64,8 @@ class UpstreamOptions:
     compression: bool = False
     #: How a dropped link is reopened.
     reconnect: ReconnectPolicy = ReconnectPolicy()
+    #: User audio kept while the link is reopened, in seconds (0: none is kept).
+    audio_buffer_s: float = 10.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UpstreamOptions:
@@ -71,6 +74,7 @@ class UpstreamOptions:
             ping_interval_s=settings.upstream_ping_interval_s or None,
             compression=settings.ws_compression,
             reconnect=ReconnectPolicy.from_settings(settings),
+            audio_buffer_s=settings.reconnect_audio_buffer_s,
         )
 
 
@@ -150,6 +154,212 @@ async def reconnect(
     return None, last
 
 
+class _Commit:
+    """Where a manual turn end fell among the held audio."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "COMMIT"
+
+
+#: Held in a `ReconnectAudioBuffer` where the client committed its turn during a reconnect.
+COMMIT: Final = _Commit()
+
+
+class ReconnectAudioBuffer:
+    """User audio that must outlive a dropped upstream, so the provider still hears it.
+
+    Without it, whatever the user says while the engine reconnects is lost and the assistant
+    simply ignores it. One bounded queue of chunks serves two phases:
+
+    - **Connected**: `sent` keeps the tail of the audio sent to the upstream that the provider
+      has not yet taken into a turn (`committed`): a short pre-roll, or the whole utterance in
+      progress once `speech(True)` says one is. If the link drops, that tail may have died
+      unheard with it, so it is replayed too: an utterance that straddles the drop reaches the
+      new upstream whole rather than split, and audio already committed is never sent twice.
+    - **Reconnecting** (`begin` until `finish` or `discard`): `hold` keeps everything, up to
+      `seconds`; beyond it the oldest goes (the newest speech is what the user still means).
+      `hold_commit` marks a manual turn end in place. On restore the engine takes the items
+      with `next_held` in order, sending each, until none is left; new audio keeps arriving
+      through `hold` meanwhile and is sent in turn, so order is kept without a lock.
+
+    Only positions and byte counts are tracked: the chunks are the engine's own `bytes`, never
+    copied. Engines report through `report` (kind, seconds), once per reconnect and kind.
+    """
+
+    #: Audio kept ahead of detected speech: covers the provider's speech detection delay and
+    #: the frames in flight when the link died.
+    PREROLL_MS = 1000
+
+    def __init__(self, seconds: float, report: Callable[[HeldAudioKind, float], None]) -> None:
+        self.seconds = max(0.0, seconds)
+        self._report = report
+        self._chunks: deque[bytes | _Commit] = deque()
+        self._size = 0  # audio bytes in `_chunks`
+        self._base = 0  # upstream position (bytes since its session began) of the first chunk
+        self._in_speech = False
+        self._holding = False
+        self._bytes_per_s = 48000
+        self._max = self._preroll = 0
+        self.configure(self._bytes_per_s)
+        # This reconnect: bytes that entered, dropped, replayed; whether the client was told.
+        self._entered = self._dropped = 0
+        self._told = False
+        self._replayed: deque[bytes] = deque()
+        self._replayed_size = 0
+        self._replay_pos = 0
+
+    def configure(self, bytes_per_s: int) -> None:
+        """The engine's input audio rate in bytes per second (final once it has connected)."""
+        self._bytes_per_s = max(1, bytes_per_s)
+        self._max = int(self.seconds * self._bytes_per_s) & ~1
+        self._preroll = min(self._max, int(self.PREROLL_MS * self._bytes_per_s / 1000) & ~1)
+
+    @property
+    def holding(self) -> bool:
+        return self._holding
+
+    @property
+    def held_seconds(self) -> float:
+        return self._size / self._bytes_per_s
+
+    # --- connected ------------------------------------------------------------------------
+    def sent(self, pcm: bytes) -> None:
+        """`pcm` went to the upstream (hot path: one append, one comparison)."""
+        if not self._max:
+            return
+        self._chunks.append(pcm)
+        self._size += len(pcm)
+        limit = self._max if self._in_speech else self._preroll
+        if self._size > limit:
+            self._trim(limit)
+
+    def speech(self, active: bool) -> None:
+        """An utterance is (or is no longer) in progress: keep all of it, not only a pre-roll.
+        Manual turns are always in progress until their commit."""
+        self._in_speech = active
+
+    def committed(self, position: int | None = None) -> None:
+        """The provider took the audio up to `position` (bytes since its session began; None:
+        all sent so far) into a turn: a replay must not send it again."""
+        if self._holding:
+            return
+        chunks = self._chunks
+        while chunks:
+            first = chunks[0]
+            n = len(first) if isinstance(first, bytes) else 0
+            if position is not None and self._base + n > position:
+                return
+            chunks.popleft()
+            self._size -= n
+            self._base += n
+
+    def new_session(self) -> None:
+        """A fresh upstream session replaced the old one at a quiet moment (no reconnect):
+        its positions start at zero and it owes nothing to the old one's tail."""
+        if self._holding:
+            return
+        self._chunks.clear()
+        self._size = self._base = 0
+
+    # --- reconnecting -----------------------------------------------------------------------
+    def begin(self) -> None:
+        """The link dropped: the uncommitted tail heads what is held from now on."""
+        if self._holding:
+            return
+        self._holding = True
+        self._told = False
+        self._entered, self._dropped = self._size, 0
+        self._replayed.clear()
+        self._replayed_size = self._replay_pos = 0
+
+    def hold(self, pcm: bytes) -> bool:
+        """Keep `pcm` for the new upstream. True the first time this reconnect drops the oldest
+        audio to stay within the limit: the engine tells the client, once."""
+        self._chunks.append(pcm)
+        n = len(pcm)
+        self._size += n
+        self._entered += n
+        if self._size <= self._max:
+            return False
+        self._dropped += self._trim(self._max)
+        if self._told:
+            return False
+        self._told = True
+        return True
+
+    def hold_commit(self) -> None:
+        """The client ended its turn while the link was down: commit there when replaying."""
+        self._chunks.append(COMMIT)
+
+    def next_held(self) -> bytes | _Commit | None:
+        """The oldest held item, to send now; None when all of it has been taken."""
+        if not self._chunks:
+            return None
+        item = self._chunks.popleft()
+        if isinstance(item, bytes):
+            n = len(item)
+            self._size -= n
+            self._replay_pos += n
+            self._replayed.append(item)
+            self._replayed_size += n
+        else:  # the new upstream commits what was replayed so far
+            self._replayed.clear()
+            self._replayed_size = 0
+        return item
+
+    def finish(self) -> None:
+        """The held audio has gone to the new upstream (call it as soon as `next_held` says
+        None, before anything else awaits). The replayed audio that the new session has not
+        committed becomes its uncommitted tail; so does anything a replay cut short by a new
+        drop never sent, so the next reconnect replays it."""
+        if not self._holding:
+            return
+        self._holding = False
+        self._report_episode(discarded=0)
+        unsent, unsent_size = self._chunks, self._size
+        self._chunks = deque(self._replayed)
+        self._chunks.extend(unsent)
+        self._size = self._replayed_size + unsent_size
+        self._base = self._replay_pos - self._replayed_size
+        self._replayed = deque()
+        self._replayed_size = self._replay_pos = 0
+
+    def discard(self) -> None:
+        """The reconnect failed (or the engine stops): what is held will never be heard."""
+        if not self._holding:
+            return
+        self._holding = False
+        self._report_episode(discarded=self._size)
+        self._chunks.clear()
+        self._size = self._base = 0
+        self._replayed.clear()
+
+    def _report_episode(self, discarded: int) -> None:
+        bps = self._bytes_per_s
+        counts: tuple[tuple[HeldAudioKind, int], ...] = (
+            ("buffered", self._entered), ("replayed", self._replay_pos),
+            ("overflow", self._dropped), ("discarded", discarded),
+        )  # fmt: skip
+        for kind, nbytes in counts:
+            if nbytes:
+                self._report(kind, nbytes / bps)
+
+    def _trim(self, limit: int) -> int:
+        """Drop the oldest chunks until at most `limit` bytes remain -> bytes dropped."""
+        dropped = 0
+        chunks = self._chunks
+        while self._size > limit and chunks:
+            item = chunks.popleft()
+            if isinstance(item, bytes):
+                n = len(item)
+                self._size -= n
+                self._base += n
+                dropped += n
+        return dropped
+
+
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[object] | asyncio.Task[None] | None]) -> None:
     """Cancel each task (never the caller's own) and wait until it has really ended."""
     current = asyncio.current_task()
@@ -162,8 +372,10 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[object] | asyncio.Task[No
 
 
 __all__ = [
+    "COMMIT",
     "MAX_UPSTREAM_FRAME",
     "DialFailed",
+    "ReconnectAudioBuffer",
     "ReconnectPolicy",
     "UpstreamOptions",
     "cancel_and_wait",

@@ -73,6 +73,28 @@ class Metrics:
             registry=r,
         )
 
+        # User audio kept while an engine reconnected to its provider, and what became of it.
+        self.reconnect_audio_buffered_seconds = Counter(
+            "voxgate_reconnect_audio_buffered_seconds",
+            "User audio kept for the provider while an engine reconnected",
+            ["engine"],
+            registry=r,
+        )
+        self.reconnect_audio_replayed_seconds = Counter(
+            "voxgate_reconnect_audio_replayed_seconds",
+            "User audio sent to the new upstream after a reconnect",
+            ["engine"],
+            registry=r,
+        )
+        self.reconnect_audio_dropped_seconds = Counter(
+            "voxgate_reconnect_audio_dropped_seconds",
+            "User audio kept during a reconnect that never reached the provider: the oldest "
+            "past VOXGATE_RECONNECT_AUDIO_BUFFER_S (overflow), or all of it when the reconnect "
+            "failed (reconnect_failed)",
+            ["engine", "reason"],
+            registry=r,
+        )
+
     def prometheus_text(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -25,6 +25,12 @@ How the seam maps onto the provider, and why:
   `contextual_update` (ElevenLabs cannot replay items; the agent's own state is lost), with
   `status: reconnecting`; the turn in flight ends as `failed`. When every attempt fails the
   fatal error follows.
+- **Nothing said is lost to a reconnect.** User audio sent while reconnecting is held (bounded,
+  `VOXGATE_RECONNECT_AUDIO_BUFFER_S`) and sent to the new conversation right after its briefing,
+  in order, so the agent hears the utterance and answers it; it starts with what the lost
+  conversation received but never turned into a user transcript (a pre-roll, or the utterance
+  in progress), so speech that straddles the drop arrives whole. A `commit` is trailing silence,
+  so it is held in its place like any audio.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from voxgate.engines.base import (
     EngineError,
     EngineUnavailable,
     HistoryTurn,
+    InputAudioDropped,
     Interrupted,
     ResponseDone,
     StartOptions,
@@ -77,6 +84,7 @@ from voxgate.engines.elevenlabs.wire import (
 )
 from voxgate.engines.upstream import (
     DialFailed,
+    ReconnectAudioBuffer,
     cancel_and_wait,
     close_quietly,
     dial_ws,
@@ -191,6 +199,10 @@ class ElevenLabsEngine(ConversationEngine):
         self._state_lock = asyncio.Lock()
         self._stopping = False
         self._started = False
+        #: True from a dropped transport until the new conversation has all held audio.
+        self._reconnecting = False
+        #: User audio across reconnects (see the module docstring); sized once rates are known.
+        self._held = ReconnectAudioBuffer(config.upstream.audio_buffer_s, self.report_held_audio)
         self._turn: _AgentTurn | None = None
         self._pending: tuple[_AgentTurn, float] | None = None  # interrupted, awaiting correction
         self._last_interrupt_id = 0
@@ -237,6 +249,9 @@ class ElevenLabsEngine(ConversationEngine):
         except EngineUnavailable:
             self.status = "disconnected"
             raise
+        self._held.configure(self.capabilities.input_rate * 2)
+        # A manual turn is in progress until the agent has its transcript: all of it is kept.
+        self._held.speech(options.turn_detection.mode == "manual")
         if self._stopping:  # stop() ran while we were connecting: leave nothing behind
             ws, self._ws = self._ws, None
             await close_quietly(ws)
@@ -341,6 +356,7 @@ class ElevenLabsEngine(ConversationEngine):
         self._stopping = True
         task, self._reader_task = self._reader_task, None
         await cancel_and_wait([task])
+        self._held.discard()
         ws, self._ws = self._ws, None
         await close_quietly(ws)
         await self.emit(StatusChanged("disconnected", "stopped"))
@@ -361,8 +377,16 @@ class ElevenLabsEngine(ConversationEngine):
     async def send_audio(self, pcm16: bytes) -> None:
         if not pcm16:
             return
+        if self._reconnecting:  # held for the new conversation (see the module docstring)
+            if self._held.hold(pcm16):
+                await self.emit(InputAudioDropped(self._held.seconds))
+            return
+        self._held.sent(pcm16)
+        await self._send_audio_now(pcm16)
+
+    async def _send_audio_now(self, pcm16: bytes) -> bool:
         data = pcm16_to_ulaw(pcm16) if self._ulaw_in else pcm16
-        await self._send({"user_audio_chunk": base64.b64encode(data).decode("ascii")})
+        return await self._send({"user_audio_chunk": base64.b64encode(data).decode("ascii")})
 
     async def commit(self) -> None:
         """ElevenLabs has no "respond now" message; its own turn detection decides. Trailing
@@ -451,22 +475,42 @@ class ElevenLabsEngine(ConversationEngine):
         with backoff and give it the history as a `contextual_update` (ElevenLabs cannot replay
         items). False when every attempt failed; the caller then reports the fatal error."""
         self._ws = None
-        await self.emit(StatusChanged("reconnecting", f"ElevenLabs connection lost (close {code})"))
-        rates = (self.capabilities.input_rate, self.capabilities.output_rate)
-        ws, _ = await reconnect(
-            self.config.upstream.reconnect,
-            lambda: self._reconnect_once(rates),
-            stopped=lambda: self._stopping,
-        )
-        if ws is None:
-            return False
-        self._last_interrupt_id = 0  # event ids restart with the new conversation
-        self._dropping_stale_audio = False
-        self._last_error = None
-        if self._history:
-            await self._send({"type": "contextual_update", "text": history_text(self._history)})
-        await self.emit(StatusChanged("connected", "reconnected"))
-        return True
+        self._reconnecting = True
+        self._held.begin()
+        try:
+            await self.emit(
+                StatusChanged("reconnecting", f"ElevenLabs connection lost (close {code})")
+            )
+            rates = (self.capabilities.input_rate, self.capabilities.output_rate)
+            ws, _ = await reconnect(
+                self.config.upstream.reconnect,
+                lambda: self._reconnect_once(rates),
+                stopped=lambda: self._stopping,
+            )
+            if ws is None:
+                return False
+            self._last_interrupt_id = 0  # event ids restart with the new conversation
+            self._dropping_stale_audio = False
+            self._last_error = None
+            if self._history:
+                await self._send({"type": "contextual_update", "text": history_text(self._history)})
+            await self._restore_input()
+            await self.emit(StatusChanged("connected", "reconnected"))
+            return True
+        finally:
+            self._held.discard()  # only if still held: the reconnect failed or was cancelled
+            self._reconnecting = False
+
+    async def _restore_input(self) -> None:
+        """The new conversation is briefed: send it the held audio, in order. Audio arriving
+        meanwhile is held and sent in turn; the moment nothing is left, new audio goes straight
+        to the new conversation again."""
+        held = self._held
+        while (item := held.next_held()) is not None:
+            if isinstance(item, bytes):
+                await self._send_audio_now(item)  # a failure is the reader's to notice
+        held.finish()
+        self._reconnecting = False
 
     async def _reconnect_once(self, rates: tuple[int, int]) -> ClientConnection:
         """One reconnect attempt; any failure is an `EngineUnavailable`, as `reconnect` wants."""
@@ -591,6 +635,9 @@ class ElevenLabsEngine(ConversationEngine):
         if self._user_item is not None:
             await self.emit(UserSpeaking(False))
         self._user_item, self._user_text = None, ""
+        # The agent heard this turn for good: a replay after a drop must not send it again.
+        self._held.committed()
+        self._held.speech(self._options.turn_detection.mode == "manual")
         if text:
             self._history.append(HistoryTurn("user", text))
         await self.emit(Transcript("user", item_id, text, delta, final=True))
@@ -599,6 +646,7 @@ class ElevenLabsEngine(ConversationEngine):
         text = str_field(msg["tentative_user_transcription_event"]["user_transcript"]).strip()
         if self._user_item is None:
             self._user_item, self._user_text = self._new_id("u"), ""
+            self._held.speech(True)
             await self.emit(UserSpeaking(True))
         delta = text_delta(self._user_text, text)
         self._user_text = text

@@ -13,8 +13,15 @@ Why it looks the way it does:
 - **Upstream faults are survivable.** One reader task owns the socket. When it drops (close,
   TCP reset, missed pongs) the engine reconnects with jittered backoff, re-sends the session
   config and replays the conversation so far as `conversation.item.create` items, and tells the
-  session through `StatusChanged`. Audio sent while reconnecting is **dropped**, not buffered:
-  stale speech replayed seconds late would trigger a turn the user no longer means.
+  session through `StatusChanged`.
+- **Nothing said is lost to a reconnect.** Audio sent while reconnecting is held (bounded,
+  `VOXGATE_RECONNECT_AUDIO_BUFFER_S`; beyond it the oldest goes and the client is told once)
+  and appended to the new session, in order, right after the conversation is restored, so the
+  provider hears the utterance and answers it. The held audio starts with what the old session
+  received but never committed into a turn (a pre-roll, or the utterance in progress until its
+  transcript is back), so speech that straddles the drop arrives whole, and committed audio is
+  never sent twice. A manual `commit` during the reconnect is replayed in its place, after the
+  audio before it, and gets one `response.create`.
 - **Session recycle.** OpenAI ends sessions at 60 minutes; the engine opens a fresh upstream
   session at a quiet moment before that (`VOXGATE_OPENAI_SESSION_RECYCLE_S`) and swaps it in
   without any status change. A provider `session_expired` is handled the same way.
@@ -42,6 +49,7 @@ from voxgate.engines.base import (
     ConversationEngine,
     EngineError,
     EngineUnavailable,
+    InputAudioDropped,
     Interrupted,
     ResponseDone,
     StartOptions,
@@ -52,7 +60,13 @@ from voxgate.engines.base import (
 )
 from voxgate.engines.openai.config import OpenAIConfig
 from voxgate.engines.openai.dial import dial_openai, realtime_url, unreachable
-from voxgate.engines.upstream import cancel_and_wait, close_quietly, reconnect
+from voxgate.engines.upstream import (
+    COMMIT,
+    ReconnectAudioBuffer,
+    cancel_and_wait,
+    close_quietly,
+    reconnect,
+)
 from voxgate.turns import heard_prefix, text_delta
 
 if TYPE_CHECKING:
@@ -64,6 +78,7 @@ RATE = 24000
 BYTES_PER_MS = 48  # PCM16 mono @ 24 kHz
 _APPEND_PREFIX = b'{"type":"input_audio_buffer.append","audio":"'
 _APPEND_SUFFIX = b'"}'
+_COMMIT_EVENT = '{"type":"input_audio_buffer.commit"}'
 #: Upstream error codes that retrying cannot fix.
 FATAL_CODES = {"invalid_api_key", "insufficient_quota", "account_deactivated"}
 #: Upstream errors that are expected and harmless.
@@ -85,6 +100,7 @@ _HANDLERS: dict[str, str] = {
     "input_audio_buffer.speech_stopped": "_on_input_audio_buffer_speech_stopped",
     "conversation.item.input_audio_transcription.delta": "_on_input_transcription_delta",
     "conversation.item.input_audio_transcription.completed": "_on_input_transcription_completed",
+    "conversation.item.input_audio_transcription.failed": "_on_input_transcription_failed",
     "response.created": "_on_response_created",
     "response.output_item.added": "_on_response_output_item_added",
     "response.done": "_on_response_done",
@@ -174,6 +190,13 @@ class OpenAIRealtimeEngine(ConversationEngine):
         #: the user would wait forever for an answer to a message the replay did restore.
         self._awaiting_response = False
         self._first_byte: asyncio.Task[None] | None = None
+        #: User audio across reconnects (see the module docstring).
+        self._held = ReconnectAudioBuffer(config.upstream.audio_buffer_s, self.report_held_audio)
+        self._held.configure(RATE * 2)
+        #: Utterances the server VAD committed whose transcript has not come back: item id ->
+        #: where it ended (bytes into the upstream session). Until the transcript arrives the
+        #: audio stays replayable: a drop now would otherwise lose what the user said.
+        self._untranscribed: dict[str, int] = {}
 
     # --- connection --------------------------------------------------------------------------
     def _session_config(self) -> dict[str, Any]:
@@ -248,6 +271,8 @@ class OpenAIRealtimeEngine(ConversationEngine):
     async def start(self, options: StartOptions) -> None:
         self._options = options
         self._server_vad = options.turn_detection.mode == "server_vad"
+        # A manual turn is in progress until its commit: all of it stays replayable.
+        self._held.speech(not self._server_vad)
         self._turns = [(t.role, t.text) for t in options.history]
         await self.emit(StatusChanged("connecting"))
         self._up = await self._open()
@@ -262,6 +287,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
             return
         self._stopping = True
         await cancel_and_wait((self._first_byte, self._recycler, self._reader))
+        self._held.discard()
         if self._up is not None:
             await close_quietly(self._up.ws)
         self._up = None
@@ -271,8 +297,13 @@ class OpenAIRealtimeEngine(ConversationEngine):
     # --- input -------------------------------------------------------------------------------
     async def send_audio(self, pcm16: bytes) -> None:
         up = self._up
-        if up is None or self._reconnecting:
-            return  # dropped while reconnecting (see module docstring)
+        if up is None:
+            return
+        if self._reconnecting:  # held for the new upstream (see the module docstring)
+            if self._held.hold(pcm16):
+                await self.emit(InputAudioDropped(self._held.seconds))
+            return
+        self._held.sent(pcm16)
         with contextlib.suppress(ConnectionClosed):
             await up.ws.send(_APPEND_PREFIX + base64.b64encode(pcm16) + _APPEND_SUFFIX, text=True)
 
@@ -320,6 +351,12 @@ class OpenAIRealtimeEngine(ConversationEngine):
         await self._send({"type": "response.create"})
 
     async def commit(self) -> None:
+        if self._reconnecting:
+            # Replayed after the audio held before it. Waiting out the reconnect here instead
+            # would stall the client's audio behind the commit.
+            self._held.hold_commit()
+            return
+        self._held.committed()
         await self._send({"type": "input_audio_buffer.commit"})
         await self._respond_now()
 
@@ -437,30 +474,56 @@ class OpenAIRealtimeEngine(ConversationEngine):
         await self._forget_session()
         self._reconnecting = True
         self._ready.clear()
+        self._held.begin()
         try:
+            up: _Upstream | None = None
             if expected:
                 # Session expiry: try a silent swap first, like a recycle.
                 with contextlib.suppress(EngineUnavailable):
-                    self._up = await self._open()
-                    await self._re_request_response()
-                    return
-            await self.emit(StatusChanged("reconnecting", "upstream connection lost"))
-            up, last = await reconnect(
-                self.config.upstream.reconnect, self._open, stopped=lambda: self._stopping
-            )
+                    up = await self._open()
+            silent, last = up is not None, ""
+            if up is None:
+                await self.emit(StatusChanged("reconnecting", "upstream connection lost"))
+                up, last = await reconnect(
+                    self.config.upstream.reconnect, self._open, stopped=lambda: self._stopping
+                )
             if up is not None:
                 self._up = up
-                await self._re_request_response()
-                await self.emit(StatusChanged("connected"))
+                await self._restore_input(up)
+                if not silent:
+                    await self.emit(StatusChanged("connected"))
             elif not self._stopping:
+                self._held.discard()
                 await self.emit(EngineError(
                     "upstream_unavailable",
                     f"Lost the connection to OpenAI and could not reconnect ({last}).",
                     fatal=True,
                 ))  # fmt: skip
         finally:
+            self._held.discard()  # only if still held: stopped or cancelled meanwhile
             self._reconnecting = False
             self._ready.set()  # release waiting senders (they check `_closed`)
+
+    async def _restore_input(self, up: _Upstream) -> None:
+        """The conversation is restored: append the held audio, in order, commit where the
+        client committed, then ask for the response a commit (or a request lost in the drop)
+        is owed. Audio arriving meanwhile is held and sent in turn; the moment nothing is left,
+        new audio goes straight to the new upstream again."""
+        held, committed = self._held, False
+        with contextlib.suppress(ConnectionClosed):  # the reader notices; held audio is kept
+            while (item := held.next_held()) is not None:
+                if item is COMMIT:
+                    await up.ws.send(_COMMIT_EVENT)
+                    committed = True
+                elif isinstance(item, bytes):
+                    await up.ws.send(_APPEND_PREFIX + base64.b64encode(item) + _APPEND_SUFFIX,
+                                     text=True)  # fmt: skip
+        held.finish()
+        self._reconnecting = False
+        self._ready.set()
+        if committed:
+            self._awaiting_response = True
+        await self._re_request_response()
 
     async def _forget_session(self) -> None:
         """End what lived in the lost upstream session: the response in flight fails, and the
@@ -478,6 +541,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
         self._dropped_responses.clear()
         self._user_partial.clear()
         self._user_speaking = False
+        self._untranscribed.clear()
 
     async def _re_request_response(self) -> None:
         """After a restore: ask again for a response whose request died with the old upstream
@@ -511,6 +575,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
                 await close_quietly(fresh.ws)
                 continue
             self._up = fresh
+            self._held.new_session()
             await close_quietly(up.ws)
 
     def _end_response(self) -> None:
@@ -555,6 +620,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
 
     async def _on_input_audio_buffer_speech_started(self, event: Event) -> None:
         self._user_speaking = True
+        self._held.speech(True)
         await self.emit(UserSpeaking(True))
         item = self._item
         if (
@@ -570,7 +636,19 @@ class OpenAIRealtimeEngine(ConversationEngine):
 
     async def _on_input_audio_buffer_speech_stopped(self, event: Event) -> None:
         self._user_speaking = False
+        end_ms = event.get("audio_end_ms")
+        if isinstance(end_ms, int) and self._server_vad:
+            self._untranscribed[str(event.get("item_id", ""))] = end_ms * BYTES_PER_MS
         await self.emit(UserSpeaking(False))
+
+    def _transcribed(self, event: Event) -> None:
+        """The provider heard this utterance for good: a replay must not send it again."""
+        end = self._untranscribed.pop(str(event.get("item_id", "")), None)
+        if end is None:
+            return
+        self._held.committed(end)
+        if not self._user_speaking and not self._untranscribed:
+            self._held.speech(False)
 
     async def _on_input_transcription_delta(self, event: Event) -> None:
         item_id = event.get("item_id", "")
@@ -583,9 +661,13 @@ class OpenAIRealtimeEngine(ConversationEngine):
         item_id = event.get("item_id", "")
         text = event.get("transcript") or ""
         delta = text_delta(self._user_partial.pop(item_id, ""), text)
+        self._transcribed(event)
         if text.strip():
             self._insert_user_turn(text)
         await self.emit(Transcript("user", item_id, text, delta, True))
+
+    async def _on_input_transcription_failed(self, event: Event) -> None:
+        self._transcribed(event)
 
     async def _on_response_created(self, event: Event) -> None:
         self._awaiting_response = False

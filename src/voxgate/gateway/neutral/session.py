@@ -28,6 +28,7 @@ from voxgate.engines.base import (
     Capabilities,
     ConversationEngine,
     EngineError,
+    InputAudioDropped,
     Interrupted,
     ResponseDone,
     StatusChanged,
@@ -263,6 +264,7 @@ class NeutralSession(LiveSessionBase):
         options = await steps.start_options(state, self.identity, self.id, msg, history)
         engine = create_engine(engine_name, self.settings)
         engine.connect_observer = steps.connect_observer(state, breaker, engine_name)
+        engine.held_audio_observer = steps.held_audio_observer(state, engine_name)
         # Known before it starts, so the session's end stops an engine that failed to start.
         self.engine = engine
         self.engine_name = self.turns.engine = engine_name
@@ -444,6 +446,8 @@ class NeutralSession(LiveSessionBase):
                     outbox.put(P.response_done_message(event.response_id, event.status, event.usage))
                 case StatusChanged():
                     self._on_status(event)
+                case InputAudioDropped(kept_s=kept):
+                    self._input_audio_dropped(kept)
                 case EngineError():
                     self._on_engine_error(event)
                 case _:
@@ -484,6 +488,18 @@ class NeutralSession(LiveSessionBase):
             f"you are not reading fast enough: more than {buffered:.1f} s of assistant audio was "
             "waiting, so the oldest is being dropped; 'backpressure' with paused false follows "
             "once you have caught up",
+        )
+
+    def _input_audio_dropped(self, kept_s: float) -> None:
+        # The inbound twin of `_audio_dropped`: said once per reconnect, the session goes on.
+        log.warning(
+            "session %s: the upstream is still reconnecting; dropping the oldest of more than "
+            "%.1f s of user audio kept for it", self.id, kept_s,
+        )  # fmt: skip
+        self._send_error(
+            ErrorCode.UPSTREAM_UNAVAILABLE,
+            f"the provider has been unreachable for a while: only the last {kept_s:g} s of what "
+            "you said is kept to be answered once it is back, and the oldest is being dropped",
         )
 
     def _on_transcript(self, event: Transcript) -> None:

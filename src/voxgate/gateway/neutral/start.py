@@ -16,6 +16,7 @@ from voxgate.config import Settings
 from voxgate.engines.base import (
     ConversationEngine,
     EngineUnavailable,
+    HeldAudioKind,
     HistoryTurn,
     StartOptions,
     TurnDetectionOptions,
@@ -117,6 +118,22 @@ def connect_observer(
     return observe
 
 
+def held_audio_observer(state: GatewayState, engine_name: str) -> Callable[[HeldAudioKind, float], None]:
+    """Where the engine reports the user audio it kept across a reconnect: the metrics."""
+    m = state.metrics
+    counters = {
+        "buffered": m.reconnect_audio_buffered_seconds.labels(engine_name),
+        "replayed": m.reconnect_audio_replayed_seconds.labels(engine_name),
+        "overflow": m.reconnect_audio_dropped_seconds.labels(engine_name, "overflow"),
+        "discarded": m.reconnect_audio_dropped_seconds.labels(engine_name, "reconnect_failed"),
+    }
+
+    def observe(kind: HeldAudioKind, seconds: float) -> None:
+        counters[kind].inc(seconds)
+
+    return observe
+
+
 async def start_engine(
     engine: ConversationEngine,
     options: StartOptions,
@@ -144,6 +161,7 @@ async def start_engine(
 __all__ = [
     "choose_engine",
     "connect_observer",
+    "held_audio_observer",
     "pass_breaker",
     "resume",
     "start_engine",
