@@ -55,7 +55,9 @@ def uvicorn_config(app: FastAPI, settings: Settings, *, port: int | None = None)
         access_log=False,
         # The app checks VOXGATE_MAX_FRAME_BYTES itself so it can say why; uvicorn's hard cap
         # only guards memory against absurd frames.
-        ws_max_size=max(16 * 1024 * 1024, settings.max_frame_bytes * 4),
+        ws_max_size=max(
+            16 * 1024 * 1024, settings.max_frame_bytes * 4, settings.compat_max_event_bytes + 65536
+        ),
         ws_ping_interval=20.0,
         # Every browser offers permessage-deflate; on PCM it costs 4-6% CPU per frame and saves
         # almost nothing (docs/benchmarks.md), so audio links go uncompressed.
