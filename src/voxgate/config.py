@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     token_requests_per_min: int = Field(
         10, ge=1, validation_alias=_env("VOXGATE_TOKEN_REQUESTS_PER_MIN")
     )
+    #: A bearer token for `/metrics`, `/api/realtime/metrics` and `/ws/status` (Prometheus
+    #: scrapers), besides an admin JWT. With auth on, those routes need one or the other.
+    metrics_token: SecretStr | None = Field(None, validation_alias=_env("VOXGATE_METRICS_TOKEN"))
 
     # --- the OpenAI-compatible endpoints (what they may spend) --------------------------------
     #: Models `/v1/realtime` and `POST /v1/realtime/client_secrets` may use; empty = the

@@ -52,6 +52,8 @@ def create_app(
     app.state.store = state.store
     app.state.authenticator = state.authenticator
     app.state.metrics = state.metrics
+    # The conversations API deletes a conversation's WAVs with it: without this, they stayed.
+    app.state.audio_log = state.audio_log
     app.include_router(ops_router)
     app.include_router(neutral_router)
     _include_optional_routers(app)
