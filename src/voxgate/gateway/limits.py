@@ -71,14 +71,14 @@ class AudioBudget:
     def __init__(
         self,
         bytes_per_s: float,
-        burst_s: float,
+        burst_bytes: float,
         frames_per_s: float,
         *,
         frame_burst_s: float = 2.0,
         clock=time.monotonic,
     ) -> None:
         self.byte_rate = float(bytes_per_s)
-        self.byte_cap = float(bytes_per_s * burst_s)
+        self.byte_cap = float(burst_bytes)
         self.frame_rate = float(frames_per_s)
         self.frame_cap = float(max(1.0, frames_per_s * frame_burst_s))
         self._bytes = self.byte_cap

@@ -76,13 +76,19 @@ def plain_append_bytes(text: str) -> int:
 
 
 def delta_bytes(frame: str) -> int:
-    """PCM bytes in a `response.output_audio.delta` frame: exact when `delta` is its last field
-    (as OpenAI sends it), else an estimate; never negative."""
+    """PCM bytes in a `response.output_audio.delta` frame: exact when its `delta` key is near
+    the start or last (one C-speed scan for the closing quote), else an estimate; never < 0."""
     at = frame.find(_DELTA_KEY, 0, 600)
-    if at >= 0 and frame.endswith('"}'):
-        chars = len(frame) - at - len(_DELTA_KEY) - 2
-        pad = (frame[-3] == "=") + (frame[-4] == "=") if chars >= 2 else 0
-        return max(0, (chars * 3 >> 2) - pad)
+    if at < 0:
+        at = frame.rfind(_DELTA_KEY, max(0, len(frame) - 8000))
+    if at >= 0:
+        start = at + len(_DELTA_KEY)
+        end = frame.find('"', start)
+        if end >= start:
+            pad = 0
+            if end - start >= 2:
+                pad = (frame[end - 1] == "=") + (frame[end - 2] == "=")
+            return max(0, ((end - start) * 3 >> 2) - pad)
     return max(0, (len(frame) - _DELTA_OVERHEAD) * 3 >> 2)
 
 
@@ -115,7 +121,9 @@ class CompatSession(LiveSessionBase):
         # Paced, not dropped: OpenAI itself accepts audio faster than real time (a recording
         # sent in one go), and SDKs treat a `rate_limited` error as the end of the session.
         self._audio_budget = AudioBudget(
-            BYTES_PER_S * s.audio_rate_multiple, s.compat_audio_burst_s, s.audio_frames_per_s
+            BYTES_PER_S * s.audio_rate_multiple,
+            BYTES_PER_S * s.compat_audio_burst_s,  # seconds of audio, whatever the pace
+            s.audio_frames_per_s,
         )
         self._last_append_error = 0.0
         self.turns.out_bytes_per_s = BYTES_PER_S

@@ -298,7 +298,7 @@ class NeutralSession(LiveSessionBase):
         self.turns.out_bytes_per_s = caps.output_rate * 2
         rate_cap = self.in_bytes_per_s * s.audio_rate_multiple
         # Burst of two seconds of audio on top of the sustained multiple of real time.
-        self._audio_budget = AudioBudget(rate_cap, 2.0, s.audio_frames_per_s)
+        self._audio_budget = AudioBudget(rate_cap, rate_cap * 2, s.audio_frames_per_s)
         self._min_chunk = self.in_bytes_per_s // 50  # 20 ms, the usual microphone frame
         self.outbox.max_audio_bytes = int(s.client_buffer_s * self.out_bytes_per_s)
 

@@ -261,3 +261,73 @@ async def test_an_append_without_audio_is_refused_and_the_session_lives_on(
         assert summary["voxgate_active_sessions"]["engine=openai-compat"] == 0
         assert "engine=openai-compat" in summary["voxgate_sessions"]
     assert all(e.get("type") != "input_audio_buffer.append" for e in sim.connections[-1].received)
+
+
+async def test_a_truncate_at_the_end_of_the_audio_is_a_completed_turn(
+    make_settings, gateway_factory, sim: OpenAISimulator
+) -> None:
+    async with gateway_factory(_settings(make_settings, sim)) as gw:
+        ws = await _open(gw)
+        try:
+            await _next(ws, "session.created")
+            await ws.send(json.dumps({"type": "conversation.item.create", "item": {
+                "type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": "say something"}]}}))  # fmt: skip
+            await ws.send(json.dumps({"type": "response.create"}))
+            audio = bytearray()
+            item_id = None
+            async with asyncio.timeout(20):
+                while (event := json.loads(await ws.recv()))["type"] != "response.done":
+                    if event["type"] == "response.output_audio.delta":
+                        item_id = event["item_id"]
+                        audio += base64.b64decode(event["delta"])
+            # What Pipecat sends once playback ends: the full length.
+            await ws.send(json.dumps({"type": "conversation.item.truncate", "item_id": item_id,
+                                      "content_index": 0, "audio_end_ms": len(audio) // 48}))  # fmt: skip
+            await _next(ws, "conversation.item.truncated")
+        finally:
+            await ws.close()
+        await gw.wait_idle()
+        convs, _ = await gw.state.store.list_conversations()
+        conv = await gw.state.store.get_conversation(convs[0].id)
+        assert conv is not None
+        said = [t for t in conv.turns if t.role == "assistant"]
+        assert len(said) == 1 and said[0].text == "You said: say something."
+        assert said[0].interrupted is False and said[0].heard_text is None
+        assert said[0].audio_ms == len(audio) // 48
+
+
+async def test_audio_faster_than_real_time_is_paced_not_cut_and_big_appends_pass(
+    make_settings, gateway_factory, sim: OpenAISimulator
+) -> None:
+    settings = _settings(make_settings, sim, compat_audio_burst_s=2.0, audio_rate_multiple=10.0)
+    async with gateway_factory(settings) as gw:
+        ws = await _open(gw)
+        try:
+            await _next(ws, "session.created")
+            await ws.send(json.dumps({"type": "session.update", "session": {
+                "type": "realtime", "audio": {"input": {"turn_detection": None}}}}))  # fmt: skip
+            await _next(ws, "session.updated")
+            # One append of 5 s (320 KB of base64, over the 256 KiB /ws frame limit): accepted.
+            five = base64.b64encode(b"\0\0" * 24000 * 5).decode()
+            assert len(five) == 320_000
+            started = time.monotonic()
+            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": five}))
+            # Then a 20 s recording sent in one go, in 100 ms chunks.
+            chunk = base64.b64encode(b"\0\0" * 2400).decode()
+            for _ in range(200):
+                await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
+            await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+            seen = []
+            async with asyncio.timeout(30):
+                while (event := json.loads(await ws.recv()))["type"] != "input_audio_buffer.committed":
+                    seen.append(event)
+            elapsed = time.monotonic() - started
+        finally:
+            await ws.close()
+    assert not [e for e in seen if e["type"] == "error"]  # nothing refused, no rate_limited
+    # 25 s of audio against a 2 s burst at 10x real time: about 2.3 s of pacing.
+    assert elapsed >= 2.0
+    appended = [e for e in sim.connections[-1].received if e["type"] == "input_audio_buffer.append"]
+    total = sum(len(base64.b64decode(e["audio"])) for e in appended)
+    assert len(appended) == 201 and total == 48000 * 25  # all of it, in order, untouched
