@@ -109,6 +109,14 @@ class Settings(BaseSettings):
         "sqlite+aiosqlite:///voxgate.db", validation_alias=_env("VOXGATE_DATABASE_URL")
     )
     audio_log_dir: str | None = Field(None, validation_alias=_env("VOXGATE_AUDIO_LOG_DIR"))
+    #: Delete conversations (turns and audio) this many days after their last activity;
+    #: 0 keeps them until deleted. Checked hourly (sooner for retentions under ten hours).
+    retention_days: float = Field(0.0, ge=0, validation_alias=_env("VOXGATE_RETENTION_DAYS"))
+    #: Stored conversations one user may have; at the quota, new sessions are refused until
+    #: some are deleted (or expire). 0 = no quota.
+    max_conversations_per_user: int = Field(
+        1000, ge=0, validation_alias=_env("VOXGATE_MAX_CONVERSATIONS_PER_USER")
+    )
 
     # --- security -----------------------------------------------------------------------------
     auth: Literal["none", "jwt"] = Field("none", validation_alias=_env("VOXGATE_AUTH"))

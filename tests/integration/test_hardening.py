@@ -201,3 +201,75 @@ async def test_metrics_and_status_need_an_admin_or_the_metrics_token(
         # The metrics token opens nothing else.
         assert (await http.get("/api/realtime/sessions", headers=scraper)).status_code == 401
         assert (await http.get("/api/conversations", headers=scraper)).status_code == 401
+
+
+# --- storage growth -------------------------------------------------------------------------
+
+
+async def test_metadata_and_context_payloads_are_bounded(openai_settings, gateway_factory) -> None:
+    async with gateway_factory(openai_settings()) as gw:
+        async with VoxgateClient(gw.ws_url) as client:
+            await client.send({"type": "start", "metadata": {"blob": "x" * 5000}})
+            error = await client.wait_for("error", timeout=10)
+            assert error["code"] == "bad_request" and "4096 bytes" in error["message"]
+            await client.start(metadata={"page": "checkout"}, turnDetection={"mode": "manual"})
+            await client.send({"type": "context_update", "payload": {"doc": "y" * 20_000}})
+            error = await client.wait_for("error", timeout=10)
+            assert "16000 bytes" in error["message"] and error["fatal"] is False
+            await client.ping("alive")
+            await client.wait_for("pong", timeout=10)
+        await gw.wait_idle()
+        convs, _ = await gw.state.store.list_conversations()
+        assert [c.metadata for c in convs] == [{"page": "checkout"}]
+
+
+async def test_retention_sweeps_old_conversations_and_their_audio(
+    make_settings, gateway_factory, tmp_path
+) -> None:
+    logs = tmp_path / "audio"
+    settings = make_settings(retention_days=2 / 86400, audio_log_dir=str(logs))  # two seconds
+    async with gateway_factory(settings) as gw:
+        store, audio_log = gw.state.store, gw.state.audio_log
+        old = await store.create_conversation("alice", "cascade")
+        audio_log.write(old.id, 0, "user", b"\0\0" * 1600, 16000)
+        await store.end_conversation(old.id)
+        await asyncio.sleep(3.5)  # past the retention; the sweep runs every second here
+        fresh = await store.create_conversation("alice", "cascade")
+        audio_log.write(fresh.id, 0, "user", b"\0\0" * 1600, 16000)
+        async with asyncio.timeout(5):
+            while await store.get_conversation(old.id) is not None:
+                await asyncio.sleep(0.1)
+        assert not (logs / old.id).exists()
+        assert await store.get_conversation(fresh.id) is not None
+        assert audio_log.files(fresh.id)
+
+
+async def test_a_user_at_the_conversation_quota_gets_no_new_session(
+    openai_settings, gateway_factory
+) -> None:
+    settings = openai_settings(auth="jwt", jwt_secret=SECRET, max_conversations_per_user=2)
+    async with gateway_factory(settings) as gw:
+        token = gw.state.authenticator.mint_jwt("alice")
+        for _ in range(2):
+            async with VoxgateClient(gw.ws_url, token) as client:
+                await client.start(turnDetection={"mode": "manual"})
+                await client.stop()
+            await gw.wait_idle()
+        client = VoxgateClient(gw.ws_url, token)
+        with pytest.raises(ProtocolFailure) as refused:
+            await client.connect()
+            await client.start(turnDetection={"mode": "manual"})
+        assert refused.value.error is not None
+        assert refused.value.error["code"] == "session_limit"
+        assert "VOXGATE_MAX_CONVERSATIONS_PER_USER" in refused.value.error["message"]
+        await client.close()
+        # Deleting one makes room again.
+        convs, _ = await gw.state.store.list_conversations("alice")
+        async with httpx.AsyncClient(base_url=gw.http_url) as http:
+            gone = await http.delete(
+                f"/api/conversations/{convs[0].id}", headers={"Authorization": f"Bearer {token}"}
+            )
+            assert gone.status_code == 204
+        async with VoxgateClient(gw.ws_url, token) as client:
+            ready = await client.start(turnDetection={"mode": "manual"})
+            assert ready["type"] == "session_ready"
