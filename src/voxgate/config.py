@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     #: Serve even on a non-loopback host with `VOXGATE_AUTH=none` (the `--insecure` flag).
     insecure: bool = Field(False, validation_alias=_env("VOXGATE_INSECURE"))
     shutdown_deadline_s: float = Field(10.0, validation_alias=_env("VOXGATE_SHUTDOWN_DEADLINE_S"))
+    #: A request's headers must arrive whole within this many seconds of connecting (or of the
+    #: previous response on a kept-alive connection): slow-header clients hold no socket longer.
+    header_timeout_s: float = Field(10.0, gt=0, validation_alias=_env("VOXGATE_HEADER_TIMEOUT_S"))
+    #: Open connections (HTTP and WebSocket) the process keeps; more are closed on arrival.
+    #: Keep it under the process's file-descriptor limit (`ulimit -n`).
+    max_connections: int = Field(2048, ge=16, validation_alias=_env("VOXGATE_MAX_CONNECTIONS"))
     #: permessage-deflate on WebSocket links (client and upstream). Off: PCM barely deflates
     #: and compression costs CPU on every frame (docs/benchmarks.md).
     ws_compression: bool = Field(False, validation_alias=_env("VOXGATE_WS_COMPRESSION"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -273,3 +274,58 @@ async def test_a_user_at_the_conversation_quota_gets_no_new_session(
         async with VoxgateClient(gw.ws_url, token) as client:
             ready = await client.start(turnDetection={"mode": "manual"})
             assert ready["type"] == "session_ready"
+
+
+# --- slow request headers -------------------------------------------------------------------
+
+
+async def _half_sent(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # the blank line never comes
+    await writer.drain()
+    return reader, writer
+
+
+async def test_slow_headers_are_cut_off_and_health_keeps_answering(
+    make_settings, gateway_factory
+) -> None:
+    settings = make_settings(header_timeout_s=1.0, max_connections=64)
+    async with gateway_factory(settings) as gw:
+        held = [await _half_sent(gw.port) for _ in range(120)]  # more than the cap
+        # A trickler: one byte every 0.3 s never finishes its head in time either.
+        trickle_r, trickle_w = await asyncio.open_connection("127.0.0.1", gw.port)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        async def trickle() -> None:
+            with contextlib.suppress(ConnectionError):
+                for byte in b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 100:
+                    trickle_w.write(bytes([byte]))
+                    await trickle_w.drain()
+                    await asyncio.sleep(0.3)
+
+        trickling = asyncio.create_task(trickle())
+        # Every half-sent request is closed: at once past the cap, after 1 s otherwise.
+        async with asyncio.timeout(5):
+            answers = [await reader.read() for reader, _ in held]
+        assert all(a == b"" or a.startswith(b"HTTP/1.1 408") for a in answers)
+        assert sum(a.startswith(b"HTTP/1.1 408") for a in answers) >= 50
+        async with asyncio.timeout(5):
+            with contextlib.suppress(ConnectionError):
+                await trickle_r.read()
+        assert loop.time() - started < 3.0  # cut at its 1 s deadline, not after 30 s of bytes
+        trickling.cancel()
+        for _, writer in held:
+            writer.close()
+        trickle_w.close()
+        # Meanwhile, and after, /health answers; a steady flood of half-sent requests cannot
+        # hold more than the cap.
+        flood = [await _half_sent(gw.port) for _ in range(30)]
+        async with httpx.AsyncClient(base_url=gw.http_url, timeout=5) as http:
+            assert (await http.get("/health")).status_code == 200
+            await asyncio.sleep(1.5)
+            # A kept-alive connection gets a fresh deadline per request and works as usual.
+            for _ in range(3):
+                assert (await http.get("/health")).status_code == 200
+        for _, writer in flood:
+            writer.close()
