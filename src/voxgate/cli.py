@@ -113,6 +113,11 @@ def check_serve_settings(settings: Settings) -> str | None:
         )
     if settings.auth == "jwt" and settings.jwt_secret is None:
         return "VOXGATE_AUTH=jwt needs VOXGATE_JWT_SECRET (a long random string)"
+    if settings.auth == "jwt" and settings.jwt_secret is not None:
+        from voxgate.gateway.auth import weak_jwt_secret
+
+        if (weak := weak_jwt_secret(settings.jwt_secret.get_secret_value())) is not None:
+            return weak
     from voxgate.engines import ENGINES
 
     for name in settings.engines_allowed_for_clients():
@@ -255,13 +260,16 @@ def token(
     admin: Annotated[bool, typer.Option(help="Grant access to admin routes.")] = False,
 ) -> None:
     """Mint a JWT for a user (needs VOXGATE_JWT_SECRET)."""
-    from voxgate.gateway.auth import Authenticator, AuthError
+    from voxgate.gateway.auth import Authenticator, AuthError, ConfigError
 
     settings = _load_settings()
     try:
         console.print(Authenticator(settings).mint_jwt(user, ttl, admin=admin), soft_wrap=True)
     except AuthError as exc:
         err.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(2) from None
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
 
 

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     #: Serve even on a non-loopback host with `VOXGATE_AUTH=none` (the `--insecure` flag).
     insecure: bool = Field(False, validation_alias=_env("VOXGATE_INSECURE"))
     shutdown_deadline_s: float = Field(10.0, validation_alias=_env("VOXGATE_SHUTDOWN_DEADLINE_S"))
+    #: A request's headers must arrive whole within this many seconds of connecting (or of the
+    #: previous response on a kept-alive connection): slow-header clients hold no socket longer.
+    header_timeout_s: float = Field(10.0, gt=0, validation_alias=_env("VOXGATE_HEADER_TIMEOUT_S"))
+    #: Open connections (HTTP and WebSocket) the process keeps; more are closed on arrival.
+    #: Keep it under the process's file-descriptor limit (`ulimit -n`).
+    max_connections: int = Field(2048, ge=16, validation_alias=_env("VOXGATE_MAX_CONNECTIONS"))
     #: permessage-deflate on WebSocket links (client and upstream). Off: PCM barely deflates
     #: and compression costs CPU on every frame (docs/benchmarks.md).
     ws_compression: bool = Field(False, validation_alias=_env("VOXGATE_WS_COMPRESSION"))
@@ -109,6 +115,14 @@ class Settings(BaseSettings):
         "sqlite+aiosqlite:///voxgate.db", validation_alias=_env("VOXGATE_DATABASE_URL")
     )
     audio_log_dir: str | None = Field(None, validation_alias=_env("VOXGATE_AUDIO_LOG_DIR"))
+    #: Delete conversations (turns and audio) this many days after their last activity;
+    #: 0 keeps them until deleted. Checked hourly (sooner for retentions under ten hours).
+    retention_days: float = Field(0.0, ge=0, validation_alias=_env("VOXGATE_RETENTION_DAYS"))
+    #: Stored conversations one user may have; at the quota, new sessions are refused until
+    #: some are deleted (or expire). 0 = no quota.
+    max_conversations_per_user: int = Field(
+        1000, ge=0, validation_alias=_env("VOXGATE_MAX_CONVERSATIONS_PER_USER")
+    )
 
     # --- security -----------------------------------------------------------------------------
     auth: Literal["none", "jwt"] = Field("none", validation_alias=_env("VOXGATE_AUTH"))
@@ -124,6 +138,26 @@ class Settings(BaseSettings):
     token_requests_per_min: int = Field(
         10, ge=1, validation_alias=_env("VOXGATE_TOKEN_REQUESTS_PER_MIN")
     )
+    #: A bearer token for `/metrics`, `/api/realtime/metrics` and `/ws/status` (Prometheus
+    #: scrapers), besides an admin JWT. With auth on, those routes need one or the other.
+    metrics_token: SecretStr | None = Field(None, validation_alias=_env("VOXGATE_METRICS_TOKEN"))
+
+    # --- the OpenAI-compatible endpoints (what they may spend) --------------------------------
+    #: Models `/v1/realtime` and `POST /v1/realtime/client_secrets` may use; empty = the
+    #: configured realtime and transcription models.
+    allowed_models: CsvList = Field(
+        default_factory=list, validation_alias=_env("VOXGATE_ALLOWED_MODELS")
+    )
+    #: Longest `instructions` a compatible client may set, in characters.
+    max_instructions_chars: int = Field(
+        16_000, ge=0, validation_alias=_env("VOXGATE_MAX_INSTRUCTIONS_CHARS")
+    )
+    #: Most tools a compatible client may attach to a session or a response.
+    max_tools: int = Field(32, ge=0, validation_alias=_env("VOXGATE_MAX_TOOLS"))
+    #: Longest lifetime of a client secret minted through voxgate (OpenAI allows 10-7200 s).
+    client_secret_max_ttl_s: int = Field(
+        600, ge=10, le=7200, validation_alias=_env("VOXGATE_CLIENT_SECRET_MAX_TTL_S")
+    )
 
     # --- limits -------------------------------------------------------------------------------
     max_sessions: int = Field(500, validation_alias=_env("VOXGATE_MAX_SESSIONS"))
@@ -133,7 +167,19 @@ class Settings(BaseSettings):
     )
     #: Audio a client may send, as a multiple of real time (bytes per second at its input rate).
     audio_rate_multiple: float = Field(4.0, validation_alias=_env("VOXGATE_AUDIO_RATE_MULTIPLE"))
+    #: Audio frames a client may send per second (empty and tiny frames cost a relay hop and a
+    #: provider request each); bursts of two seconds' worth pass.
+    audio_frames_per_s: int = Field(200, ge=1, validation_alias=_env("VOXGATE_AUDIO_FRAMES_PER_S"))
     max_frame_bytes: int = Field(262144, validation_alias=_env("VOXGATE_MAX_FRAME_BYTES"))
+    #: Largest event on `/v1/realtime`: OpenAI accepts appends of up to 15 MiB of base64.
+    compat_max_event_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, validation_alias=_env("VOXGATE_COMPAT_MAX_EVENT_BYTES")
+    )
+    #: Seconds of audio a `/v1/realtime` client may send at once (a recording in one go); past
+    #: it, reading is paced to `audio_rate_multiple`, nothing is dropped.
+    compat_audio_burst_s: float = Field(
+        120.0, ge=1.0, validation_alias=_env("VOXGATE_COMPAT_AUDIO_BURST_S")
+    )
     idle_timeout_s: float = Field(600.0, validation_alias=_env("VOXGATE_IDLE_TIMEOUT_S"))
     max_session_s: float = Field(1800.0, validation_alias=_env("VOXGATE_MAX_SESSION_S"))
     start_timeout_s: float = Field(15.0, validation_alias=_env("VOXGATE_START_TIMEOUT_S"))
@@ -161,7 +207,9 @@ class Settings(BaseSettings):
         20.0, validation_alias=_env("VOXGATE_UPSTREAM_PING_INTERVAL_S")
     )
 
-    @field_validator("allowed_engines", "allowed_origins", "admin_users", mode="before")
+    @field_validator(
+        "allowed_engines", "allowed_origins", "admin_users", "allowed_models", mode="before"
+    )
     @classmethod
     def _split_csv(cls, value: object) -> object:
         # Comma-separated in the environment; a JSON list also works.
@@ -188,6 +236,13 @@ class Settings(BaseSettings):
         if self.engine not in allowed:
             allowed.insert(0, self.engine)
         return allowed
+
+    def models_allowed(self) -> list[str]:
+        """Models the compatible endpoints may use (`VOXGATE_ALLOWED_MODELS`, or the
+        configured realtime and transcription models)."""
+        if self.allowed_models:
+            return list(self.allowed_models)
+        return [self.openai_realtime_model, self.openai_transcription_model]
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -20,12 +20,30 @@ from voxgate.secrets import scrub
 session_id_var: ContextVar[str | None] = ContextVar("voxgate_session_id", default=None)
 
 
+#: Control characters written out as escapes: a newline in a client's value (a close reason
+#: quoting an unknown message type, a conversation id) would otherwise forge a log line.
+_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, 0x85)}
+_CONTROL_ESCAPES.update({c: f"\\u{c:04x}" for c in (0x2028, 0x2029)})
+_CONTROL_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
+def escape_controls(text: str) -> str:
+    """`text` on one line: control characters as backslash escapes."""
+    if text.isprintable():
+        return text
+    return text.translate(_CONTROL_ESCAPES)
+
+
 class ScrubFilter(logging.Filter):
+    """Secrets out, control characters escaped, in every record's message: values from
+    clients reach log lines as arguments, so the formatted message is where they all meet.
+    (Tracebacks keep their lines: they are the gateway's own text.)"""
+
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "session_id", None) is None:
             record.session_id = session_id_var.get()
         message = record.getMessage()
-        cleaned = scrub(message)
+        cleaned = escape_controls(scrub(message))
         if cleaned != message:
             record.msg, record.args = cleaned, None
         return True

@@ -18,7 +18,7 @@ from enum import IntEnum, StrEnum
 from typing import Any, Literal, NotRequired, TypedDict
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 PROTOCOL_VERSION = 1
 
@@ -109,6 +109,17 @@ class TurnDetection(_Model):
 
 
 SUPPORTED_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
+#: `start.metadata` is stored with the conversation and listed with it: bounded, so one user
+#: cannot make every page of `GET /api/conversations` megabytes long.
+MAX_METADATA_BYTES = 4096
+#: A `context_update` payload reaches the model like a typed message, and is bounded like one.
+MAX_CONTEXT_BYTES = 16_000
+
+
+def _json_within(value: dict[str, Any] | None, limit: int, what: str) -> dict[str, Any] | None:
+    if value is not None and len(orjson.dumps(value)) > limit:
+        raise ValueError(f"{what} must be at most {limit} bytes as JSON")
+    return value
 
 
 class StartMessage(_Model):
@@ -124,6 +135,11 @@ class StartMessage(_Model):
     conversation_id: str | None = Field(None, alias="conversationId", max_length=64)
     metadata: dict[str, Any] | None = None
 
+    @field_validator("metadata")
+    @classmethod
+    def _bounded_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _json_within(value, MAX_METADATA_BYTES, "metadata")
+
     def model_post_init(self, __context: Any) -> None:
         for name, rate in (("inputRate", self.input_rate), ("outputRate", self.output_rate)):
             if rate not in SUPPORTED_RATES:
@@ -138,6 +154,11 @@ class UserMessage(_Model):
 class ContextUpdateMessage(_Model):
     type: Literal["context_update"] = "context_update"
     payload: dict[str, Any]
+
+    @field_validator("payload")
+    @classmethod
+    def _bounded_payload(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _json_within(value, MAX_CONTEXT_BYTES, "payload") or {}
 
 
 class InterruptMessage(_Model):

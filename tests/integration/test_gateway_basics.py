@@ -90,7 +90,7 @@ async def test_invalid_frame_flood_closes_with_1008(make_settings, gateway_facto
 
 async def test_refused_client_gets_the_reason_not_a_connection_error(make_settings, gateway_factory) -> None:
     """A client that sends before reading a refusal learns why (the CLI prints this sentence)."""
-    settings = make_settings(auth="jwt", jwt_secret="s" * 32)
+    settings = make_settings(auth="jwt", jwt_secret="basics-test-jwt-secret-0123456789abcdef")
     async with gateway_factory(settings) as gw:
         client = await VoxgateClient(gw.ws_url).connect()
         await asyncio.sleep(0.3)  # the refusal and the close are on their way

@@ -40,6 +40,7 @@ async def sim() -> AsyncIterator[OpenAISimulator]:
 
 
 def _settings(make_settings: Callable[..., Settings], sim: OpenAISimulator, **kw: Any) -> Settings:
+    kw.setdefault("engine", "openai")  # the compatible endpoints are open only with it enabled
     return make_settings(
         openai_api_key=SERVER_KEY,
         openai_url=sim.url,
@@ -275,7 +276,9 @@ async def test_auth_on_refuses_bad_tokens_and_accepts_jwt_and_browser_subprotoco
 async def test_limits_truncation_and_upstream_close_mirroring(
     make_settings, gateway_factory, sim: OpenAISimulator
 ) -> None:
-    settings = _settings(make_settings, sim, max_frame_bytes=20_000, control_messages_per_min=6)
+    settings = _settings(
+        make_settings, sim, compat_max_event_bytes=20_000, control_messages_per_min=6
+    )
     async with gateway_factory(settings) as gw:
         ws = await _raw(gw)
         try:

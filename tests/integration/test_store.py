@@ -176,6 +176,29 @@ async def test_delete_removes_conversation_and_turns(store: SqlConversationStore
         ).scalar_one()
     assert orphans == 0
 
+async def test_expire_removes_only_conversations_idle_past_the_cutoff(
+    store: SqlConversationStore,
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    old = [await store.create_conversation("erin", "cascade") for _ in range(3)]
+    for conv in old:
+        await store.add_turn(conv.id, TurnRecord(role="user", text="old"))
+    cutoff = datetime.now(UTC) + timedelta(milliseconds=50)
+    await asyncio.sleep(0.2)
+    fresh = await store.create_conversation("erin", "cascade")
+    resumed = old[0]
+    await store.end_conversation(resumed.id)  # ended after the cutoff: recent activity
+    first = await store.expire_conversations(cutoff, limit=1)
+    rest = await store.expire_conversations(cutoff)
+    assert len(first) == 1 and sorted(first + rest) == sorted(c.id for c in old[1:])
+    assert await store.expire_conversations(cutoff) == []
+    _, total = await store.list_conversations("erin")
+    assert total == 2 and await store.get_conversation(fresh.id) is not None
+    kept = await store.get_conversation(resumed.id)
+    assert kept is not None and [t.text for t in kept.turns] == ["old"]
+
+
 async def test_user_settings_round_trip(store: SqlConversationStore) -> None:
     assert await store.get_user_settings("erin") is None
     await store.create_conversation("erin", "cascade")  # creates the user row, no settings yet

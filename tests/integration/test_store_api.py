@@ -14,9 +14,7 @@ from fastapi import FastAPI
 from typer.testing import CliRunner
 
 from voxgate.config import get_settings
-from voxgate.gateway.api_conversations import router
-from voxgate.gateway.auth import Authenticator
-from voxgate.store.audio_log import AudioLog
+from voxgate.gateway.app import create_app
 from voxgate.store.base import TurnRecord
 from voxgate.store.cli import conversations_app, db_app
 from voxgate.store.sql import SqlConversationStore
@@ -27,14 +25,15 @@ SECRET = "test-secret-0123456789-abcdefghijklmnop"
 async def _make_app(
     tmp_path: Path, auth: str, audio_dir: Path | None = None
 ) -> tuple[FastAPI, SqlConversationStore]:
-    store = SqlConversationStore(f"sqlite+aiosqlite:///{tmp_path / 'api.db'}")
+    url = f"sqlite+aiosqlite:///{tmp_path / 'api.db'}"
+    store = SqlConversationStore(url)
     await store.open()
-    app = FastAPI()
-    app.include_router(router)
-    app.state.store = store
-    app.state.authenticator = Authenticator(get_settings(auth=auth, jwt_secret=SECRET))
-    app.state.audio_log = AudioLog(audio_dir) if audio_dir else None
-    return app, store
+    # The real app wiring: what `voxgate serve` runs, audio log included.
+    settings = get_settings(
+        auth=auth, jwt_secret=SECRET, database_url=url,
+        audio_log_dir=str(audio_dir) if audio_dir else None,
+    )  # fmt: skip
+    return create_app(settings, store=store), store
 
 
 @pytest.fixture
@@ -150,7 +149,7 @@ async def test_jwt_callers_see_only_their_own(
     jwt_app: tuple[FastAPI, SqlConversationStore],
 ) -> None:
     app, store = jwt_app
-    auth: Authenticator = app.state.authenticator
+    auth = app.state.authenticator
     alice_ids = [(await store.create_conversation("alice", "cascade")).id for _ in range(3)]
     bob_id = (await store.create_conversation("bob", "cascade")).id
     await store.add_turn(bob_id, TurnRecord(role="user", text="bob's secret"))

@@ -43,3 +43,22 @@ def test_protocol_doc_covers_every_message_and_code() -> None:
     for kind in sorted(protocol.CLIENT_TYPES | protocol.SERVER_TYPES):
         assert f"`{kind}`" in doc, kind
     assert "PROTOCOL_VERSION" in doc or "version 1" in doc
+
+
+def test_browser_section_says_how_openai_browser_sdks_use_a_voxgate_token() -> None:
+    """`@openai/agents-realtime` refuses non-`ek_` keys in a browser without a flag: a reader
+    of the browser section must find the flag, and why setting it is safe here."""
+    readme = (ROOT / "README.md").read_text()
+    browser = readme.split("## The browser client", 1)[1].split("\n## ", 1)[0]
+    assert "@openai/agents-realtime" in browser and "useInsecureApiKey: true" in browser
+    assert "ek_" in browser and "/api/realtime/session" in browser
+
+
+def test_protocol_doc_covers_the_compatible_surface_bounds() -> None:
+    doc = (ROOT / "docs" / "protocol.md").read_text()
+    for code in ("engine_not_enabled", "model_not_allowed", "instructions_too_long",
+                 "too_many_tools", "expires_after_too_long", "missing_required_parameter"):  # fmt: skip
+        assert f"`{code}`" in doc, code
+    for name in ("VOXGATE_ALLOWED_MODELS", "VOXGATE_CLIENT_SECRET_MAX_TTL_S",
+                 "VOXGATE_COMPAT_MAX_EVENT_BYTES", "VOXGATE_HEADER_TIMEOUT_S"):  # fmt: skip
+        assert name in doc, name

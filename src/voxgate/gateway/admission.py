@@ -24,6 +24,7 @@ from voxgate.gateway.auth import AuthError, Identity
 from voxgate.gateway.limits import LimitExceeded
 from voxgate.gateway.live import LiveSessionBase, close_reason
 from voxgate.gateway.origins import origin_allowed
+from voxgate.gateway.retention import quota_refusal
 from voxgate.gateway.state import GatewayState
 from voxgate.protocol import CloseCode
 
@@ -104,6 +105,9 @@ async def admit(state: GatewayState, websocket: WebSocket, door: Door, serve: Se
     try:
         try:
             admitted = _check(state, websocket, door)
+            if not admitted.identity.anonymous:  # anonymous callers are new users every time
+                if (full := await quota_refusal(state, admitted.identity.user_id)) is not None:
+                    raise door.refusal(Refusal.LIMIT, full)
             await serve(admitted)
         except Refused as refused:
             await _refuse(state, websocket, refused, door.subprotocol(websocket))

@@ -5,20 +5,27 @@ With auth on, callers see only their own conversations and administrators see ev
 (the gateway only allows auth off on loopback). A conversation that exists but belongs to
 someone else answers 404, exactly like one that does not exist, so ids cannot be probed.
 
-The lead's app must set `app.state.store` (a `ConversationStore`) and `app.state.authenticator`;
-`app.state.audio_log` (an `AudioLog`) is optional and, when set, DELETE removes the WAVs too.
+`create_app` sets `app.state.store` (a `ConversationStore`), `app.state.authenticator` and
+`app.state.audio_log` (an `AudioLog`, or None when audio logs are off); DELETE removes the
+conversation's WAVs with it.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
 from voxgate.gateway.auth import Identity, current_identity
 from voxgate.store.base import ConversationRecord, ConversationStore
 
 router = APIRouter(prefix="/api/conversations", tags=["conversations"])
+
+#: Larger offsets are refused (422) before they reach the database, which cannot take them.
+MAX_OFFSET = 2**31 - 1
+#: One page of the list stays under this many bytes of JSON, whatever `limit` asks for.
+MAX_PAGE_BYTES = 1024 * 1024
 
 CallerDep = Annotated[Identity, Depends(current_identity)]
 
@@ -48,7 +55,7 @@ async def list_conversations(
     request: Request,
     identity: CallerDep,
     limit: Annotated[int, Query(ge=1, le=200, description="page size")] = 50,
-    offset: Annotated[int, Query(ge=0, description="items to skip")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip")] = 0,
     user: Annotated[
         str | None, Query(max_length=255, description="only this user's (administrators)")
     ] = None,
@@ -63,11 +70,21 @@ async def list_conversations(
             )
         owner = identity.user_id
     items, total = await _store(request).list_conversations(owner, limit=limit, offset=offset)
+    page: list[dict[str, Any]] = []
+    size = 0
+    for conv in items:
+        entry = conv.to_json()
+        size += len(orjson.dumps(entry))
+        if page and size > MAX_PAGE_BYTES:
+            break  # the rest is on the next page (`nextOffset`)
+        page.append(entry)
+    after = offset + len(page)
     return {
-        "items": [c.to_json() for c in items],
+        "items": page,
         "total": total,
         "limit": limit,
         "offset": offset,
+        "nextOffset": after if after < total else None,
     }
 
 

@@ -12,7 +12,7 @@ from voxgate import __version__
 from voxgate import protocol as P
 from voxgate.config import Settings
 from voxgate.engines import ENGINES, engine_class
-from voxgate.gateway.auth import Identity, admin_identity
+from voxgate.gateway.auth import Identity, admin_identity, operations_reader
 from voxgate.gateway.state import GatewayState
 
 router = APIRouter()
@@ -59,7 +59,7 @@ def _engine_available(name: str, settings: Settings) -> bool:
         return False  # an engine that cannot even say whether it runs does not
 
 
-@router.get("/ws/status", tags=["ops"])
+@router.get("/ws/status", tags=["ops"], dependencies=[Depends(operations_reader)])
 async def ws_status(request: Request) -> dict[str, Any]:
     return _state(request).status()
 
@@ -92,7 +92,7 @@ async def get_session(
     return session.info()
 
 
-@router.get("/api/realtime/metrics", tags=["ops"])
+@router.get("/api/realtime/metrics", tags=["ops"], dependencies=[Depends(operations_reader)])
 async def metrics_json(request: Request) -> dict[str, Any]:
     state = _state(request)
     summary = state.metrics.summary()
@@ -100,7 +100,9 @@ async def metrics_json(request: Request) -> dict[str, Any]:
     return summary
 
 
-@router.get("/metrics", tags=["ops"], response_class=Response)
+@router.get(
+    "/metrics", tags=["ops"], response_class=Response, dependencies=[Depends(operations_reader)]
+)
 async def metrics_prometheus(request: Request) -> Response:
     return Response(
         _state(request).metrics.prometheus_text(),

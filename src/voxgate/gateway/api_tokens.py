@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from voxgate.config import Settings
 from voxgate.gateway.auth import Authenticator, AuthError, Identity
-from voxgate.gateway.limits import KeyedTokenBuckets
+from voxgate.gateway.limits import KeyedTokenBuckets, LimitExceeded, SessionLimiter
 from voxgate.gateway.origins import origin_allowed
 from voxgate.protocol import ErrorCode
 from voxgate.secrets import scrub
@@ -167,9 +167,7 @@ async def mint_session_token(
             f"the {request_.direct} engine is not enabled on this server "
             "(VOXGATE_ENGINE / VOXGATE_ALLOWED_ENGINES)",
         )
-    if request_.direct == "openai":
-        return await _openai_direct(request, settings, identity, request_)
-    return await _elevenlabs_direct(request, settings, identity)
+    return await _direct(request, settings, identity, request_)
 
 
 @router.options("/api/realtime/session", include_in_schema=False)
@@ -193,13 +191,39 @@ async def session_token_preflight(request: Request) -> Response:
 # --- providers ---------------------------------------------------------------------------------
 
 
+async def _direct(
+    request: Request, settings: Settings, identity: Identity, body: SessionTokenRequest
+) -> Response:
+    """A provider credential, counted as one of the user's sessions until it expires: the
+    provider session it opens is one voxgate never sees, so this is the only place to cap it."""
+    limiter: SessionLimiter = request.app.state.gateway.limiter
+    ttl = openai_secret_ttl_s(settings) if body.direct == "openai" else _ELEVENLABS_SIGNED_URL_TTL_S
+    try:
+        handle = limiter.hold(identity.user_id, ttl)
+    except LimitExceeded as exc:
+        return _refuse(request, 429, ErrorCode.SESSION_LIMIT, exc.message)
+    if body.direct == "openai":
+        answer = await _openai_direct(request, settings, identity, body)
+    else:
+        answer = await _elevenlabs_direct(request, settings, identity)
+    if answer.status_code >= 400:
+        limiter.unhold(identity.user_id, handle)  # nothing was minted
+    return answer
+
+
+def openai_secret_ttl_s(settings: Settings) -> int:
+    """The lifetime of a direct OpenAI secret: the session-token lifetime, within OpenAI's
+    range and the operator's ceiling."""
+    low, high = _OPENAI_SECRET_TTL_RANGE
+    return min(high, settings.client_secret_max_ttl_s, max(low, settings.session_token_ttl_s))
+
+
 async def _openai_direct(
     request: Request, settings: Settings, identity: Identity, body: SessionTokenRequest
 ) -> Response:
     from voxgate.engines.base import EngineUnavailable
     from voxgate.engines.openai.rest import OpenAIRequestError, create_client_secret
 
-    low, high = _OPENAI_SECRET_TTL_RANGE
     session: dict[str, Any] = {
         "type": "realtime",
         "model": settings.openai_realtime_model,
@@ -210,7 +234,7 @@ async def _openai_direct(
     payload = {
         "expires_after": {
             "anchor": "created_at",
-            "seconds": min(high, max(low, settings.session_token_ttl_s)),
+            "seconds": openai_secret_ttl_s(settings),
         },
         "session": session,
     }
@@ -277,11 +301,8 @@ async def _elevenlabs_direct(request: Request, settings: Settings, identity: Ide
 
 
 def _buckets(request: Request, settings: Settings) -> KeyedTokenBuckets:
-    """The app's token-request buckets, created on first use (one set per app)."""
-    buckets: KeyedTokenBuckets | None = getattr(request.app.state, "token_request_buckets", None)
-    if buckets is None:
-        buckets = KeyedTokenBuckets.per_minute(settings.token_requests_per_min)
-        request.app.state.token_request_buckets = buckets
+    """The gateway's one set of credential buckets (shared with the compatible endpoint)."""
+    buckets: KeyedTokenBuckets = request.app.state.gateway.token_buckets
     return buckets
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.resources
 import logging
@@ -13,6 +14,7 @@ from starlette.staticfiles import StaticFiles
 
 from voxgate import __version__
 from voxgate.config import Settings
+from voxgate.engines.upstream import cancel_and_wait
 from voxgate.gateway.api_ops import router as ops_router
 from voxgate.gateway.limits import HeaderSizeLimit
 from voxgate.gateway.neutral.endpoint import router as neutral_router
@@ -52,6 +54,8 @@ def create_app(
     app.state.store = state.store
     app.state.authenticator = state.authenticator
     app.state.metrics = state.metrics
+    # The conversations API deletes a conversation's WAVs with it: without this, they stayed.
+    app.state.audio_log = state.audio_log
     app.include_router(ops_router)
     app.include_router(neutral_router)
     _include_optional_routers(app)
@@ -68,6 +72,11 @@ def _lifespan(state: GatewayState) -> Callable[[FastAPI], AbstractAsyncContextMa
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.store.open()
+        sweeper = None
+        if settings.retention_days > 0:
+            from voxgate.gateway.retention import retention_loop
+
+            sweeper = asyncio.create_task(retention_loop(state), name="voxgate-retention")
         log.info(
             "voxgate %s ready: engine=%s auth=%s store=%s",
             __version__, settings.engine, settings.auth, _redact_url(settings.database_url),
@@ -75,6 +84,8 @@ def _lifespan(state: GatewayState) -> Callable[[FastAPI], AbstractAsyncContextMa
         try:
             yield
         finally:
+            if sweeper is not None:
+                await cancel_and_wait([sweeper])
             await state.shutdown_sessions()
             await state.store.close()
 

@@ -14,6 +14,7 @@ mint its own successor (an endless chain past its 60 s life) or reach the admin 
 
 from __future__ import annotations
 
+import hmac
 import secrets
 import time
 import uuid
@@ -35,6 +36,33 @@ JWT_LEEWAY_S = 5
 
 
 _USER_ID_RULE = f"a user id is 1-{MAX_USER_ID_CHARS} printable characters"
+
+#: HS256 keys shorter than the hash (32 bytes) can be brute-forced offline from one token.
+MIN_JWT_SECRET_BYTES = 32
+#: Fewer distinct bytes than this is a pattern, not a random secret (`ssss…`, `abcabc…`).
+MIN_JWT_SECRET_DISTINCT = 8
+_MAKE_A_SECRET = "make one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+
+
+def weak_jwt_secret(secret: str) -> str | None:
+    """Why `secret` must not sign tokens, or None. Anyone who guesses it signs admin tokens."""
+    data = secret.encode()
+    if len(data) < MIN_JWT_SECRET_BYTES:
+        return (
+            f"VOXGATE_JWT_SECRET is too short ({len(data)} bytes; at least "
+            f"{MIN_JWT_SECRET_BYTES} random bytes are needed, or tokens can be forged): "
+            + _MAKE_A_SECRET
+        )
+    if len(set(data)) < MIN_JWT_SECRET_DISTINCT:
+        return (
+            "VOXGATE_JWT_SECRET is a repeated pattern, not a random secret (tokens signed with it "
+            "can be forged): " + _MAKE_A_SECRET
+        )
+    return None
+
+
+class ConfigError(ValueError):
+    """Settings the gateway refuses to run with; the message says how to fix them."""
 
 
 def _valid_user_id(value: object) -> bool:
@@ -98,6 +126,9 @@ class SessionTokens:
 
 class Authenticator:
     def __init__(self, settings: Settings) -> None:
+        if settings.auth == "jwt" and settings.jwt_secret is not None:
+            if (weak := weak_jwt_secret(settings.jwt_secret.get_secret_value())) is not None:
+                raise ConfigError(weak)
         self.settings = settings
         self.session_tokens = SessionTokens(settings.session_token_ttl_s)
         self._anon_counter = 0
@@ -151,6 +182,8 @@ class Authenticator:
         secret = self.settings.jwt_secret
         if secret is None or not secret.get_secret_value():
             raise AuthError("VOXGATE_JWT_SECRET is not set")
+        if (weak := weak_jwt_secret(secret.get_secret_value())) is not None:
+            raise AuthError(weak)
         if ttl_s <= 0:
             raise AuthError(f"the token lifetime must be positive, got {ttl_s} s")
         if not _valid_user_id(user_id):
@@ -230,3 +263,19 @@ def admin_identity(request: Request) -> Identity:
     if not identity.is_admin:
         raise HTTPException(status_code=403, detail="this route is for administrators")
     return identity
+
+
+def operations_reader(request: Request) -> Identity | None:
+    """FastAPI dependency for the operational routes (`/metrics`, `/api/realtime/metrics`,
+    `/ws/status`): with auth on, an admin JWT or `VOXGATE_METRICS_TOKEN` (what a Prometheus
+    scraper holds); they show session counts and error codes, which are not for every user."""
+    authenticator: Authenticator = request.app.state.authenticator
+    if not authenticator.enabled:
+        return None
+    scrape = authenticator.settings.metrics_token
+    header = request.headers.get("authorization", "")
+    if scrape is not None and header[:7].lower() == "bearer ":
+        presented = header[7:].strip().encode()
+        if hmac.compare_digest(presented, scrape.get_secret_value().encode()):
+            return None
+    return admin_identity(request)

@@ -1,6 +1,7 @@
 """Limits that keep one user (or one dead provider) from hurting everyone else.
 
-- `TokenBucket`: control messages per minute, audio bytes per second.
+- `TokenBucket`: control messages per minute.
+- `AudioBudget`: audio bytes (a multiple of real time) and frames per second.
 - `KeyedTokenBuckets`: one bucket per user (or client address), e.g. for the token endpoint.
 - `WindowCounter`: invalid frames within a sliding minute (flood detection).
 - `SessionLimiter`: the global session cap and the per-user cap.
@@ -52,6 +53,66 @@ class TokenBucket:
     def per_minute(cls, count: int) -> TokenBucket:
         # The whole minute's allowance may be spent at once (a burst), then it refills steadily.
         return cls(capacity=count, rate=count / 60.0)
+
+
+class AudioBudget:
+    """Audio a client may send: bytes at a multiple of real time, and frames per second.
+
+    Counting bytes alone lets a flood of empty or two-byte frames through (each still costs a
+    provider request and a relay hop), so every frame also takes a frame token. Two policies:
+    `take` (drop what is over budget: a live microphone never needs more) and `charge` (accept
+    everything but say how long to pause reading: a recording sent in one go arrives intact,
+    paced to the sustained rate once its burst is spent). `charge` may run into debt, so one
+    event larger than the whole burst still passes, and the pause pays it back.
+    """
+
+    __slots__ = ("byte_rate", "byte_cap", "frame_rate", "frame_cap", "_bytes", "_frames", "_stamp", "_clock")
+
+    def __init__(
+        self,
+        bytes_per_s: float,
+        burst_bytes: float,
+        frames_per_s: float,
+        *,
+        frame_burst_s: float = 2.0,
+        clock=time.monotonic,
+    ) -> None:
+        self.byte_rate = float(bytes_per_s)
+        self.byte_cap = float(burst_bytes)
+        self.frame_rate = float(frames_per_s)
+        self.frame_cap = float(max(1.0, frames_per_s * frame_burst_s))
+        self._bytes = self.byte_cap
+        self._frames = self.frame_cap
+        self._clock = clock
+        self._stamp = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        elapsed = now - self._stamp
+        self._stamp = now
+        self._bytes = min(self.byte_cap, self._bytes + elapsed * self.byte_rate)
+        self._frames = min(self.frame_cap, self._frames + elapsed * self.frame_rate)
+
+    def take(self, nbytes: int) -> bool:
+        """Drop policy: True when one frame of `nbytes` fits now (and is counted)."""
+        self._refill()
+        if self._frames >= 1.0 and self._bytes >= nbytes:
+            self._frames -= 1.0
+            self._bytes -= nbytes
+            return True
+        return False
+
+    def charge(self, nbytes: int) -> float:
+        """Pace policy: count one frame of `nbytes`; -> seconds to wait before the next."""
+        self._refill()
+        self._frames -= 1.0
+        self._bytes -= nbytes
+        wait = 0.0
+        if self._bytes < 0:
+            wait = -self._bytes / self.byte_rate
+        if self._frames < 0:
+            wait = max(wait, -self._frames / self.frame_rate)
+        return wait
 
 
 class KeyedTokenBuckets:
@@ -133,24 +194,65 @@ class SessionLimiter:
     callers pass `per_user=False` for anonymous identities.
     """
 
-    def __init__(self, max_sessions: int, max_per_user: int) -> None:
+    def __init__(self, max_sessions: int, max_per_user: int, clock=time.monotonic) -> None:
         self.max_sessions = max_sessions
         self.max_per_user = max_per_user
         self.total = 0
         self._per_user: dict[str, int] = {}
+        #: Provider credentials minted for a user (a client secret, a signed URL): each may
+        #: open a provider session voxgate never sees, so it holds one of the user's slots
+        #: until it expires. user -> expiry times (monotonic).
+        self._held: dict[str, list[float]] = {}
+        self._clock = clock
 
     def acquire(self, user_id: str, *, per_user: bool = True) -> None:
         if self.total >= self.max_sessions:
             raise LimitExceeded(
                 f"the server is at its limit of {self.max_sessions} concurrent sessions; try again later"
             )
-        if per_user and self._per_user.get(user_id, 0) >= self.max_per_user:
-            raise LimitExceeded(
-                f"you already have {self.max_per_user} open sessions (the per-user limit); "
-                "close one first"
-            )
+        if per_user and self.count_for(user_id) >= self.max_per_user:
+            raise LimitExceeded(self._per_user_sentence(user_id))
         self.total += 1
         self._per_user[user_id] = self._per_user.get(user_id, 0) + 1
+
+    def hold(self, user_id: str, seconds: float) -> float:
+        """Count a minted provider credential as one of `user_id`'s sessions for `seconds`.
+
+        -> a handle for `unhold` (the mint failed after all). Raises `LimitExceeded`.
+        """
+        if self.count_for(user_id) >= self.max_per_user:
+            raise LimitExceeded(self._per_user_sentence(user_id))
+        if len(self._held) > 10_000:  # bound memory: forget users whose holds all expired
+            for user in list(self._held):
+                self._holds(user)
+        until = self._clock() + seconds
+        self._held.setdefault(user_id, []).append(until)
+        return until
+
+    def unhold(self, user_id: str, handle: float) -> None:
+        held = self._held.get(user_id)
+        if held and handle in held:
+            held.remove(handle)
+
+    def _per_user_sentence(self, user_id: str) -> str:
+        held = self._holds(user_id)
+        extra = f", {held} of them provider credentials minted recently" if held else ""
+        return (
+            f"you already have {self.max_per_user} open sessions (the per-user limit{extra}); "
+            "close one first"
+        )
+
+    def _holds(self, user_id: str) -> int:
+        held = self._held.get(user_id)
+        if not held:
+            return 0
+        now = self._clock()
+        live = [t for t in held if t > now]
+        if live:
+            self._held[user_id] = live
+        else:
+            del self._held[user_id]
+        return len(live)
 
     def release(self, user_id: str) -> None:
         self.total = max(0, self.total - 1)
@@ -161,7 +263,8 @@ class SessionLimiter:
             self._per_user.pop(user_id, None)
 
     def count_for(self, user_id: str) -> int:
-        return self._per_user.get(user_id, 0)
+        """Open sessions plus unexpired provider credentials held for `user_id`."""
+        return self._per_user.get(user_id, 0) + self._holds(user_id)
 
 
 BreakerState = Literal["closed", "open", "half_open"]

@@ -229,28 +229,33 @@ class LiveSessionBase(ABC):
     def _flush_metrics(self) -> None:
         # Audio counters are summed locally per frame and flushed once a second: no lock and no
         # float maths per frame on the hot path.
+        # Only ever forward: a Prometheus counter raises on a negative step, and a flush that
+        # raised would end the session and skip its bookkeeping.
         m = self.state.metrics
-        if self.audio_in_bytes != self._flushed_in:
+        if self.audio_in_bytes > self._flushed_in:
             m.audio_in_seconds.inc((self.audio_in_bytes - self._flushed_in) / self.in_bytes_per_s)
             self._flushed_in = self.audio_in_bytes
-        if self.audio_out_bytes != self._flushed_out:
+        if self.audio_out_bytes > self._flushed_out:
             m.audio_out_seconds.inc(
                 (self.audio_out_bytes - self._flushed_out) / self.out_bytes_per_s
             )
             self._flushed_out = self.audio_out_bytes
 
     async def _finish(self, ended: SessionEnded) -> None:
-        # Stop the upstream first: no new events, nothing more to relay.
-        await self._stop_upstream()
-        await self._last_words(ended)
-        # Finish writing turns, within the shutdown deadline, keeping what the end cut off.
-        self._store_cut_off(ended)
-        await self.turns.close(self.settings.shutdown_deadline_s)
-        self._flush_metrics()
-        if self.started and self.engine_name:
-            m = self.state.metrics
-            m.active_sessions.labels(self.engine_name).dec()
-            m.session_duration.labels(self.engine_name).observe(time.time() - self.started_at)
+        try:
+            # Stop the upstream first: no new events, nothing more to relay.
+            await self._stop_upstream()
+            await self._last_words(ended)
+            # Finish writing turns, within the shutdown deadline, keeping what the end cut off.
+            self._store_cut_off(ended)
+            await self.turns.close(self.settings.shutdown_deadline_s)
+            self._flush_metrics()
+        finally:
+            # Whatever failed above, the gauge of live sessions must come down.
+            if self.started and self.engine_name:
+                m = self.state.metrics
+                m.active_sessions.labels(self.engine_name).dec()
+                m.session_duration.labels(self.engine_name).observe(time.time() - self.started_at)
         log.info(
             "%s %s ended (close %s%s)",
             self.label,

@@ -8,10 +8,13 @@ close with 1001, let sessions finish writing turns, then let uvicorn finish.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
+import h11
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from voxgate.config import Settings
 from voxgate.gateway.state import GatewayState
@@ -45,6 +48,80 @@ def _find_state(app: object) -> GatewayState | None:
     return None
 
 
+class BoundedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with two bounds it lacks: a deadline for each request's headers,
+    and a cap on open connections.
+
+    uvicorn's keep-alive timer only runs between requests and is reset by any byte, so a client
+    that trickles a request's headers (or never finishes them) holds its socket for good; a few
+    hundred of those exhaust the process's file descriptors and `/health` stops answering. Here
+    the whole request head must arrive within `header_timeout_s` of the connection (or of the
+    previous response); past `max_connections` open connections, a new one is closed at once.
+    """
+
+    header_timeout_s = 10.0
+    max_connections = 2048
+    _last_refusal_log = -1e9
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_timer: asyncio.TimerHandle | None = None
+        if len(self.connections) > self.max_connections:
+            now = self.loop.time()
+            if now - BoundedH11Protocol._last_refusal_log > 10.0:  # a flood is one line, not many
+                BoundedH11Protocol._last_refusal_log = now
+                log.warning(
+                    "%d connections open, the limit is %d (VOXGATE_MAX_CONNECTIONS): closing new "
+                    "ones until some end", len(self.connections) - 1, self.max_connections,
+                )  # fmt: skip
+            transport.close()
+            return
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state is not h11.IDLE:
+            self._cancel_head_timer()  # the request's head is in (or the socket was upgraded)
+
+    def on_response_complete(self) -> None:
+        if not self.transport.is_closing():
+            self._arm_head_timer()  # the next request on this connection gets its own deadline
+        super().on_response_complete()
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_too_slow)
+
+    def _cancel_head_timer(self) -> None:
+        timer = getattr(self, "_head_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        if self.conn.our_state is h11.IDLE:
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            )
+        self.transport.close()
+
+
+def bounded_protocol(settings: Settings) -> type[BoundedH11Protocol]:
+    """The HTTP protocol class with this server's bounds."""
+    return type(
+        "VoxgateH11Protocol",
+        (BoundedH11Protocol,),
+        {"header_timeout_s": settings.header_timeout_s, "max_connections": settings.max_connections},
+    )
+
+
 def uvicorn_config(app: FastAPI, settings: Settings, *, port: int | None = None) -> uvicorn.Config:
     return uvicorn.Config(
         app,
@@ -55,7 +132,9 @@ def uvicorn_config(app: FastAPI, settings: Settings, *, port: int | None = None)
         access_log=False,
         # The app checks VOXGATE_MAX_FRAME_BYTES itself so it can say why; uvicorn's hard cap
         # only guards memory against absurd frames.
-        ws_max_size=max(16 * 1024 * 1024, settings.max_frame_bytes * 4),
+        ws_max_size=max(
+            16 * 1024 * 1024, settings.max_frame_bytes * 4, settings.compat_max_event_bytes + 65536
+        ),
         ws_ping_interval=20.0,
         # Every browser offers permessage-deflate; on PCM it costs 4-6% CPU per frame and saves
         # almost nothing (docs/benchmarks.md), so audio links go uncompressed.
@@ -64,9 +143,12 @@ def uvicorn_config(app: FastAPI, settings: Settings, *, port: int | None = None)
         timeout_graceful_shutdown=max(1, round(settings.shutdown_deadline_s)),
         lifespan="on",
         # h11 enforces the header-size bound below while parsing (httptools buffers any size
-        # first); only the HTTP handshake is parsed this way, WebSocket frames are not.
-        http="h11",
+        # first); only the HTTP handshake is parsed this way, WebSocket frames are not. The
+        # subclass adds the header deadline and the connection cap.
+        http=bounded_protocol(settings),
         h11_max_incomplete_event_size=64 * 1024,
+        # Requests beyond this many connections or in-flight requests get 503.
+        limit_concurrency=settings.max_connections,
     )
 
 

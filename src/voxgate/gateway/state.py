@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from voxgate.config import Settings
 from voxgate.gateway.auth import Authenticator
-from voxgate.gateway.limits import CircuitBreaker, SessionLimiter
+from voxgate.gateway.limits import CircuitBreaker, KeyedTokenBuckets, SessionLimiter
 from voxgate.gateway.metrics import Metrics
 from voxgate.gateway.outbox import Outbox, OutboxFactory
 from voxgate.store.base import ConversationStore
@@ -58,6 +58,9 @@ class GatewayState:
         self.tuning = tuning or SessionTuning()
         self.authenticator = Authenticator(settings)
         self.limiter = SessionLimiter(settings.max_sessions, settings.max_sessions_per_user)
+        #: One per-user budget for every route that mints a credential (`/ws` session tokens,
+        #: provider secrets from either token endpoint): two routes must not mean two budgets.
+        self.token_buckets = KeyedTokenBuckets.per_minute(settings.token_requests_per_min)
         self.metrics = Metrics()
         self.store: ConversationStore = store if store is not None else _default_store(settings)
         self.audio_log = _audio_log(settings)

@@ -41,6 +41,8 @@ class Turn:
     interrupted: bool = False
     #: How much of the audio the listener heard, when the turn was cut short.
     played_ms: int | None = None
+    #: The provider finished this turn's audio (so `audio_bytes` is its whole length).
+    audio_done: bool = False
     #: The turn's audio for the audio log (None when audio logs are off).
     audio: bytearray | None = None
 
@@ -162,9 +164,17 @@ class TurnLog:
     ) -> None:
         """The listener heard only `played_ms` of `turn`'s audio (`heard`, when known exactly).
 
+        Nothing happens when the turn's audio is complete and `played_ms` reaches its end.
+
         A turn already stored is marked after its insert. One not stored yet is stored now, or
         with `store_now` false when its final text arrives, still marked interrupted.
         """
+        if turn.audio_done and played_ms * self.out_bytes_per_s >= (turn.audio_bytes - 2) * 1000 - (
+            self.out_bytes_per_s  # a millisecond of rounding: `played_ms` is whole milliseconds
+        ):
+            # A cut at (or past) the end of the audio cuts nothing: players report the full
+            # length routinely once playback ends. The turn completed.
+            return
         turn.interrupted = True
         turn.played_ms = played_ms
         if turn.stored:

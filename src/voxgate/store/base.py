@@ -133,6 +133,11 @@ class ConversationStore(ABC):
     async def delete_conversation(self, conversation_id: str) -> bool: ...
 
     @abstractmethod
+    async def expire_conversations(self, before: datetime, *, limit: int = 500) -> list[str]:
+        """Delete up to `limit` conversations (with their turns) whose last activity (end, or
+        start while unended) is before `before`; -> their ids, so their audio can go too."""
+
+    @abstractmethod
     async def add_turn(self, conversation_id: str, turn: TurnRecord) -> TurnRecord:
         """Insert one final turn; returns it with `id` set.
 

@@ -397,6 +397,21 @@ class SqlConversationStore(ConversationStore):
             )
         return bool(result.rowcount)
 
+    async def expire_conversations(self, before: datetime, *, limit: int = 500) -> list[str]:
+        last_activity = func.coalesce(Conversation.ended_at, Conversation.started_at)
+        async with self._begin() as conn:
+            ids = list(
+                (
+                    await conn.execute(
+                        select(Conversation.id).where(last_activity < before).limit(limit)
+                    )
+                ).scalars()
+            )
+            if ids:
+                await conn.execute(delete(Turn).where(Turn.conversation_id.in_(ids)))
+                await conn.execute(delete(Conversation).where(Conversation.id.in_(ids)))
+        return ids
+
     # --- turns ------------------------------------------------------------------------------
 
     async def add_turn(self, conversation_id: str, turn: TurnRecord) -> TurnRecord:

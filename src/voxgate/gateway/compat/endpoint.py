@@ -16,9 +16,11 @@ from voxgate.gateway.compat.handshake import (
     DOOR,
     ENGINE_NAME,
     FORWARDED_QUERY,
+    REQUEST_CLOSE,
     SERVER_ERROR,
     refused,
 )
+from voxgate.gateway.compat.policy import check_model, engine_refusal
 from voxgate.gateway.compat.relay import CompatSession
 from voxgate.gateway.limits import CircuitBreaker
 from voxgate.gateway.state import GatewayState
@@ -38,6 +40,8 @@ async def _relay(admitted: Admitted) -> None:
     state = admitted.state
     settings = state.settings
     websocket = admitted.websocket
+    if (off := engine_refusal(settings)) is not None:
+        raise refused(off.code, off.message, CloseCode.ENGINE_UNAVAILABLE)
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
     if not key:
         raise refused(
@@ -70,9 +74,12 @@ async def _relay(admitted: Admitted) -> None:
 
 
 def upstream_url(settings: Settings, websocket: WebSocket) -> tuple[str, str]:
-    """-> (upstream URL, model): the client's model (or the configured one) and `intent`."""
+    """-> (upstream URL, model): the client's model (or the configured one) and `intent`.
+    Raises `Refused` for a model the operator did not allow."""
     params = websocket.query_params
     model = params.get("model") or settings.openai_realtime_model
+    if (bad := check_model(settings, model)) is not None:
+        raise refused(bad.code, bad.message, REQUEST_CLOSE)
     query = {"model": model}
     for name in FORWARDED_QUERY:
         value = params.get(name)

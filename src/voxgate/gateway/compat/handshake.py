@@ -27,8 +27,10 @@ ENGINE_NAME = "openai-compat"
 REALTIME_SUBPROTOCOL = "realtime"
 KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
 BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
-#: OpenAI's close code for a beta-shaped client (not an SDK reconnect code).
-BETA_CLOSE = 4000
+#: OpenAI's close code for a request it refuses at the handshake, a beta-shaped client or a
+#: model it does not serve (not an SDK reconnect code).
+REQUEST_CLOSE = 4000
+BETA_CLOSE = REQUEST_CLOSE
 #: Query parameters passed upstream besides `model`. Never `token` (a voxgate credential) and
 #: never `call_id` (it would attach the server's key to somebody else's WebRTC/SIP call).
 FORWARDED_QUERY = ("intent",)
@@ -38,7 +40,12 @@ INVALID_REQUEST = "invalid_request_error"
 
 
 def openai_error(
-    code: str, message: str, *, type_: str = INVALID_REQUEST, event_id: str | None = None
+    code: str,
+    message: str,
+    *,
+    type_: str = INVALID_REQUEST,
+    event_id: str | None = None,
+    param: str | None = None,
 ) -> dict[str, Any]:
     """An `error` server event in OpenAI's GA shape, so SDK users read it as usual."""
     return {
@@ -48,7 +55,7 @@ def openai_error(
             "type": type_,
             "code": code,
             "message": message,
-            "param": None,
+            "param": param,
             "event_id": event_id,
         },
     }
@@ -152,6 +159,7 @@ __all__ = [
     "DOOR",
     "ENGINE_NAME",
     "FORWARDED_QUERY",
+    "REQUEST_CLOSE",
     "CompatDoor",
     "client_token",
     "is_beta",

@@ -30,7 +30,8 @@ from websockets.exceptions import ConnectionClosed
 from voxgate.engines.upstream import close_quietly
 from voxgate.gateway.auth import Identity
 from voxgate.gateway.compat.handshake import ENGINE_NAME, SERVER_ERROR, openai_error
-from voxgate.gateway.limits import TokenBucket
+from voxgate.gateway.compat.policy import check_client_event
+from voxgate.gateway.limits import AudioBudget, TokenBucket
 from voxgate.gateway.live import Ending, LiveSessionBase, SessionEnded
 from voxgate.gateway.state import GatewayState
 from voxgate.protocol import CloseCode
@@ -38,17 +39,58 @@ from voxgate.protocol import CloseCode
 #: PCM16 mono at 24 kHz, the only PCM rate GA allows.
 BYTES_PER_S = 48000
 
-# Hot-path prefixes. Browsers (`JSON.stringify`) send compact JSON, the Python SDK sends
+# Hot-path shapes. Browsers (`JSON.stringify`) send compact JSON, the Python SDK sends
 # `json.dumps` output with ", " / ": " separators; OpenAI sends compact JSON with `type` first.
-_APPEND_PREFIXES = (
-    '{"type":"input_audio_buffer.append"',
-    '{"type": "input_audio_buffer.append"',
+# Only an append of exactly this shape (type, then audio, nothing else) is forwarded unread: a
+# second `type` key after the first would make any JSON parser read another event (the last
+# duplicate wins), one that must be counted and stored like every other.
+_APPEND_HEADS = (
+    '{"type":"input_audio_buffer.append","audio":"',
+    '{"type": "input_audio_buffer.append", "audio": "',
 )
-_APPEND_OVERHEAD = 48  # `{"type": "input_audio_buffer.append", "audio": "` + `"}`
 _DELTA_PREFIX = '{"type":"response.output_audio.delta"'
 _DELTA_MARK = '"type":"response.output_audio.delta"'
 _DELTA_OVERHEAD = 200  # everything in a delta event that is not base64 audio, roughly
+_DELTA_KEY = '"delta":"'
 _ITEM_ID_MARK = '"item_id":"'
+
+
+def plain_append_bytes(text: str) -> int:
+    """PCM bytes carried by a plain `input_audio_buffer.append` frame, or -1 for any other.
+
+    Plain: one of `_APPEND_HEADS`, base64 with no quote in it, then `"}`. Anything else (another
+    key order, an `event_id`, a duplicate key) takes the parsed path.
+    """
+    for head in _APPEND_HEADS:
+        if text.startswith(head):
+            start, end = len(head), len(text) - 2
+            if (
+                end >= start
+                and text.endswith('"}')
+                and text[end - 1] != "\\"
+                and text.find('"', start, end) < 0
+            ):
+                return (end - start) * 3 >> 2
+            return -1
+    return -1
+
+
+def delta_bytes(frame: str) -> int:
+    """PCM bytes in a `response.output_audio.delta` frame: exact when its `delta` key is near
+    the start or last (one C-speed scan for the closing quote), else an estimate; never < 0."""
+    at = frame.find(_DELTA_KEY, 0, 600)
+    if at < 0:
+        at = frame.rfind(_DELTA_KEY, max(0, len(frame) - 8000))
+    if at >= 0:
+        start = at + len(_DELTA_KEY)
+        end = frame.find('"', start)
+        if end >= start:
+            pad = 0
+            if end - start >= 2:
+                pad = (frame[end - 1] == "=") + (frame[end - 2] == "=")
+            return max(0, ((end - start) * 3 >> 2) - pad)
+    return max(0, (len(frame) - _DELTA_OVERHEAD) * 3 >> 2)
+
 
 _CLIENT_GONE = (OSError, RuntimeError, WebSocketDisconnect)
 
@@ -76,10 +118,14 @@ class CompatSession(LiveSessionBase):
         self.model = model
         s = self.settings
         self._control_bucket = TokenBucket.per_minute(s.control_messages_per_min)
-        rate_cap = BYTES_PER_S * s.audio_rate_multiple
-        # Measured in base64 characters' worth of PCM; a two-second burst like the neutral session.
-        self._audio_bucket = TokenBucket(capacity=rate_cap * 2, rate=rate_cap)
-        self._last_rate_error = 0.0
+        # Paced, not dropped: OpenAI itself accepts audio faster than real time (a recording
+        # sent in one go), and SDKs treat a `rate_limited` error as the end of the session.
+        self._audio_budget = AudioBudget(
+            BYTES_PER_S * s.audio_rate_multiple,
+            BYTES_PER_S * s.compat_audio_burst_s,  # seconds of audio, whatever the pace
+            s.audio_frames_per_s,
+        )
+        self._last_append_error = 0.0
         self.turns.out_bytes_per_s = BYTES_PER_S
 
     def info(self) -> dict[str, Any]:
@@ -141,8 +187,8 @@ class CompatSession(LiveSessionBase):
     async def _client_to_upstream(self) -> None:
         receive = self.ws.receive
         send_up = self.upstream.send
-        max_frame = self.settings.max_frame_bytes
-        audio_take = self._audio_bucket.take
+        max_event = self.settings.compat_max_event_bytes
+        charge = self._audio_budget.charge
         try:
             while True:
                 message = await receive()
@@ -155,90 +201,112 @@ class CompatSession(LiveSessionBase):
                             client_gone=True,
                         )
                     data = message.get("bytes") or b""
-                    if len(data) > max_frame:
-                        self._too_big(len(data))
+                    if len(data) > max_event:
+                        self._too_big(len(data), max_event, "VOXGATE_COMPAT_MAX_EVENT_BYTES")
                     text = data.decode("utf-8", "replace")  # OpenAI reads binary frames as JSON too
                 self.last_activity = time.monotonic()
-                n = len(text)
-                if n > max_frame // 4 and len(text.encode()) > max_frame:
-                    self._too_big(len(text.encode()))
-                if text.startswith(_APPEND_PREFIXES):
-                    # Hot path: forwarded untouched, only its length counted.
-                    nbytes = (n - _APPEND_OVERHEAD) * 3 >> 2
-                    if not audio_take(nbytes):
-                        await self._audio_rate_error()
+                if len(text) > max_event // 4 and len(text.encode()) > max_event:
+                    self._too_big(len(text.encode()), max_event, "VOXGATE_COMPAT_MAX_EVENT_BYTES")
+                nbytes = plain_append_bytes(text)
+                if nbytes < 0:  # not a plain append: read it
+                    read = await self._client_event(text)
+                    if read is None:
                         continue
+                    text, nbytes = read
+                elif nbytes == 0:
+                    continue  # an empty append: nothing to send, nothing to pay for
+                if nbytes:
+                    # Hot path: audio forwarded as it came; only its length is counted.
+                    pause = charge(nbytes)
                     self.audio_in_bytes += nbytes
                     await send_up(text)
-                    continue
-                if not await self._client_event(text):
+                    if pause > 0:
+                        await asyncio.sleep(pause)  # the client's excess waits in its socket
                     continue
                 await send_up(text)
         except ConnectionClosed as exc:
             raise self._upstream_closed(exc) from None
 
-    async def _client_event(self, text: str) -> bool:
-        """A rare client event: rate-limit it and read what the store needs. -> forward?"""
+    async def _client_event(self, text: str) -> tuple[str, int] | None:
+        """A client event off the hot path: -> (the text to forward, audio bytes in it), or None
+        when it must not go upstream.
+
+        What goes upstream is the event as parsed here, serialised again: OpenAI then reads
+        exactly what was counted, checked and stored (a duplicate key cannot mean one thing here
+        and another there), and a frame this side cannot read is not forwarded at all.
+        """
         try:
             event = orjson.loads(text)
         except orjson.JSONDecodeError:
             event = None
-        if not isinstance(event, dict):
-            event = None
-        etype = event.get("type") if event is not None else None
-        if etype == "input_audio_buffer.append":  # an append with other key order or spacing
-            assert event is not None
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            if self._control_bucket.take():  # past the limit, unreadable frames go unanswered
+                await self._send_error(
+                    "invalid_json", "the event is not a JSON object with a 'type'; it was dropped"
+                )
+            return None
+        if event["type"] == "input_audio_buffer.append":  # other key order, spacing, event_id
             return await self._odd_append(event)
+        max_control = self.settings.max_frame_bytes
+        if len(text) > max_control // 4 and len(text.encode()) > max_control:
+            self._too_big(len(text.encode()), max_control, "VOXGATE_MAX_FRAME_BYTES")
+        event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
         if not self._control_bucket.take():
             await self._send_error(
                 "rate_limited",
                 f"too many events: the gateway allows {self.settings.control_messages_per_min} "
                 "non-audio events per minute; this event was dropped",
-                event_id=event.get("event_id") if event is not None else None,
+                event_id=event_id,
             )
-            return False
-        if event is None:
-            return True  # malformed: OpenAI answers with its own error event
+            return None
+        if (bad := check_client_event(self.settings, event)) is not None:
+            await self._send_error(bad.code, bad.message, event_id=event_id, param=bad.param)
+            return None
+        self._observe_client_event(event)
+        return orjson.dumps(event).decode(), 0
+
+    def _observe_client_event(self, event: dict[str, Any]) -> None:
+        """What the store and the latency marks need from a client event."""
+        etype = event["type"]
         if etype == "conversation.item.create":
             self._on_item_create(event)
         elif etype == "conversation.item.truncate":
             self._on_truncate(event)
         elif etype in ("response.create", "input_audio_buffer.commit"):
             self.turns.mark()
-        return True
 
-    async def _odd_append(self, event: dict[str, Any]) -> bool:
+    async def _odd_append(self, event: dict[str, Any]) -> tuple[str, int] | None:
         audio = event.get("audio")
-        nbytes = len(audio) * 3 >> 2 if isinstance(audio, str) else 0
-        if not self._audio_bucket.take(nbytes):
-            await self._audio_rate_error()
-            return False
-        self.audio_in_bytes += nbytes
-        return True
+        if audio == "":
+            return None  # empty: nothing to send
+        if not isinstance(audio, str):
+            now = time.monotonic()
+            if now - self._last_append_error > 1.0:  # one sentence a second is enough
+                self._last_append_error = now
+                await self._send_error(
+                    "missing_required_parameter",
+                    "input_audio_buffer.append needs 'audio': base64 PCM16; the event was dropped",
+                    event_id=event.get("event_id") if isinstance(event.get("event_id"), str) else None,
+                    param="audio",
+                )
+            return None
+        return orjson.dumps(event).decode(), max(1, len(audio) * 3 >> 2)
 
-    def _too_big(self, n: int) -> None:
+    def _too_big(self, n: int, limit: int, variable: str) -> None:
         raise self._end(
             CloseCode.MESSAGE_TOO_BIG,
             "message too big",
             "payload_too_large",
-            f"an event of {n} bytes exceeds the gateway's limit of {self.settings.max_frame_bytes} "
-            "bytes (VOXGATE_MAX_FRAME_BYTES); send audio in smaller chunks",
+            f"an event of {n} bytes exceeds the gateway's limit of {limit} bytes ({variable}); "
+            "send it in smaller parts",
         )
 
-    async def _audio_rate_error(self) -> None:
-        now = time.monotonic()
-        if now - self._last_rate_error > 1.0:  # one sentence a second is enough
-            self._last_rate_error = now
-            await self._send_error(
-                "rate_limited",
-                f"audio arrives faster than {self.settings.audio_rate_multiple:g}x real time; "
-                "audio events are being dropped",
-            )
-
-    async def _send_error(self, code: str, message: str, *, event_id: str | None = None) -> None:
+    async def _send_error(
+        self, code: str, message: str, *, event_id: str | None = None, param: str | None = None
+    ) -> None:
         """A non-fatal error event, sent at once: rare, and nothing else queues on this side."""
         self.state.metrics.errors_total.labels(code).inc()
-        event = openai_error(code, message, event_id=event_id)
+        event = openai_error(code, message, event_id=event_id, param=param)
         try:
             await self.ws.send({"type": "websocket.send", "text": orjson.dumps(event).decode()})
         except _CLIENT_GONE:
@@ -292,7 +360,7 @@ class CompatSession(LiveSessionBase):
                 frame = frame.decode("utf-8", "replace")
             if frame.startswith(_DELTA_PREFIX) or _DELTA_MARK in frame[:160]:
                 # Hot path: assistant audio, forwarded untouched.
-                nbytes = (len(frame) - _DELTA_OVERHEAD) * 3 >> 2
+                nbytes = delta_bytes(frame)
                 self.audio_out_bytes += nbytes
                 start = frame.find(_ITEM_ID_MARK, 0, 300)
                 if start >= 0:
@@ -353,6 +421,8 @@ class CompatSession(LiveSessionBase):
             turn.text = str(text or "")
             if not turn.stored and turn.text:
                 turns.store_turn(turn)
+        elif etype == "response.output_audio.done":
+            turns.turn("assistant", item_id).audio_done = True
         elif etype == "input_audio_buffer.speech_stopped":
             turns.mark()
         elif etype == "error":
@@ -361,4 +431,4 @@ class CompatSession(LiveSessionBase):
             self.state.metrics.errors_total.labels(f"upstream:{code or 'unknown'}").inc()
 
 
-__all__ = ["BYTES_PER_S", "CompatSession"]
+__all__ = ["BYTES_PER_S", "CompatSession", "delta_bytes", "plain_append_bytes"]

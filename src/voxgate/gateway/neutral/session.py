@@ -36,7 +36,7 @@ from voxgate.engines.base import (
     UserSpeaking,
 )
 from voxgate.gateway.auth import Identity
-from voxgate.gateway.limits import TokenBucket, WindowCounter
+from voxgate.gateway.limits import AudioBudget, TokenBucket, WindowCounter
 from voxgate.gateway.live import Ending, LiveSessionBase, SessionEnded
 from voxgate.gateway.neutral import start as steps
 from voxgate.gateway.outbox import Outbox, OutboxFactory, SlowClient
@@ -70,7 +70,11 @@ class NeutralSession(LiveSessionBase):
         self._in_resampler: StreamResampler | None = None
         self._out_resampler: StreamResampler | None = None
         self._control_bucket = TokenBucket.per_minute(s.control_messages_per_min)
-        self._audio_bucket: TokenBucket | None = None
+        self._audio_budget: AudioBudget | None = None
+        #: Tiny frames gathered until they make one upstream chunk (`_min_chunk` bytes): a
+        #: client sending 2-byte frames must not turn each into a provider request.
+        self._pending_audio = bytearray()
+        self._min_chunk = 0
         self._invalid = WindowCounter(60.0)
         self._last_rate_error = 0.0
         self._cancelled_items: deque[str] = deque(maxlen=32)
@@ -195,8 +199,8 @@ class NeutralSession(LiveSessionBase):
             self._last_rate_error = now
             self._send_error(
                 ErrorCode.RATE_LIMITED,
-                f"audio arrives faster than {self.settings.audio_rate_multiple:g}x real time; "
-                "frames are being dropped",
+                f"audio arrives faster than {self.settings.audio_rate_multiple:g}x real time "
+                f"or {self.settings.audio_frames_per_s} frames a second; frames are being dropped",
             )
 
     # ----------------------------------------------------------------------------------------
@@ -296,7 +300,8 @@ class NeutralSession(LiveSessionBase):
         self.turns.out_bytes_per_s = caps.output_rate * 2
         rate_cap = self.in_bytes_per_s * s.audio_rate_multiple
         # Burst of two seconds of audio on top of the sustained multiple of real time.
-        self._audio_bucket = TokenBucket(capacity=rate_cap * 2, rate=rate_cap)
+        self._audio_budget = AudioBudget(rate_cap, rate_cap * 2, s.audio_frames_per_s)
+        self._min_chunk = self.in_bytes_per_s // 50  # 20 ms, the usual microphone frame
         self.outbox.max_audio_bytes = int(s.client_buffer_s * self.out_bytes_per_s)
 
     def _announce_ready(self, msg: P.StartMessage, caps: Capabilities) -> None:
@@ -316,9 +321,11 @@ class NeutralSession(LiveSessionBase):
 
     async def _receive_loop(self) -> None:
         engine = self.engine
-        assert engine is not None and self._audio_bucket is not None
+        assert engine is not None and self._audio_budget is not None
         max_frame = self.settings.max_frame_bytes
-        take_audio = self._audio_bucket.take
+        take_audio = self._audio_budget.take
+        min_chunk = self._min_chunk
+        pending = self._pending_audio
         in_resampler = self._in_resampler
         turns = self.turns
         log_audio = turns.log_user_audio if turns.audio_log is not None else None
@@ -346,15 +353,34 @@ class NeutralSession(LiveSessionBase):
                     await self._control(parsed)
                     continue
                 pcm = parsed.pcm16
-            if not take_audio(len(pcm)):
+            if not take_audio(len(pcm)):  # empty frames take a frame token too
                 self._audio_rate_error()
+                continue
+            if not pcm:
                 continue
             self.audio_in_bytes += len(pcm)
             if log_audio is not None:
                 log_audio(pcm)
+            if pending or len(pcm) < min_chunk:
+                pending += pcm
+                if len(pending) < min_chunk:
+                    continue
+                pcm = bytes(pending)
+                pending.clear()
             if in_resampler is not None:
                 pcm = in_resampler.process(pcm)
             await send_audio(pcm)
+
+    async def _flush_pending_audio(self) -> None:
+        """Send what tiny frames gathered: the turn ends, so nothing more will join it."""
+        engine = self.engine
+        if not self._pending_audio or engine is None:
+            return
+        pcm = bytes(self._pending_audio)
+        self._pending_audio.clear()
+        if self._in_resampler is not None:
+            pcm = self._in_resampler.process(pcm)
+        await engine.send_audio(pcm)
 
     async def _control(self, msg: P.ClientMessage) -> None:
         engine = self.engine
@@ -371,6 +397,7 @@ class NeutralSession(LiveSessionBase):
                 await engine.send_user_message(msg.text)
             case P.SimpleMessage(type="commit"):
                 self.turns.mark()
+                await self._flush_pending_audio()
                 await engine.commit()
             case P.SimpleMessage(type="stop"):
                 raise SessionEnded(CloseCode.NORMAL, "client stopped")
