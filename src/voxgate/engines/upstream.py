@@ -213,7 +213,7 @@ class ReconnectAudioBuffer:
     def configure(self, bytes_per_s: int) -> None:
         """The engine's input audio rate in bytes per second (final once it has connected)."""
         self._bytes_per_s = max(1, bytes_per_s)
-        self._max = int(self.seconds * self._bytes_per_s) & ~1
+        self._max = round(self.seconds * self._bytes_per_s) & ~1  # round: 2.3 s is not 2.2999…
         self._preroll = min(self._max, int(self.PREROLL_MS * self._bytes_per_s / 1000) & ~1)
 
     @property
