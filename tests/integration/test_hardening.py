@@ -151,12 +151,17 @@ async def test_conversation_list_bounds_offset_and_page_bytes(make_settings, gat
 
 # --- logs -----------------------------------------------------------------------------------
 
+_QUIETED_LOGGERS = ("websockets", "websockets.client", "websockets.server")
+
 
 async def test_client_values_cannot_forge_log_lines(
     make_settings, gateway_factory, capfd: pytest.CaptureFixture[str]
 ) -> None:
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
+    # configure_logging also quiets the websockets loggers; later tests in this process rely
+    # on their defaults, so they are put back too.
+    quieted = {name: logging.getLogger(name).level for name in _QUIETED_LOGGERS}
     configure_logging("info", "text")
     try:
         async with gateway_factory(make_settings(invalid_frames_per_min=2)) as gw:
@@ -170,6 +175,8 @@ async def test_client_values_cannot_forge_log_lines(
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+        for name, level in quieted.items():
+            logging.getLogger(name).setLevel(level)
     lines = capfd.readouterr().err.splitlines()
     assert any("FORGED" in line for line in lines), "the client's value is logged"
     assert not any(line.startswith("2030-01-01") for line in lines)

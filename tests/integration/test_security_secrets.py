@@ -148,6 +148,10 @@ async def test_no_secret_in_frames_responses_or_logs(
     secret_settings, gateway_factory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)  # the root logger: every logger that propagates
+    # The websockets library logs handshake headers only at DEBUG: say so explicitly, whatever
+    # another test in this process left its loggers at.
+    caplog.set_level(logging.DEBUG, logger="websockets")
+    caplog.set_level(logging.DEBUG, logger="websockets.client")
     seen = Transcript()
     async with gateway_factory(secret_settings()) as gw:
         async with httpx.AsyncClient(base_url=gw.http_url, timeout=15) as http:
