@@ -559,7 +559,9 @@ async def test_silero_without_a_model_file_says_where_to_put_it(make_settings, t
     await engine.stop()
 
 
-async def test_whisper_without_faster_whisper_says_how_to_install(make_settings, tmp_path, monkeypatch):
+async def test_whisper_without_faster_whisper_says_how_to_install(
+    make_settings, tmp_path, monkeypatch
+):
     monkeypatch.setitem(sys.modules, "faster_whisper", None)
     engine = create_engine(
         "cascade", make_settings(stt="whisper", whisper_model_path=str(tmp_path))

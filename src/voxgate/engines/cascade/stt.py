@@ -125,8 +125,10 @@ class SttConfig:
     def describe(self) -> str:
         c = self.choice()
         model = f" {c.model}" if c.model else ""
-        return f"{c.kind}{model}, offline ({c.why})" if c.kind != "openai" else (
-            f"openai {c.model} ({c.why})"
+        return (
+            f"{c.kind}{model}, offline ({c.why})"
+            if c.kind != "openai"
+            else (f"openai {c.model} ({c.why})")
         )
 
     def problem(self) -> str | None:
@@ -353,21 +355,34 @@ class WhisperRecognizer:
     #: Segments Whisper itself thinks are not speech, with a low confidence: dropped.
     NO_SPEECH_PROB = 0.6
     LOW_LOGPROB = -1.0
+    #: Silence appended to every decode: the recogniser gets audio only until shortly after
+    #: the last word (the rest of the pause is not fed), and Whisper misreads a word that
+    #: ends right at the edge of its input ("today" becomes "tonight").
+    TAIL_PAD_MS = 320
 
     def __init__(self, model_path: str, pool: InferencePool) -> None:
         self._path = model_path
         self._pool = pool
         self._model: Any = None
+        self._pad = STT_RATE * self.TAIL_PAD_MS // 1000
         self._audio = bytearray()
         self._in_utt = False
         self._gen = 0  # utterance number: late results of an old utterance are ignored
         self._decoded: tuple[int, int, str] = (0, 0, "")  # (gen, bytes covered, text)
         self._running: tuple[int, int, asyncio.Task[str]] | None = None
         self._last_partial_t = 0.0
+        self._want_prefetch = False
+        #: Decodes started, and whether the last final transcript reused one made during the
+        #: pause (the operator's and the benchmark's view of the work done).
+        self.decodes = 0
+        self.final_reused = False
 
     async def prepare(self) -> None:
         self._model = await asyncio.to_thread(
-            shared_model, "whisper", self._path, lambda: _load_whisper(self._path, self._pool.workers)
+            shared_model,
+            "whisper",
+            self._path,
+            lambda: _load_whisper(self._path, self._pool.workers),
         )
 
     def begin(self) -> None:
@@ -375,6 +390,7 @@ class WhisperRecognizer:
         self._audio = bytearray()
         self._in_utt = True
         self._running = None
+        self._want_prefetch = False
 
     def feed(self, pcm16: bytes) -> None:
         if self._in_utt:
@@ -383,11 +399,13 @@ class WhisperRecognizer:
     def _transcribe(self, pcm16: bytes) -> str:
         import numpy as np
 
-        audio = np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768.0
+        audio = np.zeros(len(pcm16) // 2 + self._pad, dtype=np.float32)
+        audio[: len(pcm16) // 2] = np.frombuffer(pcm16, dtype="<i2")
+        audio *= 1.0 / 32768.0
         segments, _info = self._model.transcribe(
             audio,
             language="en",
-            beam_size=1,
+            beam_size=5,  # finals are reused from these decodes; beam search costs little here
             temperature=0.0,  # no fallback re-decodes: their cost is unbounded
             condition_on_previous_text=False,
             without_timestamps=True,
@@ -403,6 +421,7 @@ class WhisperRecognizer:
 
     def _decode(self, audio: bytes, optional: bool) -> asyncio.Task[str]:
         gen = self._gen
+        self.decodes += 1
 
         async def run() -> str:
             text = await self._pool.run(self._transcribe, audio, optional=optional)
@@ -436,24 +455,35 @@ class WhisperRecognizer:
         ):
             return text
         self._last_partial_t = now
+        task = self._decode(bytes(self._audio), optional=True)
+        task.add_done_callback(self._after_background)
         try:
             # Shielded: the turn may end while this runs, and `finish()` may reuse it.
-            return await asyncio.shield(self._decode(bytes(self._audio), optional=True))
+            return await asyncio.shield(task)
         except InferenceBusy:
             return text
 
     def prefetch(self) -> None:
-        # Started even while a partial decode runs (on another worker): that one covers less
-        # audio, and waiting for it would put its whole duration into the reply's latency.
-        running = self._running
+        """One decode of this session in the background at a time: a pause while a decode
+        runs is remembered and decoded when that one ends (a speaker who pauses every few
+        seconds must not queue a decode per pause)."""
         n = len(self._audio)
-        if running is not None and running[:2] == (self._gen, n) and not running[2].done():
+        if not self._in_utt or not n or self._decoded[:2] == (self._gen, n):
             return
-        if self._in_utt and n:
-            if self._decoded[:2] != (self._gen, n):
-                task = self._decode(bytes(self._audio), optional=False)
-                # A refused prefetch is retried by `finish()`; nothing to report here.
-                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        running = self._current()
+        if running is not None:
+            self._want_prefetch = True
+            return
+        self._want_prefetch = False
+        task = self._decode(bytes(self._audio), optional=False)
+        task.add_done_callback(self._after_background)
+
+    def _after_background(self, task: asyncio.Task[str]) -> None:
+        # A refused or failed background decode is redone by `finish()`: nothing to report.
+        if not task.cancelled():
+            task.exception()
+        if self._want_prefetch:
+            self.prefetch()
 
     def finish(self) -> Awaitable[str]:
         if not self._in_utt:
@@ -462,12 +492,14 @@ class WhisperRecognizer:
         n = len(self._audio)
         gen, covered, text = self._decoded
         running = self._running
+        self.final_reused = True
         if n == 0:
             return _done("")
         if gen == self._gen and covered == n:
             return _done(text)
         if running is not None and running[:2] == (self._gen, n) and not running[2].cancelled():
             return self._reuse(running[2], bytes(self._audio))
+        self.final_reused = False
         return self._decode(bytes(self._audio), optional=False)
 
     async def _reuse(self, task: asyncio.Task[str], audio: bytes) -> str:

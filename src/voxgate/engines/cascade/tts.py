@@ -395,6 +395,8 @@ class PiperSynthesizer:
         self.output_rate = output_rate
         self._pool = pool
         self._voice: Any = None
+        #: Sentences synthesised so far (an interrupt must stop this count growing).
+        self.sentences = 0
 
     async def prepare(self) -> None:
         self._voice = await asyncio.to_thread(
@@ -402,6 +404,7 @@ class PiperSynthesizer:
         )
 
     def _synthesize(self, text: str) -> tuple[bytes, int]:
+        self.sentences += 1
         pcm = b"".join(chunk.audio_int16_bytes for chunk in self._voice.synthesize(text))
         return pcm, int(self._voice.config.sample_rate)
 

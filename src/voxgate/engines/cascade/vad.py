@@ -200,7 +200,9 @@ class SileroClassifier:
         x[0, : self._CONTEXT] = x[0, -self._CONTEXT :]  # the previous window's tail
         x[0, self._CONTEXT :] = np.frombuffer(frame, dtype="<i2")
         x[0, self._CONTEXT :] *= 1.0 / 32768.0
-        out, self._state = self._session.run(None, {"input": x, "state": self._state, "sr": self._sr})
+        out, self._state = self._session.run(
+            None, {"input": x, "state": self._state, "sr": self._sr}
+        )
         p = float(out[0][0])
         self.last_probability = p
         self._speaking = p >= (self._low if self._speaking else self._threshold)
@@ -280,12 +282,15 @@ class TurnSegmenter:
                     self._prefix.clear()
                     self._recent.clear()
             else:
-                events.append(VadEvent("speech", frame))
                 self._silent_run = 0 if voiced else self._silent_run + 1
                 if self._silent_run >= self.silence_frames:
+                    # The frame that completes the hangover is silence the recogniser does not
+                    # need (and `silent_ms` already reads 0 for the next turn).
                     self.in_speech = False
                     self._silent_run = 0
                     events.append(VadEvent("end"))
+                else:
+                    events.append(VadEvent("speech", frame))
         return events
 
     def force_end(self) -> None:
