@@ -349,7 +349,10 @@ class WhisperRecognizer:
 
     name = "whisper"
     streams_partials = True
-    PARTIAL_INTERVAL_S = 0.6
+    PARTIAL_INTERVAL_S = 0.5
+    #: No partial before this much audio: the start of a first word decodes to nothing, and
+    #: a wasted decode would delay the useful one.
+    PARTIAL_MIN_S = 0.8
     #: Partials stop beyond Whisper's 30 s window (the final still decodes everything).
     PARTIAL_MAX_S = 28.0
     #: Segments Whisper itself thinks are not speech, with a low confidence: dropped.
@@ -452,6 +455,7 @@ class WhisperRecognizer:
             or self._current() is not None
             or now - self._last_partial_t < self.PARTIAL_INTERVAL_S
             or n > self.PARTIAL_MAX_S * STT_RATE * 2
+            or n < self.PARTIAL_MIN_S * STT_RATE * 2
         ):
             return text
         self._last_partial_t = now
