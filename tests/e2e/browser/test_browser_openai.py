@@ -78,28 +78,39 @@ def test_spoken_turn_over_the_openai_engine(open_page, openai_gateway) -> None:
 def test_interrupt_over_the_openai_engine_truncates_to_played_ms(open_page, openai_gateway) -> None:
     ps = open_page(openai_gateway.url)
     page = ps.page
-    page.fill(
-        '[data-testid="text-input"]',
-        "tell me everything about the history of lighthouses along the northern coast, "
-        "from the first fires on the cliffs to the modern automatic lights",
-    )
-    page.click('[data-testid="send"]')
-    ps.wait_for("d.playback.isPlaying && d.playback.samplesPlayed > d.playback.sampleRate", 30_000)
-    page.click('[data-testid="interrupt"]')
-    ps.wait_for(
-        "d.playback.lastFlushAt !== null && d.playback.lastFlushAt >= d.interruptRequestedAt",
-        10_000,
-    )
-    timing = ps.debug(
-        "({requested: d.interruptRequestedAt, reported: d.playback.lastFlushAt,"
-        " stop: d.playback.lastStopLatencyMs})"
-    )
-    assert timing["stop"] is not None and 0 <= timing["stop"] < 100, timing
+    # The stop latency exists only for an interrupt that finds the speaker playing; on a
+    # loaded machine the jitter buffer can run dry at that very instant (the worklet then
+    # reports it was silent already). Such a try says nothing either way: ask again, up to
+    # three times, so only a client that never stops in time fails.
+    tries: list[dict] = []
+    for attempt in range(3):
+        page.fill(
+            '[data-testid="text-input"]',
+            "tell me everything about the history of lighthouses along the northern coast, "
+            "from the first fires on the cliffs to the modern automatic lights",
+        )
+        page.click('[data-testid="send"]')
+        ps.wait_for(
+            "d.playback.isPlaying && d.playback.samplesPlayed > d.playback.sampleRate", 30_000
+        )
+        page.click('[data-testid="interrupt"]')
+        ps.wait_for(
+            "d.playback.lastFlushAt !== null && d.playback.lastFlushAt >= d.interruptRequestedAt",
+            10_000,
+        )
+        ps.wait_for(f"d.events.filter(e => e.type === 'interrupted').length > {attempt}", 10_000)
+        timing = ps.debug(
+            "({requested: d.interruptRequestedAt, reported: d.playback.lastFlushAt,"
+            " stop: d.playback.lastStopLatencyMs})"
+        )
+        tries.append(timing)
+        if timing["stop"] is not None:
+            break
+    assert timing["stop"] is not None and 0 <= timing["stop"] < 100, tries
     sent = ps.debug("d.sent.filter(m => m.type === 'interrupt')")
-    assert len(sent) == 1 and sent[0]["playedMs"] >= 1000, sent
-    ps.wait_for("d.events.some(e => e.type === 'interrupted')", 10_000)
+    assert len(sent) == len(tries) and sent[-1]["playedMs"] >= 1000, sent
     interrupted = ps.debug("d.events.filter(e => e.type === 'interrupted')")
-    assert interrupted[-1]["playedMs"] == sent[0]["playedMs"], (interrupted, sent)
+    assert interrupted[-1]["playedMs"] == sent[-1]["playedMs"], (interrupted, sent)
     assert ps.errors == []
 
 
