@@ -142,6 +142,12 @@ async def start_engine(
     engine_name: str,
 ) -> None:
     """Start the engine within the start timeout, or refuse with why."""
+    # A configuration problem (no key, a malformed URL) is the operator's to fix, not the
+    # provider's: say so as `engine_unavailable` before anything is dialled.
+    if (problem := type(engine).availability(settings)) is not None:
+        raise ProtocolError(
+            ErrorCode.ENGINE_UNAVAILABLE, problem, fatal=True, close_code=CloseCode.ENGINE_UNAVAILABLE
+        )
     try:
         await asyncio.wait_for(engine.start(options), settings.start_timeout_s + 5.0)
     except EngineUnavailable as exc:
