@@ -135,7 +135,7 @@ class VoxgateClient:
         fatal = None
         while True:
             try:
-                message = await self.recv(1.0)
+                message = await self.recv(1.0, fatal_raises=False)
             except (ProtocolFailure, TimeoutError):
                 return fatal
             if message.get("type") == "error" and message.get("fatal"):
@@ -209,8 +209,11 @@ class VoxgateClient:
 
     # --- receiving --------------------------------------------------------------------------
 
-    async def recv(self, timeout: float | None = None) -> dict[str, Any]:
-        """The next message; raises `ProtocolFailure` when the socket closes."""
+    async def recv(self, timeout: float | None = None, *, fatal_raises: bool = True) -> dict[str, Any]:
+        """The next message; raises `ProtocolFailure` when the socket closes, and on a fatal
+        `error` (kept in `received` and in the exception's `.error`) unless `fatal_raises` is
+        false: after a fatal error the session is over, and a caller looping on `recv` should
+        not have to remember to look for one."""
         assert self.ws is not None, "connect() first"
         from websockets.exceptions import ConnectionClosed
 
@@ -236,14 +239,21 @@ class VoxgateClient:
             elif kind == "transcript" and message.get("role") == "assistant":
                 self.current_item = message.get("itemId", self.current_item)
         self.received.append(message)
+        if fatal_raises and message.get("type") == "error" and message.get("fatal"):
+            raise ProtocolFailure(f"fatal error: {message.get('code')}: {message.get('message')}", message)
         return message
 
     async def events(self, timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Every message until the session ends: it ends quietly on a normal close (1000, as
+        after `stop()`), and raises `ProtocolFailure` on a fatal error or any other close."""
         while True:
             try:
-                yield await self.recv(timeout)
-            except ProtocolFailure:
-                return
+                message = await self.recv(timeout)
+            except ProtocolFailure as exc:
+                if exc.error is None and self.close_code == 1000:
+                    return
+                raise
+            yield message
 
     async def wait_for(
         self,
@@ -260,7 +270,7 @@ class VoxgateClient:
             if remaining <= 0:
                 raise TimeoutError(f"no '{kind}' message within {timeout} s")
             try:
-                message = await self.recv(remaining)
+                message = await self.recv(remaining, fatal_raises=fail_on_fatal)
             except TimeoutError:
                 raise TimeoutError(f"no '{kind}' message within {timeout} s") from None
             if message.get("type") == kind and (where is None or where(message)):
