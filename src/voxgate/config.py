@@ -181,7 +181,7 @@ class Settings(BaseSettings):
         120.0, ge=1.0, validation_alias=_env("VOXGATE_COMPAT_AUDIO_BURST_S")
     )
     idle_timeout_s: float = Field(600.0, validation_alias=_env("VOXGATE_IDLE_TIMEOUT_S"))
-    max_session_s: float = Field(1800.0, validation_alias=_env("VOXGATE_MAX_SESSION_S"))
+    max_session_s: float = Field(7200.0, validation_alias=_env("VOXGATE_MAX_SESSION_S"))
     start_timeout_s: float = Field(15.0, validation_alias=_env("VOXGATE_START_TIMEOUT_S"))
     #: How long the upstream may stay silent after a request that should produce output.
     first_byte_timeout_s: float = Field(20.0, validation_alias=_env("VOXGATE_FIRST_BYTE_TIMEOUT_S"))
