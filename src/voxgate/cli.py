@@ -313,6 +313,28 @@ def simulate_elevenlabs(
     )
 
 
+@simulate_app.command("llm")
+def simulate_llm(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 9300,
+    reply: Annotated[str, typer.Option(help="What the assistant always answers.")] = (
+        "Hello! This is the simulated assistant. How can I help you today?"
+    ),
+    api_key: Annotated[str | None, typer.Option(help="Require this bearer key (default: none).")] = None,
+    token_delay: Annotated[float, typer.Option(help="Seconds between streamed tokens.")] = 0.0,
+    transcript: Annotated[str, typer.Option(help="What /v1/audio/transcriptions answers.")] = (
+        "hello from the simulator"
+    ),
+) -> None:
+    """An OpenAI-compatible REST simulator at http://HOST:PORT/v1 (chat, transcriptions, speech)."""
+    from voxgate.testing.llm_sim import run_llm_sim
+
+    run_llm_sim(
+        host=host, port=port, reply=reply, api_key=api_key, token_delay_s=token_delay,
+        transcript=transcript,
+    )  # fmt: skip
+
+
 _mount_optional()
 
 

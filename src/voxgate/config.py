@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     #: permessage-deflate on WebSocket links (client and upstream). Off: PCM barely deflates
     #: and compression costs CPU on every frame (docs/benchmarks.md).
     ws_compression: bool = Field(False, validation_alias=_env("VOXGATE_WS_COMPRESSION"))
+    #: Peers whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed (comma-separated
+    #: addresses or networks, `*` for any): the reverse proxy in front. Rate limits and logs
+    #: key on the client address, which behind a proxy is otherwise the proxy's for everyone.
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1,::1", validation_alias=_env("VOXGATE_FORWARDED_ALLOW_IPS")
+    )
 
     # --- OpenAI Realtime --------------------------------------------------------------------
     openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))

@@ -139,6 +139,9 @@ def uvicorn_config(app: FastAPI, settings: Settings, *, port: int | None = None)
         # Every browser offers permessage-deflate; on PCM it costs 4-6% CPU per frame and saves
         # almost nothing (docs/benchmarks.md), so audio links go uncompressed.
         ws_per_message_deflate=settings.ws_compression,
+        proxy_headers=True,
+        # Ours, not uvicorn's FORWARDED_ALLOW_IPS: one documented place for it.
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         ws_ping_timeout=20.0,
         timeout_graceful_shutdown=max(1, round(settings.shutdown_deadline_s)),
         lifespan="on",
