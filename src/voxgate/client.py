@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from ssl import SSLContext
 from typing import Any
 
 import orjson
@@ -56,8 +57,11 @@ class VoxgateClient:
         origin: str | None = None,
         open_timeout: float = 10.0,
         max_size: int | None = 16 * 1024 * 1024,
+        ssl: SSLContext | None = None,
     ) -> None:
         self.url = url
+        #: For `wss://` behind a private CA or a self-signed certificate; None: system trust.
+        self.ssl = ssl
         self.token = token
         self.token_via = token_via  # header | query | subprotocol
         self.origin = origin
@@ -87,6 +91,8 @@ class VoxgateClient:
                 url += ("&" if "?" in url else "?") + f"token={self.token}"
             else:
                 subprotocols.append(f"voxgate.bearer.{self.token}")
+        # Only when given: websockets rejects `ssl` on a ws:// URL.
+        extra: dict[str, Any] = {"ssl": self.ssl} if self.ssl is not None else {}
         self.ws = await connect(
             url,
             additional_headers=headers,
@@ -95,6 +101,7 @@ class VoxgateClient:
             open_timeout=self.open_timeout,
             max_size=self.max_size,
             compression=None,
+            **extra,
         )
         self.subprotocol = self.ws.subprotocol
         return self
