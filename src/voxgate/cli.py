@@ -98,8 +98,19 @@ def serve(
     if problem:
         err.print(f"[red]voxgate: {problem}[/red]")
         raise typer.Exit(2)
+    log.info("conversations stored in %s", _shown_url(settings.database_url))
     describe_engines(settings)
     run_server(settings)
+
+
+def _shown_url(url: str) -> str:
+    """The store's URL as an operator needs it in a log: the file's path, no password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(an unparseable VOXGATE_DATABASE_URL)"
 
 
 def check_serve_settings(settings: Settings) -> str | None:

@@ -9,6 +9,7 @@ unchanged.
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -25,6 +26,20 @@ VadKind = Literal["webrtc", "silero"]
 
 def _env(name: str) -> AliasChoices:
     return AliasChoices(name, name.lower())
+
+
+
+def data_dir() -> Path:
+    """voxgate's per-user data directory (`~/.local/share/voxgate` on Linux, honouring
+    `XDG_DATA_HOME`; `~/Library/Application Support/voxgate` on macOS; `%LOCALAPPDATA%/voxgate`
+    on Windows)."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("voxgate", appauthor=False))
+
+
+def default_database_url() -> str:
+    return f"sqlite+aiosqlite:///{data_dir() / 'voxgate.db'}"
 
 
 class Settings(BaseSettings):
@@ -117,8 +132,12 @@ class Settings(BaseSettings):
     echo_guard_ms: int = Field(300, ge=0, validation_alias=_env("VOXGATE_ECHO_GUARD_MS"))
 
     # --- storage ------------------------------------------------------------------------------
+    #: Default: a SQLite file in the user's data directory, never the working directory: a
+    #: `voxgate conversations list` run from elsewhere must find the same conversations, not
+    #: silently create an empty file where it stands.
     database_url: str = Field(
-        "sqlite+aiosqlite:///voxgate.db", validation_alias=_env("VOXGATE_DATABASE_URL")
+        default_factory=lambda: default_database_url(),
+        validation_alias=_env("VOXGATE_DATABASE_URL"),
     )
     audio_log_dir: str | None = Field(None, validation_alias=_env("VOXGATE_AUDIO_LOG_DIR"))
     #: Delete conversations (turns and audio) this many days after their last activity;

@@ -61,7 +61,7 @@ def fresh_env(tmp: Path, wheel: Path) -> Path:
 
 def run_env(tmp: Path, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if k != "PYTHONPATH" and not k.startswith(("VOXGATE_", "OPENAI_", "ELEVENLABS_"))}  # fmt: skip
+           if k not in ("PYTHONPATH", "XDG_DATA_HOME") and not k.startswith(("VOXGATE_", "OPENAI_", "ELEVENLABS_"))}  # fmt: skip
     env.update(HOME=str(tmp / "home"), **settings)
     return env
 
@@ -106,6 +106,17 @@ def test_wheel_installs_and_serves_without_the_repository(tmp_path: Path) -> Non
             proc.terminate()
         for proc in procs:
             proc.wait(15)
+    # The conversation is in the per-user data directory, which serve named on its first lines,
+    # and `voxgate conversations list` finds it from any other directory.
+    store = tmp_path / "home" / ".local" / "share" / "voxgate" / "voxgate.db"
+    assert store.is_file()
+    assert procs[1].stdout is not None
+    assert f"conversations stored in sqlite+aiosqlite:///{store}" in procs[1].stdout.read().decode()
+    listed = subprocess.run([voxgate, "conversations", "list"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert "Conversations 1-1 of 1" in listed.stdout and "cascade" in listed.stdout, listed.stdout
+    assert not (tmp_path / "voxgate.db").exists() and not (workdir / "voxgate.db").exists()
 
 
 def test_a_missing_system_tool_is_a_clear_message(tmp_path: Path) -> None:
