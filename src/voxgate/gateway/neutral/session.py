@@ -267,7 +267,7 @@ class NeutralSession(LiveSessionBase):
 
     async def _start(self, msg: P.StartMessage) -> None:
         state = self.state
-        engine_name = steps.choose_engine(self.settings, msg.engine)
+        engine_name = steps.choose_engine(self.settings, msg.engine, self.identity)
         resumed, history = await steps.resume(state, self.identity, msg.conversation_id)
         breaker = steps.pass_breaker(state, engine_name)
         options = await steps.start_options(state, self.identity, self.id, msg, history)
