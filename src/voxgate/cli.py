@@ -269,13 +269,17 @@ def token(
     user: Annotated[str, typer.Option(help="User id (the JWT 'sub').")],
     ttl: Annotated[int, typer.Option(help="Lifetime in seconds.")] = 3600,
     admin: Annotated[bool, typer.Option(help="Grant access to admin routes.")] = False,
+    engine: Annotated[
+        list[str] | None,
+        typer.Option(help="Limit the user to this engine (repeatable; the 'engines' claim)."),
+    ] = None,
 ) -> None:
     """Mint a JWT for a user (needs VOXGATE_JWT_SECRET)."""
     from voxgate.gateway.auth import Authenticator, AuthError, ConfigError
 
     settings = _load_settings()
     try:
-        console.print(Authenticator(settings).mint_jwt(user, ttl, admin=admin), soft_wrap=True)
+        console.print(Authenticator(settings).mint_jwt(user, ttl, admin=admin, engines=engine), soft_wrap=True)
     except AuthError as exc:
         err.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(2) from None

@@ -87,3 +87,15 @@ async def test_compatible_endpoint_honours_the_claim(settings, gateway_factory) 
         allowed = {"Authorization": f"Bearer {token('olga', engines=['openai'])}"}
         async with connect(url, additional_headers=allowed) as ws:
             assert orjson.loads(await ws.recv())["type"] == "session.created"
+
+
+def test_cli_token_engine_option_sets_the_claim(monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from voxgate.cli import app
+
+    monkeypatch.setenv("VOXGATE_JWT_SECRET", SECRET)
+    result = CliRunner().invoke(app, ["token", "--user", "cora", "--engine", "cascade", "--engine", "openai"])
+    assert result.exit_code == 0, result.output
+    claims = jwt.decode(result.stdout.strip(), SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "cora" and claims["engines"] == ["cascade", "openai"]

@@ -183,7 +183,10 @@ class Authenticator:
             return self.session_tokens.redeem(token)
         return self.verify_jwt(token)
 
-    def mint_jwt(self, user_id: str, ttl_s: int = 3600, admin: bool = False) -> str:
+    def mint_jwt(
+        self, user_id: str, ttl_s: int = 3600, admin: bool = False,
+        engines: list[str] | None = None,
+    ) -> str:
         secret = self.settings.jwt_secret
         if secret is None or not secret.get_secret_value():
             raise AuthError("VOXGATE_JWT_SECRET is not set")
@@ -196,6 +199,8 @@ class Authenticator:
         claims: dict[str, object] = {"sub": user_id, "iat": int(time.time()), "exp": int(time.time()) + ttl_s}
         if admin:
             claims["admin"] = True
+        if engines:
+            claims["engines"] = list(engines)
         return jwt.encode(claims, secret.get_secret_value(), algorithm="HS256")
 
     def authenticate(
