@@ -99,8 +99,22 @@ def serve(
         err.print(f"[red]voxgate: {problem}[/red]")
         raise typer.Exit(2)
     log.info("conversations stored in %s", _shown_url(settings.database_url))
+    _warn_about_old_store(settings)
     describe_engines(settings)
     run_server(settings)
+
+
+def _warn_about_old_store(settings: Settings) -> None:
+    """Older versions kept the default store in the working directory: say where it went, so
+    an upgrade does not look like lost conversations."""
+    from voxgate.config import default_database_url
+
+    if settings.database_url == default_database_url() and Path("voxgate.db").is_file():
+        log.warning(
+            "found ./voxgate.db, the store of an older voxgate; the default is now %s. To keep "
+            "using ./voxgate.db set VOXGATE_DATABASE_URL=sqlite+aiosqlite:///%s, or move it there",
+            _shown_url(settings.database_url), Path("voxgate.db").resolve(),
+        )
 
 
 def _shown_url(url: str) -> str:

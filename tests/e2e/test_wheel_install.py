@@ -125,6 +125,7 @@ def test_a_missing_system_tool_is_a_clear_message(tmp_path: Path) -> None:
     voxgate = str(target / "bin" / "voxgate")
     port = free_port()
     env = run_env(tmp_path, VOXGATE_PORT=str(port), VOXGATE_ESPEAK_BIN="/nonexistent/espeak-ng")
+    (tmp_path / "voxgate.db").write_bytes(b"")  # what an older voxgate left in its directory
     server = subprocess.Popen([voxgate, "serve"], cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     try:
@@ -142,4 +143,6 @@ def test_a_missing_system_tool_is_a_clear_message(tmp_path: Path) -> None:
         server.terminate()
         output = server.communicate(timeout=15)[0].decode()
     assert "espeak-ng" in output  # serve's first lines say why the engine cannot work
+    # ... and where an older version's store went, so an upgrade does not look like data loss.
+    assert "found ./voxgate.db, the store of an older voxgate" in " ".join(output.split())
     assert "Traceback" not in output
