@@ -172,7 +172,9 @@ def describe_engines(settings: Settings) -> None:
 
 @app.command()
 def talk(
-    url: Annotated[str, typer.Option(help="Gateway WebSocket URL.")] = "ws://127.0.0.1:8000/ws",
+    url: Annotated[
+        str, typer.Option(envvar="VOXGATE_URL", help="Gateway WebSocket URL.")
+    ] = "ws://127.0.0.1:8000/ws",
     wav: Annotated[Path | None, typer.Option(help="Speak this WAV file (any rate).")] = None,
     text: Annotated[str | None, typer.Option(help="Type this message instead of speaking.")] = None,
     out: Annotated[Path | None, typer.Option(help="Write the reply audio to this WAV.")] = None,
