@@ -247,8 +247,19 @@ class VoxgateClient:
                 self.current_item = message.get("itemId", self.current_item)
         self.received.append(message)
         if fatal_raises and message.get("type") == "error" and message.get("fatal"):
+            await self._await_close()
             raise ProtocolFailure(f"fatal error: {message.get('code')}: {message.get('message')}", message)
         return message
+
+    async def _await_close(self, timeout: float = 2.0) -> None:
+        """After a fatal error the gateway closes at once: wait (briefly) for that close, so
+        `close_code` / `close_reason` are set when the caller looks at them."""
+        assert self.ws is not None
+        try:
+            await asyncio.wait_for(self.ws.wait_closed(), timeout)
+        except TimeoutError:
+            return
+        self.close_code, self.close_reason = self.ws.close_code, self.ws.close_reason
 
     async def events(self, timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:
         """Every message until the session ends: it ends quietly on a normal close (1000, as

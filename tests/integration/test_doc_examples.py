@@ -74,6 +74,7 @@ async def test_readers_raise_on_a_fatal_error(make_settings, gateway_factory) ->
                     await client.recv(10)
             assert info.value.error is not None and info.value.error["code"] == "unauthorized"
             assert info.value.error in client.received
+            assert client.close_code == 4401  # the close that followed is known at once
         # events(): the loop does not end silently on a fatal error.
         async with VoxgateClient(gw.ws_url, token="expired") as client:
             seen: list[str] = []
