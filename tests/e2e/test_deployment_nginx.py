@@ -141,3 +141,81 @@ async def test_a_session_through_nginx_with_tls(make_settings, gateway_factory, 
                 with pytest.raises(ProtocolFailure):
                     await client.start()
                 assert client.close_code == 4403
+
+
+CADDY = shutil.which("caddy") or "/usr/bin/caddy"
+
+
+def caddy_config(tls_port: int, http_port: int, gateway_port: int) -> str:
+    """deploy/Caddyfile with its own address, a local CA instead of Let's Encrypt (never
+    installed into the machine's trust store), and no admin endpoint (a fixed port shared by
+    parallel tests)."""
+    text = (ROOT / "deploy" / "Caddyfile").read_text()
+    replacements = {
+        "{\n\tservers {": f"{{\n\tadmin off\n\tskip_install_trust\n\thttp_port {http_port}\n\thttps_port {tls_port}\n"
+                          "\tauto_https disable_redirects\n\tservers {",
+        "voice.example.com {": f"127.0.0.1:{tls_port} {{\n\ttls internal",
+        "reverse_proxy 127.0.0.1:8000": f"reverse_proxy 127.0.0.1:{gateway_port}",
+    }
+    for old, new in replacements.items():
+        assert old in text, f"deploy/Caddyfile no longer contains {old!r}"
+        text = text.replace(old, new)
+    return text
+
+
+@contextlib.contextmanager
+def running_caddy(workdir: Path, config: str) -> Iterator[subprocess.Popen[bytes]]:
+    if not os.path.exists(CADDY):
+        pytest.fail("caddy is not installed: run scripts/setup.sh (it installs Debian's caddy)")
+    (workdir / "Caddyfile").write_text(config)
+    env = {**os.environ, "HOME": str(workdir), "XDG_DATA_HOME": str(workdir / "data"),
+           "XDG_CONFIG_HOME": str(workdir / "config")}  # fmt: skip
+    proc = subprocess.Popen(
+        [CADDY, "run", "--config", str(workdir / "Caddyfile"), "--adapter", "caddyfile"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def caddy_ready(proc: subprocess.Popen[bytes], root: Path, port: int) -> bool:
+    if proc.poll() is not None:
+        pytest.fail(f"caddy exited: {proc.stdout.read().decode() if proc.stdout else ''}")
+    if not root.exists():
+        return False
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        return True
+    return False
+
+
+async def test_a_session_through_caddy_with_tls(make_settings, gateway_factory, tmp_path) -> None:
+    tls_port, http_port = free_port(), free_port()
+    settings = make_settings(
+        engine="cascade", auth="jwt", jwt_secret=SECRET, allowed_origins=["https://app.example.com"]
+    )
+    async with gateway_factory(settings) as gw:
+        config = caddy_config(tls_port, http_port, gw.port)
+        with running_caddy(tmp_path, config) as proc:
+            root = tmp_path / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
+            for _ in range(150):
+                if await asyncio.to_thread(caddy_ready, proc, root, tls_port):
+                    break
+                await asyncio.sleep(0.1)
+            context = ssl.create_default_context(cafile=str(root))
+            token = gw.state.authenticator.mint_jwt("alice")
+            base = f"https://127.0.0.1:{tls_port}"
+            async with httpx.AsyncClient(base_url=base, verify=context) as http:
+                assert (await http.get("/health")).status_code == 200
+            url = f"wss://127.0.0.1:{tls_port}/ws"
+            async with VoxgateClient(url, token=token, origin=base, ssl=context) as client:
+                await client.start(binary=True)
+                await client.user_message("hello through caddy")
+                reply = await client.collect_reply(timeout=60)
+                assert reply.assistant_text and len(reply.audio) > 24000
+                await client.stop()
