@@ -47,7 +47,7 @@ Repeat = Annotated[
     int, typer.Option(help="Runs per measurement, interleaved across paths; the median is reported.")
 ]
 Loop = Annotated[
-    str, typer.Option("--loop", help="Event loop for every process: asyncio (as `voxgate serve`) or uvloop.")
+    str, typer.Option("--loop", help="Event loop for every process: asyncio (default, like-for-like with docs/benchmarks.md) or uvloop (what `voxgate serve` runs).")
 ]
 
 

@@ -98,8 +98,33 @@ def serve(
     if problem:
         err.print(f"[red]voxgate: {problem}[/red]")
         raise typer.Exit(2)
+    log.info("conversations stored in %s", _shown_url(settings.database_url))
+    _warn_about_old_store(settings)
     describe_engines(settings)
     run_server(settings)
+
+
+def _warn_about_old_store(settings: Settings) -> None:
+    """Older versions kept the default store in the working directory: say where it went, so
+    an upgrade does not look like lost conversations."""
+    from voxgate.config import default_database_url
+
+    if settings.database_url == default_database_url() and Path("voxgate.db").is_file():
+        log.warning(
+            "found ./voxgate.db, the store of an older voxgate; the default is now %s. To keep "
+            "using ./voxgate.db set VOXGATE_DATABASE_URL=sqlite+aiosqlite:///%s, or move it there",
+            _shown_url(settings.database_url), Path("voxgate.db").resolve(),
+        )
+
+
+def _shown_url(url: str) -> str:
+    """The store's URL as an operator needs it in a log: the file's path, no password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(an unparseable VOXGATE_DATABASE_URL)"
 
 
 def check_serve_settings(settings: Settings) -> str | None:
@@ -147,7 +172,9 @@ def describe_engines(settings: Settings) -> None:
 
 @app.command()
 def talk(
-    url: Annotated[str, typer.Option(help="Gateway WebSocket URL.")] = "ws://127.0.0.1:8000/ws",
+    url: Annotated[
+        str, typer.Option(envvar="VOXGATE_URL", help="Gateway WebSocket URL.")
+    ] = "ws://127.0.0.1:8000/ws",
     wav: Annotated[Path | None, typer.Option(help="Speak this WAV file (any rate).")] = None,
     text: Annotated[str | None, typer.Option(help="Type this message instead of speaking.")] = None,
     out: Annotated[Path | None, typer.Option(help="Write the reply audio to this WAV.")] = None,
@@ -258,13 +285,17 @@ def token(
     user: Annotated[str, typer.Option(help="User id (the JWT 'sub').")],
     ttl: Annotated[int, typer.Option(help="Lifetime in seconds.")] = 3600,
     admin: Annotated[bool, typer.Option(help="Grant access to admin routes.")] = False,
+    engine: Annotated[
+        list[str] | None,
+        typer.Option(help="Limit the user to this engine (repeatable; the 'engines' claim)."),
+    ] = None,
 ) -> None:
     """Mint a JWT for a user (needs VOXGATE_JWT_SECRET)."""
     from voxgate.gateway.auth import Authenticator, AuthError, ConfigError
 
     settings = _load_settings()
     try:
-        console.print(Authenticator(settings).mint_jwt(user, ttl, admin=admin), soft_wrap=True)
+        console.print(Authenticator(settings).mint_jwt(user, ttl, admin=admin, engines=engine), soft_wrap=True)
     except AuthError as exc:
         err.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(2) from None
@@ -311,6 +342,28 @@ def simulate_elevenlabs(
         public=public,
         output_format=output_format,
     )
+
+
+@simulate_app.command("llm")
+def simulate_llm(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 9300,
+    reply: Annotated[str, typer.Option(help="What the assistant always answers.")] = (
+        "Hello! This is the simulated assistant. How can I help you today?"
+    ),
+    api_key: Annotated[str | None, typer.Option(help="Require this bearer key (default: none).")] = None,
+    token_delay: Annotated[float, typer.Option(help="Seconds between streamed tokens.")] = 0.0,
+    transcript: Annotated[str, typer.Option(help="What /v1/audio/transcriptions answers.")] = (
+        "hello from the simulator"
+    ),
+) -> None:
+    """An OpenAI-compatible REST simulator at http://HOST:PORT/v1 (chat, transcriptions, speech)."""
+    from voxgate.testing.llm_sim import run_llm_sim
+
+    run_llm_sim(
+        host=host, port=port, reply=reply, api_key=api_key, token_delay_s=token_delay,
+        transcript=transcript,
+    )  # fmt: skip
 
 
 _mount_optional()

@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from ssl import SSLContext
 from typing import Any
 
 import orjson
@@ -56,8 +57,11 @@ class VoxgateClient:
         origin: str | None = None,
         open_timeout: float = 10.0,
         max_size: int | None = 16 * 1024 * 1024,
+        ssl: SSLContext | None = None,
     ) -> None:
         self.url = url
+        #: For `wss://` behind a private CA or a self-signed certificate; None: system trust.
+        self.ssl = ssl
         self.token = token
         self.token_via = token_via  # header | query | subprotocol
         self.origin = origin
@@ -87,6 +91,8 @@ class VoxgateClient:
                 url += ("&" if "?" in url else "?") + f"token={self.token}"
             else:
                 subprotocols.append(f"voxgate.bearer.{self.token}")
+        # Only when given: websockets rejects `ssl` on a ws:// URL.
+        extra: dict[str, Any] = {"ssl": self.ssl} if self.ssl is not None else {}
         self.ws = await connect(
             url,
             additional_headers=headers,
@@ -95,6 +101,7 @@ class VoxgateClient:
             open_timeout=self.open_timeout,
             max_size=self.max_size,
             compression=None,
+            **extra,
         )
         self.subprotocol = self.ws.subprotocol
         return self
@@ -135,7 +142,7 @@ class VoxgateClient:
         fatal = None
         while True:
             try:
-                message = await self.recv(1.0)
+                message = await self.recv(1.0, fatal_raises=False)
             except (ProtocolFailure, TimeoutError):
                 return fatal
             if message.get("type") == "error" and message.get("fatal"):
@@ -209,8 +216,11 @@ class VoxgateClient:
 
     # --- receiving --------------------------------------------------------------------------
 
-    async def recv(self, timeout: float | None = None) -> dict[str, Any]:
-        """The next message; raises `ProtocolFailure` when the socket closes."""
+    async def recv(self, timeout: float | None = None, *, fatal_raises: bool = True) -> dict[str, Any]:
+        """The next message; raises `ProtocolFailure` when the socket closes, and on a fatal
+        `error` (kept in `received` and in the exception's `.error`) unless `fatal_raises` is
+        false: after a fatal error the session is over, and a caller looping on `recv` should
+        not have to remember to look for one."""
         assert self.ws is not None, "connect() first"
         from websockets.exceptions import ConnectionClosed
 
@@ -236,14 +246,32 @@ class VoxgateClient:
             elif kind == "transcript" and message.get("role") == "assistant":
                 self.current_item = message.get("itemId", self.current_item)
         self.received.append(message)
+        if fatal_raises and message.get("type") == "error" and message.get("fatal"):
+            await self._await_close()
+            raise ProtocolFailure(f"fatal error: {message.get('code')}: {message.get('message')}", message)
         return message
 
+    async def _await_close(self, timeout: float = 2.0) -> None:
+        """After a fatal error the gateway closes at once: wait (briefly) for that close, so
+        `close_code` / `close_reason` are set when the caller looks at them."""
+        assert self.ws is not None
+        try:
+            await asyncio.wait_for(self.ws.wait_closed(), timeout)
+        except TimeoutError:
+            return
+        self.close_code, self.close_reason = self.ws.close_code, self.ws.close_reason
+
     async def events(self, timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Every message until the session ends: it ends quietly on a normal close (1000, as
+        after `stop()`), and raises `ProtocolFailure` on a fatal error or any other close."""
         while True:
             try:
-                yield await self.recv(timeout)
-            except ProtocolFailure:
-                return
+                message = await self.recv(timeout)
+            except ProtocolFailure as exc:
+                if exc.error is None and self.close_code == 1000:
+                    return
+                raise
+            yield message
 
     async def wait_for(
         self,
@@ -260,7 +288,7 @@ class VoxgateClient:
             if remaining <= 0:
                 raise TimeoutError(f"no '{kind}' message within {timeout} s")
             try:
-                message = await self.recv(remaining)
+                message = await self.recv(remaining, fatal_raises=fail_on_fatal)
             except TimeoutError:
                 raise TimeoutError(f"no '{kind}' message within {timeout} s") from None
             if message.get("type") == kind and (where is None or where(message)):

@@ -9,6 +9,7 @@ unchanged.
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -25,6 +26,20 @@ VadKind = Literal["webrtc", "silero"]
 
 def _env(name: str) -> AliasChoices:
     return AliasChoices(name, name.lower())
+
+
+
+def data_dir() -> Path:
+    """voxgate's per-user data directory (`~/.local/share/voxgate` on Linux, honouring
+    `XDG_DATA_HOME`; `~/Library/Application Support/voxgate` on macOS; `%LOCALAPPDATA%/voxgate`
+    on Windows)."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("voxgate", appauthor=False))
+
+
+def default_database_url() -> str:
+    return f"sqlite+aiosqlite:///{data_dir() / 'voxgate.db'}"
 
 
 class Settings(BaseSettings):
@@ -54,6 +69,12 @@ class Settings(BaseSettings):
     #: permessage-deflate on WebSocket links (client and upstream). Off: PCM barely deflates
     #: and compression costs CPU on every frame (docs/benchmarks.md).
     ws_compression: bool = Field(False, validation_alias=_env("VOXGATE_WS_COMPRESSION"))
+    #: Peers whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed (comma-separated
+    #: addresses or networks, `*` for any): the reverse proxy in front. Rate limits and logs
+    #: key on the client address, which behind a proxy is otherwise the proxy's for everyone.
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1,::1", validation_alias=_env("VOXGATE_FORWARDED_ALLOW_IPS")
+    )
 
     # --- OpenAI Realtime --------------------------------------------------------------------
     openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))
@@ -111,8 +132,12 @@ class Settings(BaseSettings):
     echo_guard_ms: int = Field(300, ge=0, validation_alias=_env("VOXGATE_ECHO_GUARD_MS"))
 
     # --- storage ------------------------------------------------------------------------------
+    #: Default: a SQLite file in the user's data directory, never the working directory: a
+    #: `voxgate conversations list` run from elsewhere must find the same conversations, not
+    #: silently create an empty file where it stands.
     database_url: str = Field(
-        "sqlite+aiosqlite:///voxgate.db", validation_alias=_env("VOXGATE_DATABASE_URL")
+        default_factory=lambda: default_database_url(),
+        validation_alias=_env("VOXGATE_DATABASE_URL"),
     )
     audio_log_dir: str | None = Field(None, validation_alias=_env("VOXGATE_AUDIO_LOG_DIR"))
     #: Delete conversations (turns and audio) this many days after their last activity;
@@ -181,7 +206,7 @@ class Settings(BaseSettings):
         120.0, ge=1.0, validation_alias=_env("VOXGATE_COMPAT_AUDIO_BURST_S")
     )
     idle_timeout_s: float = Field(600.0, validation_alias=_env("VOXGATE_IDLE_TIMEOUT_S"))
-    max_session_s: float = Field(1800.0, validation_alias=_env("VOXGATE_MAX_SESSION_S"))
+    max_session_s: float = Field(7200.0, validation_alias=_env("VOXGATE_MAX_SESSION_S"))
     start_timeout_s: float = Field(15.0, validation_alias=_env("VOXGATE_START_TIMEOUT_S"))
     #: How long the upstream may stay silent after a request that should produce output.
     first_byte_timeout_s: float = Field(20.0, validation_alias=_env("VOXGATE_FIRST_BYTE_TIMEOUT_S"))

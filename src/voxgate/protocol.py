@@ -37,6 +37,7 @@ class ErrorCode(StrEnum):
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     UPSTREAM_ERROR = "upstream_error"
     TIMEOUT = "timeout"
+    SESSION_EXPIRED = "session_expired"
     INTERNAL = "internal"
 
 
@@ -49,6 +50,9 @@ class CloseCode(IntEnum):
     UNAUTHORIZED = 4401
     FORBIDDEN_ORIGIN = 4403
     IDLE_TIMEOUT = 4408
+    #: The session reached VOXGATE_MAX_SESSION_S: a limit, not inactivity, so the user is told
+    #: so (and clients do not reconnect: the same conversation would hit it again).
+    SESSION_EXPIRED = 4409
     LIMIT = 4429
     #: A fatal upstream/engine failure. Deliberately not 1011: official SDKs auto-reconnect on
     #: 1001/1005/1006/1011/1012/1013/1015, and reconnecting into a dead provider only loops.

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.procs import clean_env, free_port, talk, voxgate_processes, wait_http
 from voxgate.audio import rms_dbfs
 from voxgate.client import ProtocolFailure, VoxgateClient
 from voxgate.testing.speech import silence, synthesize
@@ -153,3 +154,21 @@ async def test_missing_espeak_fails_start_with_install_sentence(make_settings, g
             with pytest.raises(ProtocolFailure):
                 await client.recv(5)
             assert client.close_code == 4503
+
+
+def test_cli_simulate_llm_gives_the_cascade_a_brain(tmp_path: Path) -> None:
+    """`voxgate simulate llm` (as the README shows it) behind `voxgate serve`'s cascade."""
+    llm_port, gw_port = free_port(), free_port()
+    env = clean_env(
+        VOXGATE_ENGINE="cascade",
+        VOXGATE_LLM_URL=f"http://127.0.0.1:{llm_port}/v1",
+        VOXGATE_PORT=str(gw_port),
+        VOXGATE_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/llm.db",
+    )
+    simulate = ["simulate", "llm", "--port", str(llm_port), "--reply", "It is always tea time."]
+    with voxgate_processes(simulate, ["serve"], env=env):
+        wait_http(f"http://127.0.0.1:{llm_port}/v1/models")
+        wait_http(f"http://127.0.0.1:{gw_port}/health")
+        result = talk(f"ws://127.0.0.1:{gw_port}/ws", "--text", "what time is it", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "assistant: It is always tea time." in result.stdout

@@ -102,3 +102,48 @@ async def test_refused_client_gets_the_reason_not_a_connection_error(make_settin
         assert refused.value.error["code"] == "unauthorized"
         assert "authentication required" in str(refused.value)
         assert client.close_code == 4401
+
+
+async def test_missing_provider_configuration_is_engine_unavailable_everywhere(
+    make_settings, gateway_factory
+) -> None:
+    """No key (or a malformed URL) is a configuration problem: `/health` says the engine cannot
+    work, and a session asking for it is refused `engine_unavailable` / 4503 without dialling."""
+    settings = make_settings(
+        engine="cascade",
+        allowed_engines=["openai", "elevenlabs"],
+        openai_api_key=None,
+        elevenlabs_agent_id=None,
+    )
+    async with gateway_factory(settings) as gw, httpx.AsyncClient(base_url=gw.http_url) as http:
+        body = (await http.get("/health")).json()
+        assert body["status"] == "degraded"
+        assert body["engines"]["openai"]["available"] is False
+        assert body["engines"]["elevenlabs"]["available"] is False
+        assert body["engines"]["cascade"]["available"] is True
+        async with VoxgateClient(gw.ws_url) as client:
+            await client.send({"type": "start", "engine": "openai"})
+            error = await client.wait_for("error", timeout=10, fail_on_fatal=False)
+            assert error["code"] == "engine_unavailable" and error["fatal"] is True
+            assert "OPENAI_API_KEY" in error["message"]
+            with pytest.raises(ProtocolFailure):
+                while True:
+                    await client.recv(5)
+            assert client.close_code == 4503
+        async with VoxgateClient(gw.ws_url) as client:
+            await client.send({"type": "start", "engine": "elevenlabs"})
+            error = await client.wait_for("error", timeout=10, fail_on_fatal=False)
+            assert error["code"] == "engine_unavailable"
+            assert "VOXGATE_ELEVENLABS_AGENT_ID" in error["message"]
+
+
+async def test_malformed_provider_url_is_reported_by_health(make_settings, gateway_factory) -> None:
+    settings = make_settings(
+        engine="openai", openai_api_key="sk-test", openai_url="https://api.openai.com/v1/realtime"
+    )
+    async with gateway_factory(settings) as gw, httpx.AsyncClient(base_url=gw.http_url) as http:
+        assert (await http.get("/health")).json()["engines"]["openai"]["available"] is False
+        async with VoxgateClient(gw.ws_url) as client:
+            await client.send({"type": "start"})
+            error = await client.wait_for("error", timeout=10, fail_on_fatal=False)
+            assert error["code"] == "engine_unavailable" and "VOXGATE_OPENAI_URL" in error["message"]

@@ -299,11 +299,11 @@ async def test_maximum_session_duration_closes_an_active_session(
                     except TimeoutError:
                         continue
                     error = msg
-            assert error["code"] == "timeout" and error["fatal"] is True
+            assert error["code"] == "session_expired" and error["fatal"] is True
             assert "maximum duration of 2 s" in error["message"]
             with pytest.raises(ProtocolFailure):
                 await client.recv(10)
-            assert client.close_code == 4408
+            assert client.close_code == 4409
 
 
 async def test_silent_upstream_hits_the_start_timeout(

@@ -695,3 +695,36 @@ def test_unsigned_or_malformed_tokens_raise_auth_error_only(
     for candidate in (crafted, raw, "vxs_" + raw):
         with pytest.raises(AuthError):
             _AUTHENTICATOR.verify_token(candidate)
+
+
+_UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("case", "request_bytes"),
+    [
+        # One 200 KB header: h11 gives up before the head is whole.
+        ("one huge header", b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n"),
+        # 80 KB in many headers, parsed whole: the app-level check answers.
+        ("many headers", b"GET /health HTTP/1.1\r\nHost: x\r\n"
+         + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 4000) for i in range(20)) + b"\r\n"),
+        ("handshake, many headers", _UPGRADE
+         + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 4000) for i in range(20)) + b"\r\n"),
+        # The WebSocket parser's own per-line limit (8 KiB) answers 431 too, in plain text.
+        ("handshake, one 9 KB header", _UPGRADE + b"X-Big: " + b"a" * 9000 + b"\r\n\r\n"),
+    ],
+)
+async def test_headers_over_the_limit_get_431(make_settings, gateway_factory, case, request_bytes) -> None:
+    async with gateway_factory(make_settings()) as gw:
+        reply = await asyncio.to_thread(_raw_request, gw.port, request_bytes)
+        assert reply.startswith(b"HTTP/1.1 431 "), (case, reply[:200])
+        if case != "handshake, one 9 KB header":
+            assert reply.endswith(
+                b'{"detail":"request headers total more than 65536 bytes","code":"payload_too_large"}'
+            ), (case, reply[-200:])
+        # The server is unharmed.
+        async with httpx.AsyncClient(base_url=gw.http_url) as http:
+            assert (await http.get("/health")).status_code == 200

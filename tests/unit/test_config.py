@@ -40,3 +40,15 @@ def test_serve_prints_the_bad_variable_instead_of_a_traceback(
     assert "VOXGATE_STT" in result.output
     assert "'pocketsphinx', 'openai' or 'whisper'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_default_store_is_in_the_user_data_directory_not_the_working_directory(
+    monkeypatch, tmp_path
+) -> None:
+    from voxgate.config import Settings
+
+    monkeypatch.delenv("VOXGATE_DATABASE_URL", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    url = Settings(_env_file=None).database_url  # type: ignore[call-arg]
+    assert url == f"sqlite+aiosqlite:///{tmp_path / 'data' / 'voxgate' / 'voxgate.db'}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from voxgate import protocol
 from voxgate.config import Settings
@@ -62,3 +63,36 @@ def test_protocol_doc_covers_the_compatible_surface_bounds() -> None:
     for name in ("VOXGATE_ALLOWED_MODELS", "VOXGATE_CLIENT_SECRET_MAX_TTL_S",
                  "VOXGATE_COMPAT_MAX_EVENT_BYTES", "VOXGATE_HEADER_TIMEOUT_S"):  # fmt: skip
         assert name in doc, name
+
+
+def test_readme_command_table_names_every_cli_command_and_option() -> None:
+    """Each `voxgate` command, and each of its options, appears in the README's table."""
+    import typer.main
+
+    from voxgate.cli import app
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Command line") :]
+    section = section[: section.index("\n## ", 5)]
+    rows = [line for line in section.splitlines() if line.startswith("| `voxgate ")]
+    missing: list[str] = []
+
+    def walk(command: Any, path: list[str]) -> None:
+        if hasattr(command, "commands"):  # a group (typer may bring its own click)
+            for name, sub in command.commands.items():
+                walk(sub, [*path, name])
+            return
+        if path and path[0] == "bench":
+            return  # benchmark options are documented in docs/benchmarks.md
+        row = next((r for r in rows if f"`voxgate {' '.join(path)}" in r or
+                    (len(path) > 1 and f"`voxgate {path[0]} " in r and path[-1] in r)), None)  # fmt: skip
+        if row is None:
+            missing.append(" ".join(path))
+            return
+        for param in command.params:
+            for opt in param.opts:
+                if opt.startswith("--") and opt != "--help" and opt not in row:
+                    missing.append(f"{' '.join(path)} {opt}")
+
+    walk(typer.main.get_command(app), [])
+    assert not missing, f"README command table lacks: {missing}"

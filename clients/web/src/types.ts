@@ -25,6 +25,7 @@ export type ErrorCode =
   | "session_limit"
   | "rate_limited"
   | "timeout"
+  | "session_expired"
   | "payload_too_large"
   | "upstream_unavailable"
   | "upstream_error"

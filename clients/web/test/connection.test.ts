@@ -209,6 +209,18 @@ describe("reconnect and resume", () => {
     expect(FakeSocket.instances).toHaveLength(1);
   });
 
+  it("says a session that reached its maximum duration expired, not that it was idle", async () => {
+    const { connection, rec } = makeConnection();
+    const socket = await openLive(connection);
+    socket.drop(4409);
+    expect(rec.failed).toHaveLength(1);
+    expect(rec.failed[0]).toMatchObject({ code: "session_expired", closeCode: 4409, fatal: true });
+    expect(rec.failed[0].message).toContain("maximum length");
+    expect(rec.failed[0].message).not.toContain("idle");
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(FakeSocket.instances).toHaveLength(1);
+  });
+
   it("does not reconnect when a fatal non-retryable error preceded a retryable close code", async () => {
     const { connection, rec } = makeConnection();
     const socket = await openLive(connection);

@@ -1,8 +1,9 @@
 """Run a benchmark process's main coroutine on the chosen event loop.
 
 Every process in one benchmark run uses the same loop, chosen by `VOXGATE_BENCH_LOOP`:
-`asyncio` (the default, because `voxgate serve` runs the server with `asyncio.run`) or `uvloop`
-(installed with `uvicorn[standard]`). The baselines must never run on a faster loop than voxgate.
+`asyncio` (the default, so runs compare like-for-like with the figures recorded in
+docs/benchmarks.md, which were measured on it) or `uvloop` (what `voxgate serve` runs; installed
+with `uvicorn[standard]`). The baselines must never run on a faster loop than voxgate.
 """
 
 from __future__ import annotations

@@ -120,6 +120,25 @@ async def dial_ws(
         raise DialFailed(reason) from None
 
 
+def url_problem(url: str, variable: str, schemes: tuple[str, ...]) -> str | None:
+    """Why `url` (the value of `variable`) cannot be dialled, as a sentence, or None.
+
+    Checked without any network, so `/health` and `voxgate serve` can report a typo before
+    the first user meets it.
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError as exc:
+        return f"{variable} is not a valid URL ({exc}): {url!r}"
+    if parts.scheme not in schemes or not parts.hostname:
+        wanted = " or ".join(f"{s}://" for s in schemes)
+        return f"{variable} must be a {wanted} URL with a host, not {url!r}"
+    return None
+
+
 async def close_quietly(ws: ClientConnection | None, timeout: float = 3.0) -> None:
     """Close a provider socket, bounded in time, ignoring a peer that is already gone."""
     if ws is None:

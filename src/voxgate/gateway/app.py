@@ -18,7 +18,7 @@ from voxgate.engines.upstream import cancel_and_wait
 from voxgate.gateway.api_ops import router as ops_router
 from voxgate.gateway.limits import HeaderSizeLimit
 from voxgate.gateway.neutral.endpoint import router as neutral_router
-from voxgate.gateway.origins import BrowserHostGuard
+from voxgate.gateway.origins import BrowserHostGuard, CrossOriginAccess
 from voxgate.gateway.state import GatewayState, SessionTuning
 from voxgate.store.base import ConversationStore
 
@@ -61,6 +61,8 @@ def create_app(
     _include_optional_routers(app)
     # Absurd headers get a clear 431 whichever HTTP parser uvicorn runs.
     app.add_middleware(HeaderSizeLimit)
+    # Inside the rebinding guard: a page under an untrusted Host is refused before CORS.
+    app.add_middleware(CrossOriginAccess, settings=settings)
     app.add_middleware(BrowserHostGuard, settings=settings)  # DNS rebinding, auth off
     _mount_browser_client(app)
     return app

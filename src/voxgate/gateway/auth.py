@@ -14,11 +14,13 @@ mint its own successor (an endless chain past its 60 s life) or reach the admin 
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import secrets
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 from fastapi import HTTPException, Request
@@ -77,6 +79,9 @@ class Identity:
     is_admin: bool = False
     #: Set when the caller used a single-use session token (it names the reserved session id).
     session_id: str | None = None
+    #: The engines this user may use (the JWT's `engines` claim), within the server's own
+    #: allowlist; None: every engine the server allows.
+    engines: tuple[str, ...] | None = None
 
 
 class AuthError(Exception):
@@ -102,7 +107,7 @@ class SessionTokens:
         session_id = uuid.uuid4().hex
         token = SESSION_TOKEN_PREFIX + secrets.token_urlsafe(32)
         expires_at = time.time() + self.ttl_s
-        bound = Identity(identity.user_id, identity.anonymous, identity.is_admin, session_id)
+        bound = dataclasses.replace(identity, session_id=session_id)
         self._tokens[token] = (bound, expires_at)
         return token, session_id, int(expires_at)
 
@@ -166,7 +171,7 @@ class Authenticator:
             raise AuthError(f"the token's 'sub' claim is not valid: {_USER_ID_RULE}")
         # `is True`: a claim of "false" (a non-empty string) must not make anyone an admin.
         is_admin = claims.get("admin") is True or sub in self.settings.admin_users
-        return Identity(user_id=sub, is_admin=is_admin)
+        return Identity(user_id=sub, is_admin=is_admin, engines=_engines_claim(claims))
 
     def verify_token(self, token: str, *, allow_session_token: bool = True) -> Identity:
         if token.startswith(SESSION_TOKEN_PREFIX):
@@ -178,7 +183,10 @@ class Authenticator:
             return self.session_tokens.redeem(token)
         return self.verify_jwt(token)
 
-    def mint_jwt(self, user_id: str, ttl_s: int = 3600, admin: bool = False) -> str:
+    def mint_jwt(
+        self, user_id: str, ttl_s: int = 3600, admin: bool = False,
+        engines: list[str] | None = None,
+    ) -> str:
         secret = self.settings.jwt_secret
         if secret is None or not secret.get_secret_value():
             raise AuthError("VOXGATE_JWT_SECRET is not set")
@@ -191,6 +199,8 @@ class Authenticator:
         claims: dict[str, object] = {"sub": user_id, "iat": int(time.time()), "exp": int(time.time()) + ttl_s}
         if admin:
             claims["admin"] = True
+        if engines:
+            claims["engines"] = list(engines)
         return jwt.encode(claims, secret.get_secret_value(), algorithm="HS256")
 
     def authenticate(
@@ -279,3 +289,17 @@ def operations_reader(request: Request) -> Identity | None:
         if hmac.compare_digest(presented, scrape.get_secret_value().encode()):
             return None
     return admin_identity(request)
+
+
+def _engines_claim(claims: dict[str, Any]) -> tuple[str, ...] | None:
+    """The optional `engines` claim: a list of engine names this user may pick.
+
+    A malformed claim refuses the token rather than being ignored: ignoring it would hand the
+    user every engine, the opposite of what its issuer meant.
+    """
+    if "engines" not in claims:
+        return None
+    value = claims["engines"]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise AuthError("the token's 'engines' claim must be a list of engine names")
+    return tuple(value)

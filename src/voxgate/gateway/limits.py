@@ -324,6 +324,14 @@ class CircuitBreaker:
         return max(0.0, self.cooldown_s - (self.clock() - self._opened_at))  # type: ignore[operator]
 
 
+#: Request heads above this many bytes are refused with 431, whichever layer notices first.
+HEADER_LIMIT_BYTES = 64 * 1024
+HEADERS_TOO_LARGE = (
+    b'{"detail":"request headers total more than ' + str(HEADER_LIMIT_BYTES).encode()
+    + b' bytes","code":"payload_too_large"}'
+)  # fmt: skip
+
+
 class HeaderSizeLimit:
     """Pure ASGI middleware: refuse HTTP requests and WebSocket handshakes whose headers total
     more than `max_bytes` with 431 (Request Header Fields Too Large).
@@ -334,7 +342,7 @@ class HeaderSizeLimit:
     parser's own memory, which is why the server should run h11 (see `gateway/server.py`).
     """
 
-    def __init__(self, app: Any, max_bytes: int = 64 * 1024) -> None:
+    def __init__(self, app: Any, max_bytes: int = HEADER_LIMIT_BYTES) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
@@ -344,8 +352,7 @@ class HeaderSizeLimit:
             size = sum(len(k) + len(v) for k, v in scope.get("headers") or ())
             if size > self.max_bytes:
                 if kind == "websocket":
-                    # Before accept, a close makes the server answer the handshake with 403.
-                    await send({"type": "websocket.close", "code": 1009})
+                    await _deny_handshake(scope, send, self.max_bytes)
                     return
                 body = (
                     b'{"detail":"request headers total more than '
@@ -355,3 +362,20 @@ class HeaderSizeLimit:
                 await send_json(send, 431, body, close=True)
                 return
         await self.app(scope, receive, send)
+
+
+async def _deny_handshake(scope: dict[str, Any], send: Any, max_bytes: int) -> None:
+    """Refuse an upgrade with the same 431 and JSON body an HTTP request gets."""
+    if "websocket.http.response" not in (scope.get("extensions") or {}):
+        # A server without the denial-response extension can only say 403.
+        await send({"type": "websocket.close", "code": 1009})
+        return
+    body = (
+        b'{"detail":"request headers total more than ' + str(max_bytes).encode()
+        + b' bytes","code":"payload_too_large"}'
+    )  # fmt: skip
+    await send({
+        "type": "websocket.http.response.start", "status": 431,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+    })  # fmt: skip
+    await send({"type": "websocket.http.response.body", "body": body})

@@ -100,3 +100,69 @@ class BrowserHostGuard:
                 await send_json(send, 403, body)
                 return
         await self.app(scope, receive, send)
+
+
+class CrossOriginAccess:
+    """Pure ASGI middleware: CORS for the pages `VOXGATE_ALLOWED_ORIGINS` allows.
+
+    One allowlist for everything a page on another site uses: the WebSocket (judged by
+    `origin_allowed` at the door), and here `voxgate.js`, its two worklets and the JSON APIs
+    (the module and worklets are fetched in CORS mode, so without these headers the import
+    fails). No credentials mode: voxgate reads bearer tokens, never cookies, so a page can send
+    `Authorization` and nothing ambient rides along. A disallowed origin gets no CORS headers
+    (its page cannot read the answer) and a 403 to its preflight.
+    """
+
+    ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
+    ALLOW_HEADERS = "Authorization, Content-Type"
+
+    def __init__(self, app: Any, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or ())
+        raw_origin = headers.get(b"origin")
+        if raw_origin is None:
+            await self.app(scope, receive, send)
+            return
+        allowed = origin_allowed(HTTPConnection(scope), self.settings)
+        origin = raw_origin.decode("latin-1")
+        if scope.get("method") == "OPTIONS" and b"access-control-request-method" in headers:
+            await self._preflight(send, origin if allowed else None)
+            return
+        if not allowed:
+            await self.app(scope, receive, send)
+            return
+        added = [
+            (b"access-control-allow-origin", raw_origin),
+            (b"access-control-expose-headers", b"Retry-After"),
+            (b"vary", b"Origin"),
+        ]
+
+        async def send_with_cors(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                names = {name for name, _ in added}
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
+                message = {**message, "headers": [*kept, *added]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+    async def _preflight(self, send: Any, origin: str | None) -> None:
+        if origin is None:
+            await send({"type": "http.response.start", "status": 403, "headers": [(b"vary", b"Origin")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        headers = [
+            (b"access-control-allow-origin", origin.encode("latin-1")),
+            (b"access-control-allow-methods", self.ALLOW_METHODS.encode()),
+            (b"access-control-allow-headers", self.ALLOW_HEADERS.encode()),
+            (b"access-control-max-age", b"600"),
+            (b"vary", b"Origin"),
+        ]
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})

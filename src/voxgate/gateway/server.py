@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from voxgate.config import Settings
+from voxgate.gateway.limits import HEADER_LIMIT_BYTES, HEADERS_TOO_LARGE
 from voxgate.gateway.state import GatewayState
 
 log = logging.getLogger("voxgate.server")
@@ -112,6 +113,21 @@ class BoundedH11Protocol(H11Protocol):
             )
         self.transport.close()
 
+    def send_400_response(self, msg: str) -> None:
+        # h11 refuses a head that outgrows `h11_max_incomplete_event_size` before it is whole
+        # (one that arrived whole reaches `HeaderSizeLimit` instead): say what was wrong, with
+        # the same 431 and body, not a bare "Invalid HTTP request".
+        pending, _ = self.conn.trailing_data
+        if len(pending) <= HEADER_LIMIT_BYTES or self.conn.our_state is not h11.IDLE:
+            super().send_400_response(msg)
+            return
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            b"content-length: " + str(len(HEADERS_TOO_LARGE)).encode() + b"\r\n"
+            b"connection: close\r\n\r\n" + HEADERS_TOO_LARGE
+        )
+        self.transport.close()
+
 
 def bounded_protocol(settings: Settings) -> type[BoundedH11Protocol]:
     """The HTTP protocol class with this server's bounds."""
@@ -139,6 +155,9 @@ def uvicorn_config(app: FastAPI, settings: Settings, *, port: int | None = None)
         # Every browser offers permessage-deflate; on PCM it costs 4-6% CPU per frame and saves
         # almost nothing (docs/benchmarks.md), so audio links go uncompressed.
         ws_per_message_deflate=settings.ws_compression,
+        proxy_headers=True,
+        # Ours, not uvicorn's FORWARDED_ALLOW_IPS: one documented place for it.
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         ws_ping_timeout=20.0,
         timeout_graceful_shutdown=max(1, round(settings.shutdown_deadline_s)),
         lifespan="on",
@@ -146,7 +165,7 @@ def uvicorn_config(app: FastAPI, settings: Settings, *, port: int | None = None)
         # first); only the HTTP handshake is parsed this way, WebSocket frames are not. The
         # subclass adds the header deadline and the connection cap.
         http=bounded_protocol(settings),
-        h11_max_incomplete_event_size=64 * 1024,
+        h11_max_incomplete_event_size=HEADER_LIMIT_BYTES,
         # Requests beyond this many connections or in-flight requests get 503.
         limit_concurrency=settings.max_connections,
     )

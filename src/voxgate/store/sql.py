@@ -1,7 +1,7 @@
 """`SqlConversationStore`: the conversation store on SQLAlchemy 2 async.
 
-SQLite through aiosqlite is the default (`sqlite+aiosqlite:///voxgate.db`, a file next to where
-the server runs); PostgreSQL through asyncpg by URL. `open()` applies the Alembic migrations, so a
+SQLite through aiosqlite is the default (`voxgate.db` in the user's data directory, see
+`config.default_database_url`); PostgreSQL through asyncpg by URL. `open()` applies the Alembic migrations, so a
 fresh database and an old one both end up at the current schema.
 
 Durability is the point of this module: every write is its own short transaction that commits

@@ -359,3 +359,28 @@ def _espeak_pcm24k(text: str) -> bytes:
 
 
 __all__ = ["LLMSimulator", "RecordedRequest"]
+
+
+def run_llm_sim(
+    host: str = "127.0.0.1",
+    port: int = 9300,
+    reply: str = "Hello! This is the simulated assistant. How can I help you today?",
+    api_key: str | None = None,
+    token_delay_s: float = 0.0,
+    transcript: str = "hello from the simulator",
+) -> None:
+    """Run the simulator until interrupted (the `voxgate simulate llm` CLI verb)."""
+    sim = LLMSimulator(reply, token_delay_s=token_delay_s, api_key=api_key, transcript=transcript)
+    # Bind before saying where: the printed line is a promise a script may act on at once.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    shown = f"[{host}]" if ":" in host else host
+    print(
+        f"OpenAI-compatible REST simulator on http://{shown}:{sock.getsockname()[1]}/v1 "
+        "(chat completions, transcriptions, speech)",
+        flush=True,
+    )
+    config = uvicorn.Config(sim.app, log_level="warning", lifespan="off", access_log=False)
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run(sockets=[sock])

@@ -31,6 +31,7 @@ var CLOSE_SENTENCES = {
   4401: "The server refused the connection: sign-in is required, or the token has expired.",
   4403: "The server does not accept connections from this page's address (allowed origins).",
   4408: "The session ended after being idle for too long. Press Start to begin again.",
+  4409: "The session reached its maximum length. Press Start to begin a new one.",
   4429: "The server is at its session or rate limit. Please try again in a moment.",
   4502: "The voice provider failed and the session had to end. Please try again later.",
   4503: "The voice engine is unavailable right now. Please try again later."
@@ -41,6 +42,7 @@ var CLOSE_CODE_ERRORS = {
   4401: "unauthorized",
   4403: "forbidden_origin",
   4408: "timeout",
+  4409: "session_expired",
   4429: "session_limit",
   4502: "upstream_unavailable",
   4503: "engine_unavailable"

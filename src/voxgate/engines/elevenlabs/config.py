@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from voxgate.engines.upstream import UpstreamOptions
+from voxgate.engines.upstream import UpstreamOptions, url_problem
 
 if TYPE_CHECKING:
     from voxgate.config import Settings
@@ -37,6 +37,20 @@ class ElevenLabsConfig:
             api_base=settings.elevenlabs_api_base,
             upstream=UpstreamOptions.from_settings(settings),
         )
+
+    def problem(self) -> str | None:
+        """Why no session can start with this configuration, or None (no network: cheap).
+
+        No key is fine: a public agent needs none, and only ElevenLabs can say which it is.
+        """
+        if not self.agent_id:
+            return (
+                "No ElevenLabs agent is configured: set VOXGATE_ELEVENLABS_AGENT_ID to your "
+                "agent's id (and ELEVENLABS_API_KEY for a private agent)."
+            )
+        if self.api_key:
+            return url_problem(self.api_base, "VOXGATE_ELEVENLABS_API_BASE", ("http", "https"))
+        return url_problem(self.url, "VOXGATE_ELEVENLABS_URL", ("ws", "wss"))
 
 
 __all__ = ["ElevenLabsConfig"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from voxgate.engines.upstream import UpstreamOptions
+from voxgate.engines.upstream import UpstreamOptions, url_problem
 
 if TYPE_CHECKING:
     from voxgate.config import Settings
@@ -41,6 +41,12 @@ class OpenAIConfig:
             first_byte_timeout_s=settings.first_byte_timeout_s,
             upstream=UpstreamOptions.from_settings(settings),
         )
+
+    def problem(self) -> str | None:
+        """Why no session can start with this configuration, or None (no network: cheap)."""
+        if not self.api_key:
+            return "OPENAI_API_KEY is not set: configure an OpenAI API key to use the openai engine"
+        return url_problem(self.url, "VOXGATE_OPENAI_URL", ("ws", "wss"))
 
 
 __all__ = ["OpenAIConfig"]

@@ -70,7 +70,7 @@ from voxgate.engines.upstream import (
 from voxgate.turns import heard_prefix, text_delta
 
 if TYPE_CHECKING:
-    pass
+    from voxgate.config import Settings
 
 log = logging.getLogger("voxgate.engines.openai")
 
@@ -159,6 +159,11 @@ class OpenAIRealtimeEngine(ConversationEngine):
     name = "openai"
     config_type = OpenAIConfig
 
+    @classmethod
+    def availability(cls, settings: Settings) -> str | None:
+        """A sentence saying why sessions would fail to start, or None. Cheap: no network."""
+        return OpenAIConfig.from_settings(settings).problem()
+
     def __init__(self, config: OpenAIConfig) -> None:
         super().__init__()
         self.config = config
@@ -224,7 +229,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
         if not config.api_key:
             raise EngineUnavailable(
                 "OPENAI_API_KEY is not set: configure an OpenAI API key to use the openai engine",
-                upstream=True,
+                upstream=False,
                 retryable=False,
             )
         started = time.monotonic()

@@ -18,7 +18,12 @@ from fastapi.responses import JSONResponse, Response
 from voxgate.engines.openai.rest import OpenAIRequestError, post_client_secret
 from voxgate.gateway.auth import AuthError, Identity
 from voxgate.gateway.compat.handshake import INVALID_REQUEST, SERVER_ERROR
-from voxgate.gateway.compat.policy import Violation, client_secret_request, engine_refusal
+from voxgate.gateway.compat.policy import (
+    Violation,
+    client_secret_request,
+    engine_refusal,
+    user_engine_refusal,
+)
 from voxgate.gateway.limits import LimitExceeded
 from voxgate.gateway.state import GatewayState
 
@@ -97,6 +102,9 @@ async def _admit(request: Request, state: GatewayState) -> Identity | Response:
     except AuthError as exc:
         state.metrics.errors_total.labels("unauthorized").inc()
         return _http_error(401, "unauthorized", exc.message)
+    if (off := user_engine_refusal(identity.engines)) is not None:
+        state.metrics.errors_total.labels(off.code).inc()
+        return _http_error(403, off.code, off.message)
     if identity.anonymous:
         state.metrics.errors_total.labels("unauthorized").inc()
         return _http_error(

@@ -20,7 +20,7 @@ from voxgate.gateway.compat.handshake import (
     SERVER_ERROR,
     refused,
 )
-from voxgate.gateway.compat.policy import check_model, engine_refusal
+from voxgate.gateway.compat.policy import check_model, engine_refusal, user_engine_refusal
 from voxgate.gateway.compat.relay import CompatSession
 from voxgate.gateway.limits import CircuitBreaker
 from voxgate.gateway.state import GatewayState
@@ -40,7 +40,7 @@ async def _relay(admitted: Admitted) -> None:
     state = admitted.state
     settings = state.settings
     websocket = admitted.websocket
-    if (off := engine_refusal(settings)) is not None:
+    if (off := engine_refusal(settings) or user_engine_refusal(admitted.identity.engines)) is not None:
         raise refused(off.code, off.message, CloseCode.ENGINE_UNAVAILABLE)
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
     if not key:

@@ -40,6 +40,17 @@ def engine_refusal(settings: Settings, engine: str = COMPAT_ENGINE) -> Violation
     )
 
 
+def user_engine_refusal(engines: tuple[str, ...] | None, engine: str = COMPAT_ENGINE) -> Violation | None:
+    """Refuse a user whose token's `engines` claim leaves `engine` out."""
+    if engines is None or engine in engines:
+        return None
+    return Violation(
+        "engine_not_enabled",
+        f"your token does not allow the {engine} engine (its 'engines' claim allows: "
+        f"{', '.join(engines) or 'none'})",
+    )
+
+
 def check_model(settings: Settings, model: object, param: str = "model") -> Violation | None:
     allowed = settings.models_allowed()
     if isinstance(model, str) and model in allowed:

@@ -164,7 +164,7 @@ class CompatSession(LiveSessionBase):
                 )  # fmt: skip
             case Ending.EXPIRED:
                 return self._end(
-                    CloseCode.IDLE_TIMEOUT, "session expired", "session_expired",
+                    CloseCode.SESSION_EXPIRED, "session expired", "session_expired",
                     f"the session reached the gateway's maximum duration of {s.max_session_s:.0f} s",
                 )  # fmt: skip
             case Ending.INTERNAL:

@@ -112,7 +112,12 @@ class NeutralSession(LiveSessionBase):
                     f"closing: the client has not read anything for {s.client_stall_timeout_s:.0f} s"
                 )
             case Ending.EXPIRED:
-                sentence = f"the session reached its maximum duration of {s.max_session_s:.0f} s"
+                return self._fatal(
+                    ErrorCode.SESSION_EXPIRED,
+                    f"the session reached its maximum duration of {s.max_session_s:.0f} s; "
+                    "start a new session to continue",
+                    CloseCode.SESSION_EXPIRED,
+                )
             case Ending.INTERNAL:
                 self.state.metrics.errors_total.labels(ErrorCode.INTERNAL.value).inc()
                 message = P.error_message(
@@ -262,7 +267,7 @@ class NeutralSession(LiveSessionBase):
 
     async def _start(self, msg: P.StartMessage) -> None:
         state = self.state
-        engine_name = steps.choose_engine(self.settings, msg.engine)
+        engine_name = steps.choose_engine(self.settings, msg.engine, self.identity)
         resumed, history = await steps.resume(state, self.identity, msg.conversation_id)
         breaker = steps.pass_breaker(state, engine_name)
         options = await steps.start_options(state, self.identity, self.id, msg, history)

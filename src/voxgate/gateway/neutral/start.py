@@ -28,12 +28,26 @@ from voxgate.protocol import CloseCode, ErrorCode, ProtocolError
 from voxgate.store.base import ConversationRecord, UserSettings
 
 
-def choose_engine(settings: Settings, requested: str | None) -> str:
-    """The engine `start` asked for (or the default), if clients may choose it."""
-    name = requested or settings.engine
+def choose_engine(settings: Settings, requested: str | None, identity: Identity) -> str:
+    """The engine `start` asked for (or the default), if the server and this user allow it.
+
+    A user restricted by their token's `engines` claim who asks for nothing gets the server's
+    default when they may use it, else the first of their engines the server allows.
+    """
     allowed = settings.engines_allowed_for_clients()
+    if identity.engines is not None:
+        allowed = [name for name in allowed if name in identity.engines]
+        if not allowed:
+            raise ProtocolError(
+                ErrorCode.ENGINE_UNAVAILABLE,
+                "none of the engines your token allows is enabled on this server",
+                fatal=True,
+                close_code=CloseCode.ENGINE_UNAVAILABLE,
+            )
+    name = requested or (settings.engine if settings.engine in allowed else allowed[0])
     if name not in allowed:
-        raise P.invalid(f"start: engine '{name}' is not allowed here; allowed: {', '.join(allowed)}")
+        whose = "for this user" if identity.engines is not None else "here"
+        raise P.invalid(f"start: engine '{name}' is not allowed {whose}; allowed: {', '.join(allowed)}")
     return name
 
 
@@ -142,6 +156,12 @@ async def start_engine(
     engine_name: str,
 ) -> None:
     """Start the engine within the start timeout, or refuse with why."""
+    # A configuration problem (no key, a malformed URL) is the operator's to fix, not the
+    # provider's: say so as `engine_unavailable` before anything is dialled.
+    if (problem := type(engine).availability(settings)) is not None:
+        raise ProtocolError(
+            ErrorCode.ENGINE_UNAVAILABLE, problem, fatal=True, close_code=CloseCode.ENGINE_UNAVAILABLE
+        )
     try:
         await asyncio.wait_for(engine.start(options), settings.start_timeout_s + 5.0)
     except EngineUnavailable as exc:

@@ -16,6 +16,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from voxgate.config import default_database_url
 from voxgate.store.models import Base
 
 config = context.config
@@ -26,7 +27,7 @@ def _url() -> str:
     return (
         config.get_main_option("sqlalchemy.url")
         or os.environ.get("VOXGATE_DATABASE_URL")
-        or "sqlite+aiosqlite:///voxgate.db"
+        or default_database_url()
     )
 
 
