@@ -200,6 +200,10 @@ class EngineConfig(Protocol):
     @classmethod
     def from_settings(cls, settings: Settings) -> Self: ...
 
+    def problem(self) -> str | None:
+        """Why sessions could not start with this view (a sentence), or None. Cheap."""
+        ...
+
 
 class EngineUnavailable(Exception):
     """Raised by `start()` when the engine cannot run at all (missing binary, no key, breaker).
@@ -259,7 +263,7 @@ class ConversationEngine(ABC):
 
         Must be cheap (no model loads, no network): `/health` and engine choice call it.
         """
-        return None
+        return cls.config_type.from_settings(settings).problem()
 
     @classmethod
     def describe(cls, settings: Settings) -> list[str]:

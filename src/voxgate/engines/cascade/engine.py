@@ -149,11 +149,6 @@ class CascadeEngine(ConversationEngine):
         parts = CascadeConfig.from_settings(settings).describe_parts()
         return [f"{part}: {why}" for part, why in parts.items()]
 
-    @classmethod
-    def availability(cls, settings: Settings) -> str | None:
-        """A sentence saying why sessions would fail to start, or None. Cheap: no model loads."""
-        return CascadeConfig.from_settings(settings).problem()
-
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self, options: StartOptions) -> None:
         if self._started:

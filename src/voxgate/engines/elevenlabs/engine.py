@@ -93,7 +93,7 @@ from voxgate.engines.upstream import (
 from voxgate.turns import heard_prefix, text_delta
 
 if TYPE_CHECKING:
-    from voxgate.config import Settings
+    pass
 
 log = logging.getLogger("voxgate.engines.elevenlabs")
 
@@ -169,11 +169,6 @@ class ElevenLabsEngine(ConversationEngine):
 
     name = "elevenlabs"
     config_type = ElevenLabsConfig
-
-    @classmethod
-    def availability(cls, settings: Settings) -> str | None:
-        """A sentence saying why sessions would fail to start, or None. Cheap: no network."""
-        return ElevenLabsConfig.from_settings(settings).problem()
 
     #: Audio idle after which an agent turn counts as complete (no end event from ElevenLabs).
     response_idle_s: float = 1.0

@@ -70,7 +70,7 @@ from voxgate.engines.upstream import (
 from voxgate.turns import heard_prefix, text_delta
 
 if TYPE_CHECKING:
-    from voxgate.config import Settings
+    pass
 
 log = logging.getLogger("voxgate.engines.openai")
 
@@ -158,11 +158,6 @@ class OpenAIRealtimeEngine(ConversationEngine):
 
     name = "openai"
     config_type = OpenAIConfig
-
-    @classmethod
-    def availability(cls, settings: Settings) -> str | None:
-        """A sentence saying why sessions would fail to start, or None. Cheap: no network."""
-        return OpenAIConfig.from_settings(settings).problem()
 
     def __init__(self, config: OpenAIConfig) -> None:
         super().__init__()
