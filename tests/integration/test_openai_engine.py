@@ -390,6 +390,10 @@ async def test_session_expiry_and_recycle_are_transparent(
     assert any(e.get("error", {}).get("code") == "session_expired" for e in sim.accepted[0].sent)
     assert [e.status for e in r.of(StatusChanged)] == ["connecting", "connected"]
     assert not r.of(EngineError)
+    # The third connection is counted when it opens; the restored context follows it.
+    async with asyncio.timeout(10):
+        while len(_items(sim, 2)) < 2:
+            await asyncio.sleep(0.05)
     assert _items(sim, 2)[:2] == [("user", "remember the colour blue"),
                                   ("assistant", "You said: remember the colour blue.")]  # fmt: skip
     n = len(r.events)
