@@ -7,6 +7,7 @@ the suite itself (`tests/support/postgres.py`).
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import sys
 import textwrap
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from voxgate.audio import read_wav
@@ -24,7 +26,7 @@ from voxgate.config import get_settings
 from voxgate.store.audio_log import AudioLog
 from voxgate.store.base import ConversationNotFound, TurnRecord, UserSettings
 from voxgate.store.models import Base
-from voxgate.store.sql import SchemaError, SqlConversationStore, head_revision
+from voxgate.store.sql import SchemaError, SqlConversationStore, alembic_config, head_revision
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -271,6 +273,82 @@ async def test_concurrent_open_of_a_fresh_database(store_url: str) -> None:
     finally:
         for s in stores:
             await s.close()
+
+_MIGRATOR = textwrap.dedent(
+    """
+    import asyncio, logging, sys, time
+    from pathlib import Path
+
+    from voxgate.store.sql import SqlConversationStore
+
+    print("ready", flush=True)
+    # Alembic says "Running upgrade <from> -> <to>" for each migration it applies.
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s: %(message)s")
+    go = Path(sys.argv[2])
+    while not go.exists():  # both processes migrate at the same moment
+        time.sleep(0.002)
+
+    async def main(url):
+        store = SqlConversationStore(url)
+        await store.open()
+        print("revision", await store.current_revision(), flush=True)
+        await store.close()
+
+    asyncio.run(main(sys.argv[1]))
+    """
+)
+
+
+async def test_two_processes_starting_at_once_migrate_a_fresh_database_once(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Two `voxgate serve` processes starting together on an empty database: the migration
+    lock (PostgreSQL advisory lock, SQLite `BEGIN IMMEDIATE`) lets exactly one of them apply
+    each migration; the other waits, then finds the schema at head. Both come up."""
+    script, go = tmp_path / "migrate.py", tmp_path / "go"
+    script.write_text(_MIGRATOR)
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, str(script), store_url, str(go),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    try:
+        for proc in procs:  # imports done in both before either touches the database
+            assert proc.stdout is not None
+            assert await asyncio.wait_for(proc.stdout.readline(), timeout=60) == b"ready\n"
+        go.touch()
+        outputs = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), 90)
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    logs = [out.decode() for out, _ in outputs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    head = head_revision()
+    assert all(f"revision {head}" in log for log in logs), logs
+    # Each migration ran exactly once, all of them in the same process.
+    applied = [re.findall(r"Running upgrade .*? -> (\w+)", log) for log in logs]
+    revisions = ScriptDirectory.from_config(alembic_config()).walk_revisions()
+    every = sorted(r.revision for r in revisions)
+    assert sorted(applied[0] + applied[1]) == every, logs
+    assert [] in applied, logs
+    # And the schema is right, once: one version row, the tables the models declare.
+    store = SqlConversationStore(store_url)
+    await store.open()
+    try:
+        async with store.engine.connect() as conn:
+            versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+            diff = await conn.run_sync(
+                lambda c: compare_metadata(MigrationContext.configure(c), Base.metadata)
+            )
+        assert [tuple(v) for v in versions] == [(head,)]
+        assert diff == []
+    finally:
+        await store.close()
+
 
 async def test_concurrent_add_turn_from_many_tasks(store_url: str) -> None:
     # Two store instances stand for two gateway processes sharing the database.
