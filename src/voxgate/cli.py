@@ -289,13 +289,18 @@ def token(
         list[str] | None,
         typer.Option(help="Limit the user to this engine (repeatable; the 'engines' claim)."),
     ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="Limit the user to this model (repeatable; the 'models' claim)."),
+    ] = None,
 ) -> None:
     """Mint a JWT for a user (needs VOXGATE_JWT_SECRET)."""
     from voxgate.gateway.auth import Authenticator, AuthError, ConfigError
 
     settings = _load_settings()
     try:
-        console.print(Authenticator(settings).mint_jwt(user, ttl, admin=admin, engines=engine), soft_wrap=True)
+        minted = Authenticator(settings).mint_jwt(user, ttl, admin=admin, engines=engine, models=model)
+        console.print(minted, soft_wrap=True)
     except AuthError as exc:
         err.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(2) from None

@@ -129,6 +129,9 @@ def _json_within(value: dict[str, Any] | None, limit: int, what: str) -> dict[st
 class StartMessage(_Model):
     type: Literal["start"] = "start"
     engine: str | None = None
+    #: The engine's model, for engines that take one (openai: the realtime model), within
+    #: VOXGATE_ALLOWED_MODELS and the token's `models` claim.
+    model: str | None = Field(None, min_length=1, max_length=100)
     instructions: str | None = Field(None, max_length=32_000)
     voice: str | None = Field(None, max_length=100)
     personality: Personality | None = None

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -210,7 +211,7 @@ async def test_user_settings_round_trip(store: SqlConversationStore) -> None:
     )
     await store.save_user_settings(wanted)
     assert await store.get_user_settings("erin") == wanted
-    changed = UserSettings("erin", voice="cedar", instructions=None, personality=None)
+    changed = UserSettings("erin", voice="cedar", instructions=None, personality=None, engine="openai")
     await store.save_user_settings(changed)
     assert await store.get_user_settings("erin") == changed
     # A user who never had a conversation can save settings too.
@@ -220,7 +221,7 @@ async def test_user_settings_round_trip(store: SqlConversationStore) -> None:
 async def test_conversation_survives_restart_and_migrations_are_idempotent(store_url: str) -> None:
     first = SqlConversationStore(store_url)
     await first.open()
-    assert await first.current_revision() == head_revision() == "0001"
+    assert await first.current_revision() == head_revision() == "0002"
     conv = await first.create_conversation("gina", "cascade", {"lang": "en"})
     await first.add_turn(conv.id, TurnRecord(role="user", text="remember me"))
     await first.close()
@@ -230,7 +231,7 @@ async def test_conversation_survives_restart_and_migrations_are_idempotent(store
     await second.open()  # re-runs `upgrade head`: must be a no-op on a current schema
     try:
         assert await second.ping() is True
-        assert await second.current_revision() == "0001"
+        assert await second.current_revision() == "0002"
         got = await second.get_conversation(conv.id)
         assert got is not None and got.metadata == {"lang": "en"}
         assert [t.text for t in got.turns] == ["remember me"]
@@ -248,6 +249,36 @@ async def test_conversation_survives_restart_and_migrations_are_idempotent(store
         assert {"users", "conversations", "turns", "alembic_version"} <= tables
     finally:
         await second.close()
+
+async def test_upgrade_from_0001_keeps_users_and_adds_the_preferred_engine(store_url: str) -> None:
+    """A database written by the previous release (schema 0001) is upgraded on open: the users'
+    saved settings are kept and they have no preferred engine until they save one."""
+    old = SqlConversationStore(store_url)
+    old._engine = old._create_engine()  # connect without migrating to head
+    try:
+        async with old.engine.begin() as conn:
+            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "0001"))
+            await conn.execute(
+                text(
+                    "INSERT INTO users (id, voice, instructions, created_at, updated_at) "
+                    "VALUES ('olly', 'cedar', 'Be brief.', :now, :now)"
+                ),
+                {"now": datetime.now(UTC)},
+            )
+    finally:
+        await old.close()
+    store = SqlConversationStore(store_url)
+    await store.open()
+    try:
+        assert await store.current_revision() == head_revision() == "0002"
+        assert await store.get_user_settings("olly") == UserSettings(
+            "olly", voice="cedar", instructions="Be brief.", engine=None
+        )
+        await store.save_user_settings(UserSettings("olly", voice="cedar", engine="openai"))
+        assert (await store.get_user_settings("olly")).engine == "openai"  # type: ignore[union-attr]
+    finally:
+        await store.close()
+
 
 async def test_open_refuses_a_schema_from_the_future(store_url: str) -> None:
     first = SqlConversationStore(store_url)
@@ -269,7 +300,7 @@ async def test_concurrent_open_of_a_fresh_database(store_url: str) -> None:
         )
         assert [r for r in results if isinstance(r, BaseException)] == []
         for s in stores:
-            assert await s.current_revision() == "0001"
+            assert await s.current_revision() == head_revision()
     finally:
         for s in stores:
             await s.close()

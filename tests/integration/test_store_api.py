@@ -17,7 +17,7 @@ from voxgate.config import get_settings
 from voxgate.gateway.app import create_app
 from voxgate.store.base import TurnRecord
 from voxgate.store.cli import conversations_app, db_app
-from voxgate.store.sql import SqlConversationStore
+from voxgate.store.sql import SqlConversationStore, head_revision
 
 SECRET = "test-secret-0123456789-abcdefghijklmnop"
 
@@ -226,7 +226,7 @@ def test_cli_db_upgrade_list_show_export(cli_db: str, tmp_path: Path) -> None:
     runner = CliRunner()
     up = runner.invoke(db_app, ["upgrade"])
     assert up.exit_code == 0, up.output
-    assert "revision 0001" in up.output and (tmp_path / "cli" / "voxgate.db").exists()
+    assert f"revision {head_revision()}" in up.output and (tmp_path / "cli" / "voxgate.db").exists()
     assert runner.invoke(db_app, ["upgrade"]).exit_code == 0  # idempotent
 
     ids = _seed(cli_db)

@@ -21,7 +21,9 @@ async def test_saved_settings_fill_what_start_leaves_out(make_settings, gateway_
             auth = {"Authorization": f"Bearer {token}"}
             async with httpx.AsyncClient(base_url=gw.http_url, headers=auth) as http:
                 empty = (await http.get("/api/users/me/settings")).json()
-                assert empty == {"userId": "ada", "voice": None, "instructions": None, "personality": None}
+                assert empty == {
+                    "userId": "ada", "voice": None, "instructions": None, "personality": None, "engine": None,
+                }  # fmt: skip
                 saved = await http.put(
                     "/api/users/me/settings",
                     json={"voice": "marin", "instructions": "Answer like a pirate.",

@@ -438,6 +438,7 @@ export class VoxgateClient implements ConversationEngine {
       turnDetection: o.turnDetection,
     };
     if (o.engine) msg.engine = o.engine;
+    if (o.model) msg.model = o.model;
     if (o.instructions) msg.instructions = o.instructions;
     if (o.voice) msg.voice = o.voice;
     if (o.personality) msg.personality = o.personality;

@@ -88,6 +88,9 @@ export type SampleRate = 8000 | 16000 | 22050 | 24000 | 32000 | 44100 | 48000;
 export interface StartOptions {
   /** Engine name, where the server allows a choice (`VOXGATE_ALLOWED_ENGINES`). */
   engine?: string;
+  /** The engine's model, for engines that take one (openai: its realtime model), within the
+   * gateway's `VOXGATE_ALLOWED_MODELS` and your token's `models` claim. */
+  model?: string;
   instructions?: string;
   voice?: string;
   personality?: Personality;
@@ -345,7 +348,7 @@ export type ServerMessage =
 export type ClientMessage =
   | ({ type: "start"; binary: boolean; inputRate: number; outputRate: number; turnDetection: TurnDetection } & Pick<
       StartOptions,
-      "engine" | "instructions" | "voice" | "personality" | "metadata" | "conversationId"
+      "engine" | "model" | "instructions" | "voice" | "personality" | "metadata" | "conversationId"
     >)
   | { type: "commit" }
   | { type: "user_message"; text: string }

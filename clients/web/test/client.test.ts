@@ -65,6 +65,17 @@ describe("VoxgateClient", () => {
     expect(types.indexOf("status")).toBeLessThan(types.indexOf("ready"));
   });
 
+  it("sends the engine and model it is given", async () => {
+    const { client } = makeClient();
+    const started = client.start({ microphone: false, playback: false, engine: "openai", model: "gpt-realtime-mini" });
+    await settle();
+    const socket = FakeSocket.last;
+    socket.accept();
+    socket.receive(sessionReady());
+    await started;
+    expect(socket.json[0]).toMatchObject({ type: "start", engine: "openai", model: "gpt-realtime-mini" });
+  });
+
   it("refuses a second start while running", async () => {
     const { client } = makeClient();
     await startLive(client);

@@ -12,7 +12,15 @@ from voxgate import __version__
 from voxgate import protocol as P
 from voxgate.config import Settings
 from voxgate.engines import ENGINES, engine_class
-from voxgate.gateway.auth import Identity, admin_identity, operations_reader
+from voxgate.gateway.auth import (
+    Identity,
+    admin_identity,
+    current_identity,
+    extract_token,
+    operations_reader,
+)
+from voxgate.gateway.choices import default_engine, engines_for
+from voxgate.gateway.compat.policy import COMPAT_ENGINE, models_for
 from voxgate.gateway.state import GatewayState
 
 router = APIRouter()
@@ -65,16 +73,30 @@ async def ws_status(request: Request) -> dict[str, Any]:
 
 
 @router.get("/api/config", tags=["client"])
-async def client_config(request: Request) -> dict[str, Any]:
-    """What the browser page needs to render its choices."""
-    settings = _state(request).settings
-    return {
-        "engines": settings.engines_allowed_for_clients(),
-        "defaultEngine": settings.engine,
+async def client_config(request: Request) -> JSONResponse:
+    """What the browser page needs to render its choices.
+
+    Public. Called with a user's JWT (auth on), it answers for that user: the engines and models
+    their token's claims leave them, and the engine a `start` naming none would get (their
+    saved one while they may use it). An invalid token is a 401, not a silent public answer.
+    """
+    state = _state(request)
+    settings = state.settings
+    identity = Identity("public")
+    tailored = state.authenticator.enabled and extract_token(request)[0] is not None
+    if tailored:
+        identity = current_identity(request)
+    engines = engines_for(settings, identity)
+    saved = await state.store.get_user_settings(identity.user_id) if tailored else None
+    body = {
+        "engines": engines,
+        "defaultEngine": default_engine(settings, engines, saved.engine if saved else None),
+        "models": models_for(settings, identity.models) if COMPAT_ENGINE in engines else [],
         "auth": settings.auth,
         "protocol": P.PROTOCOL_VERSION,
         "version": __version__,
     }
+    return JSONResponse(body, headers={"Cache-Control": "no-store"} if tailored else None)
 
 
 @router.get("/api/realtime/sessions", tags=["ops"])

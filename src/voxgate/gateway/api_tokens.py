@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from voxgate.config import Settings
 from voxgate.gateway.auth import Authenticator, AuthError, Identity
+from voxgate.gateway.compat.policy import Violation, default_model
 from voxgate.gateway.limits import KeyedTokenBuckets, LimitExceeded, SessionLimiter
 from voxgate.gateway.origins import origin_allowed
 from voxgate.protocol import ErrorCode
@@ -167,6 +168,14 @@ async def mint_session_token(
             f"the {request_.direct} engine is not enabled on this server "
             "(VOXGATE_ENGINE / VOXGATE_ALLOWED_ENGINES)",
         )
+    if identity.engines is not None and request_.direct not in identity.engines:
+        return _refuse(
+            request,
+            403,
+            ErrorCode.BAD_REQUEST,
+            f"your token does not allow the {request_.direct} engine (its 'engines' claim "
+            f"allows: {', '.join(identity.engines) or 'none'})",
+        )
     return await _direct(request, settings, identity, request_)
 
 
@@ -224,9 +233,12 @@ async def _openai_direct(
     from voxgate.engines.base import EngineUnavailable
     from voxgate.engines.openai.rest import OpenAIRequestError, create_client_secret
 
+    model = default_model(settings, identity.models)
+    if isinstance(model, Violation):
+        return _refuse(request, 403, ErrorCode.BAD_REQUEST, model.message)
     session: dict[str, Any] = {
         "type": "realtime",
-        "model": settings.openai_realtime_model,
+        "model": model,
         "audio": {"output": {"voice": body.voice or settings.openai_voice}},
     }
     if body.instructions:
@@ -265,7 +277,7 @@ async def _openai_direct(
         OpenAIDirectResponse(
             clientSecret=value,
             expiresAt=expires_at,
-            model=str((data.get("session") or {}).get("model") or settings.openai_realtime_model),
+            model=str((data.get("session") or {}).get("model") or model),
             callsUrl=settings.openai_api_base.rstrip("/") + "/realtime/calls",
         ),
     )

@@ -82,6 +82,9 @@ class Identity:
     #: The engines this user may use (the JWT's `engines` claim), within the server's own
     #: allowlist; None: every engine the server allows.
     engines: tuple[str, ...] | None = None
+    #: The models this user may use (the JWT's `models` claim), within the server's own
+    #: allowlist (VOXGATE_ALLOWED_MODELS); None: every model the server allows.
+    models: tuple[str, ...] | None = None
 
 
 class AuthError(Exception):
@@ -171,7 +174,12 @@ class Authenticator:
             raise AuthError(f"the token's 'sub' claim is not valid: {_USER_ID_RULE}")
         # `is True`: a claim of "false" (a non-empty string) must not make anyone an admin.
         is_admin = claims.get("admin") is True or sub in self.settings.admin_users
-        return Identity(user_id=sub, is_admin=is_admin, engines=_engines_claim(claims))
+        return Identity(
+            user_id=sub,
+            is_admin=is_admin,
+            engines=_names_claim(claims, "engines", "engine"),
+            models=_names_claim(claims, "models", "model"),
+        )
 
     def verify_token(self, token: str, *, allow_session_token: bool = True) -> Identity:
         if token.startswith(SESSION_TOKEN_PREFIX):
@@ -186,6 +194,7 @@ class Authenticator:
     def mint_jwt(
         self, user_id: str, ttl_s: int = 3600, admin: bool = False,
         engines: list[str] | None = None,
+        models: list[str] | None = None,
     ) -> str:
         secret = self.settings.jwt_secret
         if secret is None or not secret.get_secret_value():
@@ -201,6 +210,8 @@ class Authenticator:
             claims["admin"] = True
         if engines:
             claims["engines"] = list(engines)
+        if models:
+            claims["models"] = list(models)
         return jwt.encode(claims, secret.get_secret_value(), algorithm="HS256")
 
     def authenticate(
@@ -291,15 +302,15 @@ def operations_reader(request: Request) -> Identity | None:
     return admin_identity(request)
 
 
-def _engines_claim(claims: dict[str, Any]) -> tuple[str, ...] | None:
-    """The optional `engines` claim: a list of engine names this user may pick.
+def _names_claim(claims: dict[str, Any], claim: str, noun: str) -> tuple[str, ...] | None:
+    """An optional list claim (`engines`, `models`): the names this user may pick.
 
     A malformed claim refuses the token rather than being ignored: ignoring it would hand the
-    user every engine, the opposite of what its issuer meant.
+    user every engine or model, the opposite of what its issuer meant.
     """
-    if "engines" not in claims:
+    if claim not in claims:
         return None
-    value = claims["engines"]
+    value = claims[claim]
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise AuthError("the token's 'engines' claim must be a list of engine names")
+        raise AuthError(f"the token's '{claim}' claim must be a list of {noun} names")
     return tuple(value)

@@ -90,6 +90,8 @@ class UserSettings:
     voice: str | None = None
     instructions: str | None = None
     personality: dict[str, int] | None = None
+    #: The engine their sessions use when `start` names none (while they may still use it).
+    engine: str | None = None
 
 
 class ConversationNotFound(LookupError):

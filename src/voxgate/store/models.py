@@ -73,7 +73,7 @@ class Base(DeclarativeBase):
 
 
 class User(Base):
-    """A user and their saved voice settings; created on their first conversation."""
+    """A user and their saved settings; created on their first conversation or settings."""
 
     __tablename__ = "users"
 
@@ -81,6 +81,8 @@ class User(Base):
     voice: Mapped[str | None] = mapped_column(String(255))
     instructions: Mapped[str | None] = mapped_column(Text)
     personality: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    #: Preferred engine (migration 0002).
+    engine: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 

@@ -472,9 +472,9 @@ class SqlConversationStore(ConversationStore):
         async with self._connect() as conn:
             row = (
                 await conn.execute(
-                    select(User.id, User.voice, User.instructions, User.personality).where(
-                        User.id == user_id
-                    )
+                    select(
+                        User.id, User.voice, User.instructions, User.personality, User.engine
+                    ).where(User.id == user_id)
                 )
             ).first()
         if row is None:
@@ -484,6 +484,7 @@ class SqlConversationStore(ConversationStore):
             voice=row.voice,
             instructions=row.instructions,
             personality=dict(row.personality) if row.personality is not None else None,
+            engine=row.engine,
         )
 
     async def save_user_settings(self, settings: UserSettings) -> None:
@@ -492,6 +493,7 @@ class SqlConversationStore(ConversationStore):
             "voice": settings.voice,
             "instructions": settings.instructions,
             "personality": settings.personality,
+            "engine": settings.engine,
         }
         stmt = self._insert(User).values(
             id=settings.user_id, created_at=now, updated_at=now, **fields

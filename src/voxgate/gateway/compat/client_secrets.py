@@ -67,7 +67,7 @@ async def client_secrets(request: Request) -> Response:
         asked = orjson.loads(await request.body() or b"{}")
     except orjson.JSONDecodeError:
         return _http_error(400, "invalid_json", "the body is not valid JSON")
-    payload = client_secret_request(settings, asked)
+    payload = client_secret_request(settings, asked, identity.models)
     if isinstance(payload, Violation):
         state.metrics.errors_total.labels(payload.code).inc()
         return _http_error(400, payload.code, payload.message, param=payload.param)

@@ -20,7 +20,13 @@ from voxgate.gateway.compat.handshake import (
     SERVER_ERROR,
     refused,
 )
-from voxgate.gateway.compat.policy import check_model, engine_refusal, user_engine_refusal
+from voxgate.gateway.compat.policy import (
+    Violation,
+    check_model,
+    default_model,
+    engine_refusal,
+    user_engine_refusal,
+)
 from voxgate.gateway.compat.relay import CompatSession
 from voxgate.gateway.limits import CircuitBreaker
 from voxgate.gateway.state import GatewayState
@@ -59,7 +65,7 @@ async def _relay(admitted: Admitted) -> None:
             CloseCode.ENGINE_UNAVAILABLE,
             SERVER_ERROR,
         )
-    url, model = upstream_url(settings, websocket)
+    url, model = upstream_url(settings, websocket, admitted.identity.models)
     # Accept before dialling: the client's handshake completes at once (its open timeout is
     # often shorter than ours for OpenAI), and whatever it sends meanwhile waits in the
     # socket's receive buffer until the relay starts.
@@ -73,13 +79,17 @@ async def _relay(admitted: Admitted) -> None:
         await close_quietly(upstream, 2.0)
 
 
-def upstream_url(settings: Settings, websocket: WebSocket) -> tuple[str, str]:
-    """-> (upstream URL, model): the client's model (or the configured one) and `intent`.
-    Raises `Refused` for a model the operator did not allow."""
+def upstream_url(
+    settings: Settings, websocket: WebSocket, user_models: tuple[str, ...] | None = None
+) -> tuple[str, str]:
+    """-> (upstream URL, model): the client's model (or the user's default) and `intent`.
+    Raises `Refused` for a model the operator, or the user's token, did not allow."""
     params = websocket.query_params
-    model = params.get("model") or settings.openai_realtime_model
-    if (bad := check_model(settings, model)) is not None:
+    model: str | Violation = params.get("model") or default_model(settings, user_models)
+    bad = model if isinstance(model, Violation) else check_model(settings, model, "model", user_models)
+    if bad is not None:
         raise refused(bad.code, bad.message, REQUEST_CLOSE)
+    assert isinstance(model, str)
     query = {"model": model}
     for name in FORWARDED_QUERY:
         value = params.get(name)

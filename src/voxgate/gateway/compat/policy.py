@@ -51,11 +51,49 @@ def user_engine_refusal(engines: tuple[str, ...] | None, engine: str = COMPAT_EN
     )
 
 
-def check_model(settings: Settings, model: object, param: str = "model") -> Violation | None:
+def models_for(settings: Settings, user_models: tuple[str, ...] | None) -> list[str]:
+    """The models this user may use: the gateway's (`VOXGATE_ALLOWED_MODELS`), narrowed by the
+    token's `models` claim when it has one."""
     allowed = settings.models_allowed()
+    if user_models is None:
+        return allowed
+    return [m for m in allowed if m in user_models]
+
+
+def default_model(settings: Settings, user_models: tuple[str, ...] | None) -> str | Violation:
+    """The realtime model for a client that names none: the configured one, unless the token's
+    `models` claim leaves it out; then the first realtime model of the user's the gateway
+    allows (the transcription model is no realtime model), or a refusal when there is none."""
+    configured = settings.openai_realtime_model
+    if user_models is None or configured in user_models:
+        return configured
+    mine = [m for m in models_for(settings, user_models) if m != settings.openai_transcription_model]
+    if mine:
+        return mine[0]
+    return Violation(
+        "model_not_allowed",
+        f"your token allows no model this gateway offers (its 'models' claim: "
+        f"{', '.join(user_models) or 'none'}; the gateway's: {', '.join(settings.models_allowed())})",
+        "model",
+    )
+
+
+def check_model(
+    settings: Settings, model: object, param: str = "model", user_models: tuple[str, ...] | None = None
+) -> Violation | None:
+    """Refuse a model the gateway (`VOXGATE_ALLOWED_MODELS`) or this user's token (its
+    `models` claim) does not allow."""
+    allowed = models_for(settings, user_models)
     if isinstance(model, str) and model in allowed:
         return None
     shown = repr(model)[:80] if isinstance(model, str) else type(model).__name__
+    if user_models is not None and isinstance(model, str) and model in settings.models_allowed():
+        return Violation(
+            "model_not_allowed",
+            f"model {shown} is not allowed for this user; allowed: {', '.join(allowed) or 'none'} "
+            "(the token's 'models' claim)",
+            param,
+        )
     return Violation(
         "model_not_allowed",
         f"model {shown} is not allowed on this gateway; allowed: {', '.join(allowed)} "
@@ -64,18 +102,21 @@ def check_model(settings: Settings, model: object, param: str = "model") -> Viol
     )
 
 
-def check_session(settings: Settings, session: object, where: str = "session") -> Violation | None:
+def check_session(
+    settings: Settings, session: object, where: str = "session",
+    user_models: tuple[str, ...] | None = None,
+) -> Violation | None:  # fmt: skip
     """Bounds for a session configuration (`session.update`, a client secret's `session`)."""
     if not isinstance(session, dict):
         return None  # not ours to judge: OpenAI answers a malformed event itself
     if "model" in session:
-        if (bad := check_model(settings, session["model"], f"{where}.model")) is not None:
+        if (bad := check_model(settings, session["model"], f"{where}.model", user_models)) is not None:
             return bad
     audio = session.get("audio")
     transcription = (audio.get("input") or {}).get("transcription") if isinstance(audio, dict) else None
     if isinstance(transcription, dict) and "model" in transcription:
         param = f"{where}.audio.input.transcription.model"
-        if (bad := check_model(settings, transcription["model"], param)) is not None:
+        if (bad := check_model(settings, transcription["model"], param, user_models)) is not None:
             return bad
     return check_sizes(settings, session, where)
 
@@ -102,11 +143,13 @@ def check_sizes(settings: Settings, config: dict[str, Any], where: str) -> Viola
     return None
 
 
-def check_client_event(settings: Settings, event: dict[str, Any]) -> Violation | None:
+def check_client_event(
+    settings: Settings, event: dict[str, Any], user_models: tuple[str, ...] | None = None
+) -> Violation | None:
     """A relayed client event that configures spending, or None when it may go upstream."""
     etype = event.get("type")
     if etype == "session.update":
-        return check_session(settings, event.get("session"))
+        return check_session(settings, event.get("session"), user_models=user_models)
     if etype == "response.create":
         response = event.get("response")
         if isinstance(response, dict):
@@ -114,11 +157,13 @@ def check_client_event(settings: Settings, event: dict[str, Any]) -> Violation |
     return None
 
 
-def client_secret_request(settings: Settings, body: object) -> dict[str, Any] | Violation:
+def client_secret_request(
+    settings: Settings, body: object, user_models: tuple[str, ...] | None = None
+) -> dict[str, Any] | Violation:
     """The body to forward for `POST /v1/realtime/client_secrets`, bounded, or why not.
 
     A missing lifetime becomes the ceiling (OpenAI's own default, 600 s, may exceed it) and a
-    missing model the configured one (OpenAI's default may not be on the allowlist).
+    missing model the user's default (OpenAI's default may not be on the allowlist).
     """
     if not isinstance(body, dict):
         return Violation("invalid_request_error", "the body must be a JSON object", None)
@@ -139,8 +184,12 @@ def client_secret_request(settings: Settings, body: object) -> dict[str, Any] | 
         session = {"type": "realtime"}
     if not isinstance(session, dict):
         return Violation("invalid_type", "'session' must be an object", "session")
-    session = {"model": settings.openai_realtime_model, **session}
-    if (bad := check_session(settings, session)) is not None:
+    if "model" not in session:
+        model = default_model(settings, user_models)
+        if isinstance(model, Violation):
+            return model
+        session = {"model": model, **session}
+    if (bad := check_session(settings, session, user_models=user_models)) is not None:
         return bad
     return {**body, "expires_after": expires, "session": session}
 
@@ -153,5 +202,8 @@ __all__ = [
     "check_session",
     "check_sizes",
     "client_secret_request",
+    "default_model",
     "engine_refusal",
+    "models_for",
+    "user_engine_refusal",
 ]

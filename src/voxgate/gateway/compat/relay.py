@@ -259,7 +259,7 @@ class CompatSession(LiveSessionBase):
                 event_id=event_id,
             )
             return None
-        if (bad := check_client_event(self.settings, event)) is not None:
+        if (bad := check_client_event(self.settings, event, self.identity.models)) is not None:
             await self._send_error(bad.code, bad.message, event_id=event_id, param=bad.param)
             return None
         self._observe_client_event(event)

@@ -267,11 +267,13 @@ class NeutralSession(LiveSessionBase):
 
     async def _start(self, msg: P.StartMessage) -> None:
         state = self.state
-        engine_name = steps.choose_engine(self.settings, msg.engine, self.identity)
+        saved = await steps.saved_settings(state, self.identity)
+        engine_name = steps.choose_engine(self.settings, msg.engine, self.identity, saved.engine)
+        model = steps.choose_model(self.settings, msg.model, self.identity, engine_name)
         resumed, history = await steps.resume(state, self.identity, msg.conversation_id)
         breaker = steps.pass_breaker(state, engine_name)
-        options = await steps.start_options(state, self.identity, self.id, msg, history)
-        engine = create_engine(engine_name, self.settings)
+        options = steps.start_options(saved, self.id, msg, history)
+        engine = create_engine(engine_name, steps.engine_settings(self.settings, model))
         engine.connect_observer = steps.connect_observer(state, breaker, engine_name)
         engine.held_audio_observer = steps.held_audio_observer(state, engine_name)
         # Known before it starts, so the session's end stops an engine that failed to start.

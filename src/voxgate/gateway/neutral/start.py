@@ -22,33 +22,76 @@ from voxgate.engines.base import (
     TurnDetectionOptions,
 )
 from voxgate.gateway.auth import Identity
+from voxgate.gateway.choices import default_engine, engines_for
+from voxgate.gateway.compat.policy import COMPAT_ENGINE as MODEL_ENGINE
+from voxgate.gateway.compat.policy import Violation, check_model, default_model
 from voxgate.gateway.limits import CircuitBreaker
 from voxgate.gateway.state import GatewayState
 from voxgate.protocol import CloseCode, ErrorCode, ProtocolError
 from voxgate.store.base import ConversationRecord, UserSettings
 
 
-def choose_engine(settings: Settings, requested: str | None, identity: Identity) -> str:
+def choose_engine(
+    settings: Settings, requested: str | None, identity: Identity, preferred: str | None = None
+) -> str:
     """The engine `start` asked for (or the default), if the server and this user allow it.
 
-    A user restricted by their token's `engines` claim who asks for nothing gets the server's
-    default when they may use it, else the first of their engines the server allows.
+    A `start` that names none gets the user's saved engine (`preferred`) while they may still
+    use it, else the server's default when they may use it, else the first of their engines
+    the server allows (a token's `engines` claim can leave the default out).
     """
-    allowed = settings.engines_allowed_for_clients()
-    if identity.engines is not None:
-        allowed = [name for name in allowed if name in identity.engines]
-        if not allowed:
-            raise ProtocolError(
-                ErrorCode.ENGINE_UNAVAILABLE,
-                "none of the engines your token allows is enabled on this server",
-                fatal=True,
-                close_code=CloseCode.ENGINE_UNAVAILABLE,
-            )
-    name = requested or (settings.engine if settings.engine in allowed else allowed[0])
+    allowed = engines_for(settings, identity)
+    default = default_engine(settings, allowed, preferred)
+    if default is None:
+        raise ProtocolError(
+            ErrorCode.ENGINE_UNAVAILABLE,
+            "none of the engines your token allows is enabled on this server",
+            fatal=True,
+            close_code=CloseCode.ENGINE_UNAVAILABLE,
+        )
+    name = requested or default
     if name not in allowed:
         whose = "for this user" if identity.engines is not None else "here"
         raise P.invalid(f"start: engine '{name}' is not allowed {whose}; allowed: {', '.join(allowed)}")
     return name
+
+
+def choose_model(
+    settings: Settings, requested: str | None, identity: Identity, engine_name: str
+) -> str | None:
+    """The model `start` asked for, or the user's default; None: the engine's configured one.
+
+    Only the openai engine takes a model (its realtime model), bounded like the compatible
+    endpoints: VOXGATE_ALLOWED_MODELS, narrowed by the token's `models` claim.
+    """
+    if engine_name != MODEL_ENGINE:
+        if requested is not None:
+            raise P.invalid(
+                f"start: the {engine_name} engine does not take a model ('model' picks the "
+                f"{MODEL_ENGINE} engine's realtime model)"
+            )
+        return None
+    if requested is None and identity.models is None:
+        return None  # the configured model, as before there were per-user models
+    model: str | Violation = requested or default_model(settings, identity.models)
+    bad = model if isinstance(model, Violation) else check_model(settings, model, "model", identity.models)
+    if bad is not None:
+        raise P.invalid(f"start: {bad.message}")
+    return model if isinstance(model, str) else None
+
+
+def engine_settings(settings: Settings, model: str | None) -> Settings:
+    """The settings the engine is built from: the chosen model in place of the configured one."""
+    if model is None:
+        return settings
+    return settings.model_copy(update={"openai_realtime_model": model})
+
+
+async def saved_settings(state: GatewayState, identity: Identity) -> UserSettings:
+    """A signed-in user's saved settings (empty for anonymous users and for new ones)."""
+    if identity.anonymous:
+        return UserSettings(identity.user_id)
+    return await state.store.get_user_settings(identity.user_id) or UserSettings(identity.user_id)
 
 
 async def resume(
@@ -88,15 +131,11 @@ def pass_breaker(state: GatewayState, engine_name: str) -> CircuitBreaker:
     return breaker
 
 
-async def start_options(
-    state: GatewayState, identity: Identity, session_id: str, msg: P.StartMessage,
-    history: list[HistoryTurn],
-) -> StartOptions:  # fmt: skip
+def start_options(
+    saved: UserSettings, session_id: str, msg: P.StartMessage, history: list[HistoryTurn]
+) -> StartOptions:
     """What the engine starts with: the message, and a signed-in user's saved settings for
     what the message leaves out."""
-    saved = UserSettings(identity.user_id)
-    if not identity.anonymous:
-        saved = await state.store.get_user_settings(identity.user_id) or saved
     personality = msg.personality.model_dump(exclude_none=True) if msg.personality else None
     td = msg.turn_detection
     turn_detection = (
@@ -180,10 +219,13 @@ async def start_engine(
 
 __all__ = [
     "choose_engine",
+    "choose_model",
+    "engine_settings",
     "connect_observer",
     "held_audio_observer",
     "pass_breaker",
     "resume",
+    "saved_settings",
     "start_engine",
     "start_options",
 ]
