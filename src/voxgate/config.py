@@ -1,9 +1,9 @@
 """One `Settings` object, read from the environment and `.env`.
 
-Every variable is documented in the README's configuration table and starts with `VOXGATE_`,
-except the provider keys (`OPENAI_API_KEY`, `ELEVENLABS_API_KEY`) and the OpenAI model and voice,
-which keep the names the providers' own SDKs use, so an operator's existing environment works
-unchanged.
+Every variable is documented in docs/configuration.md (a test holds that page to the types,
+defaults and ranges here) and starts with `VOXGATE_`, except the provider keys
+(`OPENAI_API_KEY`, `ELEVENLABS_API_KEY`) and the OpenAI model and voice, which keep the names
+the providers' own SDKs use, so an operator's existing environment works unchanged.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ def quick_start_cli_block() -> list[str]:
     section = readme[readme.index("## Quick start") :]
     blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
     block = next(b for b in blocks if "voxgate talk" in b)
-    return [line for line in block.splitlines() if line.strip()]
+    return [line.strip() for line in block.splitlines() if line.strip()]  # indented in a list
 
 
 def test_quick_start_cli_commands_run_as_written(tmp_path: Path) -> None:

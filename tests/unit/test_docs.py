@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 from typing import Any
+
+from pydantic import SecretStr
 
 from voxgate import protocol
 from voxgate.config import Settings
@@ -20,14 +23,90 @@ def _env_names() -> list[str]:
     return names
 
 
-def test_readme_starts_with_the_two_commands_and_documents_every_variable() -> None:
+def test_readme_starts_with_the_two_commands_and_links_every_docs_page() -> None:
     readme = (ROOT / "README.md").read_text()
+    assert readme.startswith("# voxgate\n\n```sh\nmake run ")
     first_block = re.search(r"```sh\n(.*?)```", readme, re.S)
     assert first_block is not None
     commands = [line.split("#")[0].strip() for line in first_block.group(1).splitlines() if line.strip()]
     assert commands == ["make run", "make test"]
-    missing = [name for name in _env_names() if f"`{name}`" not in readme]
-    assert not missing, f"README configuration table lacks: {missing}"
+    # A short front door: the reference lives in docs/, each page linked from it.
+    assert len(readme.splitlines()) < 200
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        assert f"(docs/{page.name})" in readme, f"README does not link docs/{page.name}"
+    assert "(CHANGELOG.md)" in readme
+    steps = re.findall(r"^(\d)\. \*\*Terminal (\d)", readme[readme.index("## Quick start") :], re.M)
+    assert [s for s, _ in steps] == ["1", "2", "3"], steps
+
+
+def _config_rows() -> dict[str, list[str]]:
+    """The rows of docs/configuration.md's tables: variable -> [type, default, range, example, meaning]."""
+    rows: dict[str, list[str]] = {}
+    for line in (ROOT / "docs" / "configuration.md").read_text().splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if len(cells) == 6 and re.fullmatch(r"`[A-Z_]+`", cells[0]):
+            assert cells[0][1:-1] not in rows, f"{cells[0]} is documented twice"
+            rows[cells[0][1:-1]] = cells[1:]
+    return rows
+
+
+_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list", SecretStr: "secret"}
+
+
+def _documented_type(annotation: Any) -> str:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:
+        return "string"
+    if args and typing.get_origin(annotation) not in (list, typing.Literal):
+        return _documented_type(args[0])  # X | None
+    return _TYPES[typing.get_origin(annotation) or annotation]
+
+
+def _literal_default(cell: str) -> str | None:
+    match = re.match(r"`([^`]*)`", cell)
+    return match.group(1) if match else None
+
+
+def test_configuration_page_documents_every_setting_with_its_type_default_and_range() -> None:
+    """Every field of `Settings` has a row in docs/configuration.md whose type, default and
+    range agree with the code (bounds and choices the code enforces must be in the range)."""
+    rows = _config_rows()
+    missing = [name for name in _env_names() if name not in rows]
+    assert not missing, f"docs/configuration.md lacks: {missing}"
+    wrong: list[str] = []
+    for field in Settings.model_fields.values():
+        name = field.validation_alias.choices[0]  # type: ignore[union-attr]
+        kind, default, bounds, example, meaning = rows[name]
+        if kind.split()[0] != _documented_type(field.annotation):
+            wrong.append(f"{name}: type {kind!r}, the code has {field.annotation}")
+        if not (example and meaning):
+            wrong.append(f"{name}: no example or meaning")
+        if field.default_factory is None:
+            value = field.default
+            shown = _literal_default(default)
+            if value is None:
+                ok = default.startswith("—")
+            elif isinstance(value, bool):
+                ok = shown == str(value).lower()
+            elif isinstance(value, int | float):
+                ok = shown is not None and float(shown) == float(value)
+            else:
+                ok = shown == str(value)
+            if not ok:
+                wrong.append(f"{name}: default {default!r}, the code has {value!r}")
+        for meta in field.metadata:
+            for attr, sign in (("ge", "≥"), ("gt", ">"), ("le", "≤")):
+                bound = getattr(meta, attr, None)
+                if bound is not None and f"{sign} {bound:g}" not in bounds:
+                    wrong.append(f"{name}: range {bounds!r} lacks {sign} {bound:g}")
+        if typing.get_origin(field.annotation) is typing.Literal:
+            for choice in typing.get_args(field.annotation):
+                if f"`{choice}`" not in bounds:
+                    wrong.append(f"{name}: range {bounds!r} lacks `{choice}`")
+    assert not wrong, "\n".join(wrong)
+    # The CLI's own variables, too; and nothing documented that the code does not read.
+    extra = set(rows) - set(_env_names()) - {"VOXGATE_URL", "VOXGATE_TOKEN"}
+    assert {"VOXGATE_URL", "VOXGATE_TOKEN"} <= set(rows) and not extra, extra
 
 
 def test_ci_runs_the_readme_test_command() -> None:
@@ -46,11 +125,11 @@ def test_protocol_doc_covers_every_message_and_code() -> None:
     assert "PROTOCOL_VERSION" in doc or "version 1" in doc
 
 
-def test_browser_section_says_how_openai_browser_sdks_use_a_voxgate_token() -> None:
+def test_browser_page_says_how_openai_browser_sdks_use_a_voxgate_token() -> None:
     """`@openai/agents-realtime` refuses non-`ek_` keys in a browser without a flag: a reader
-    of the browser section must find the flag, and why setting it is safe here."""
-    readme = (ROOT / "README.md").read_text()
-    browser = readme.split("## The browser client", 1)[1].split("\n## ", 1)[0]
+    of the browser page must find the flag, and why setting it is safe here."""
+    page = (ROOT / "docs" / "browser-client.md").read_text()
+    browser = page.split("## OpenAI's browser SDKs through voxgate", 1)[1]
     assert "@openai/agents-realtime" in browser and "useInsecureApiKey: true" in browser
     assert "ek_" in browser and "/api/realtime/session" in browser
 
@@ -65,16 +144,14 @@ def test_protocol_doc_covers_the_compatible_surface_bounds() -> None:
         assert name in doc, name
 
 
-def test_readme_command_table_names_every_cli_command_and_option() -> None:
-    """Each `voxgate` command, and each of its options, appears in the README's table."""
+def test_cli_page_names_every_command_and_option() -> None:
+    """Each `voxgate` command, and each of its options, appears in docs/cli.md's table."""
     import typer.main
 
     from voxgate.cli import app
 
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Command line") :]
-    section = section[: section.index("\n## ", 5)]
-    rows = [line for line in section.splitlines() if line.startswith("| `voxgate ")]
+    page = (ROOT / "docs" / "cli.md").read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| `voxgate ")]
     missing: list[str] = []
 
     def walk(command: Any, path: list[str]) -> None:
@@ -95,4 +172,4 @@ def test_readme_command_table_names_every_cli_command_and_option() -> None:
                     missing.append(f"{' '.join(path)} {opt}")
 
     walk(typer.main.get_command(app), [])
-    assert not missing, f"README command table lacks: {missing}"
+    assert not missing, f"docs/cli.md's command table lacks: {missing}"
