@@ -173,3 +173,40 @@ def test_cli_page_names_every_command_and_option() -> None:
 
     walk(typer.main.get_command(app), [])
     assert not missing, f"docs/cli.md's command table lacks: {missing}"
+
+
+def _interface_fields(source: str, name: str) -> list[str]:
+    body = re.search(rf"export interface {name}\b[^{{]*\{{(.*?)\n\}}", source, re.S)
+    assert body is not None, name
+    return re.findall(r"^  (?:readonly )?(\w+)\??[:(]", body.group(1), re.M)
+
+
+def test_browser_client_page_is_a_complete_reference() -> None:
+    """Every public method, property, option and event of `VoxgateClient`, and everything
+    `useVoxgate` returns, is named in docs/browser-client.md."""
+    web = ROOT / "clients" / "web" / "src"
+    client = (web / "client.ts").read_text()
+    types = (web / "types.ts").read_text()
+    react = (ROOT / "clients" / "react" / "src" / "index.ts").read_text()
+    store = (ROOT / "clients" / "react" / "src" / "store.ts").read_text()
+    cls = client[client.index("export class VoxgateClient") :]
+    members = set(re.findall(r"^  (?:async )?(?:get |set )?([a-z]\w*)\(", cls, re.M))
+    members |= set(re.findall(r"^  readonly ([a-z]\w*):", cls, re.M))
+    members -= {"constructor"}
+    union = re.search(r"export type VoxgateEvent =(.*?);", types, re.S)
+    assert union is not None
+    events = [
+        re.search(rf"export interface {name} \{{\s*(?:/\*\*.*?\*/\s*)?type: \"(\w+)\"", types, re.S).group(1)  # type: ignore[union-attr]
+        for name in re.findall(r"\| (\w+)", union.group(1))
+    ]
+    names = {
+        "client": sorted(members),
+        "client options": _interface_fields(types, "ClientOptions"),
+        "start options": _interface_fields(types, "StartOptions"),
+        "events": events,
+        "hook": _interface_fields(react, "UseVoxgateResult") + _interface_fields(store, "VoxgateSnapshot"),
+    }
+    page = (ROOT / "docs" / "browser-client.md").read_text()
+    missing = [f"{kind}: {n}" for kind, found in names.items() for n in found if f"`{n}`" not in page and f"`{n}(" not in page]
+    assert not missing, f"docs/browser-client.md does not name: {missing}"
+    assert len(events) > 10 and len(names["client"]) > 20  # the parsing found the surface
