@@ -157,7 +157,7 @@ async def test_missing_espeak_fails_start_with_install_sentence(make_settings, g
 
 
 def test_cli_simulate_llm_gives_the_cascade_a_brain(tmp_path: Path) -> None:
-    """`voxgate simulate llm` (as the README shows it) behind `voxgate serve`'s cascade."""
+    """`voxgate simulate llm` (as docs/configuration.md shows it) behind `voxgate serve`'s cascade."""
     llm_port, gw_port = free_port(), free_port()
     env = clean_env(
         VOXGATE_ENGINE="cascade",

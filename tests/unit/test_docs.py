@@ -210,3 +210,29 @@ def test_browser_client_page_is_a_complete_reference() -> None:
     missing = [f"{kind}: {n}" for kind, found in names.items() for n in found if f"`{n}`" not in page and f"`{n}(" not in page]
     assert not missing, f"docs/browser-client.md does not name: {missing}"
     assert len(events) > 10 and len(names["client"]) > 20  # the parsing found the surface
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+    return text.replace(" ", "-")
+
+
+def test_links_between_pages_resolve() -> None:
+    """Every relative link in the README, the changelog and docs/ names a file that exists, and
+    a heading in it when it has an anchor."""
+    broken: list[str] = []
+    for page in [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s), mailto
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            if not file.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif anchor and file.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", file.read_text(), flags=re.S), re.M)
+                if anchor not in {_slug(h) for h in headings}:
+                    broken.append(f"{page.name}: {target} (no such heading)")
+    assert not broken, broken
