@@ -134,14 +134,19 @@ def error_event(
 
 
 def default_responder(items: list[dict[str, str]]) -> str:
-    """Deterministic replies: commentary is said as given ("in the model's own words"); a user
-    utterance gets "You said: …"."""
+    """Deterministic replies: a user utterance gets "You said: …"; commentary is said as
+    given ("in the model's own words"), except that commentary ending in a quotation (how
+    voxgate passes typed messages) is answered like the quoted words."""
     for item in reversed(items):
         if item["role"] == "commentary":
-            return item["text"]
+            quoted = _QUOTED.search(item["text"])
+            return f"You said: {quoted.group(1).strip()}." if quoted else item["text"]
         if item["role"] == "user":
             return f"You said: {item['text'].strip()}."
     return "Hello! How can I help you today?"
+
+
+_QUOTED = re.compile(r'"([^"]+)"\s*$')
 
 
 # --- audio formats ----------------------------------------------------------------------------
