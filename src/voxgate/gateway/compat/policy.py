@@ -16,6 +16,8 @@ from voxgate.config import Settings
 
 #: The engine the compatible endpoints stand for: open only when the operator enabled it.
 COMPAT_ENGINE = "openai"
+#: The engine `/v1/live/sessions` stands for.
+LIVE_ENGINE = "openai-live"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +53,12 @@ def user_engine_refusal(engines: tuple[str, ...] | None, engine: str = COMPAT_EN
     )
 
 
-def check_model(settings: Settings, model: object, param: str = "model") -> Violation | None:
-    allowed = settings.models_allowed()
+def check_model(
+    settings: Settings, model: object, param: str = "model", allowed: list[str] | None = None
+) -> Violation | None:
+    """`model` must be on the allowlist (`allowed`, by default the Realtime endpoints' one)."""
+    if allowed is None:
+        allowed = settings.models_allowed()
     if isinstance(model, str) and model in allowed:
         return None
     shown = repr(model)[:80] if isinstance(model, str) else type(model).__name__
@@ -114,6 +120,30 @@ def check_client_event(settings: Settings, event: dict[str, Any]) -> Violation |
     return None
 
 
+def check_live_session(settings: Settings, session: object, where: str = "session") -> Violation | None:
+    """Bounds for a GPT-Live `session.start`/`session.update` config: the Live model, and the
+    backend a delegation would call (its model, instructions and tools spend too)."""
+    if not isinstance(session, dict):
+        return None  # GPT-Live answers a malformed event itself
+    allowed = settings.live_models_allowed()
+    if "model" in session:
+        if (bad := check_model(settings, session["model"], f"{where}.model", allowed)) is not None:
+            return bad
+    delegation = session.get("delegation")
+    if isinstance(delegation, dict):
+        for backend in ("responses", "decisions"):
+            config = delegation.get(backend)
+            if not isinstance(config, dict):
+                continue
+            place = f"{where}.delegation.{backend}"
+            if "model" in config:
+                if (bad := check_model(settings, config["model"], f"{place}.model", allowed)) is not None:
+                    return bad
+            if (bad := check_sizes(settings, config, place)) is not None:
+                return bad
+    return check_sizes(settings, session, where)
+
+
 def client_secret_request(settings: Settings, body: object) -> dict[str, Any] | Violation:
     """The body to forward for `POST /v1/realtime/client_secrets`, bounded, or why not.
 
@@ -147,6 +177,8 @@ def client_secret_request(settings: Settings, body: object) -> dict[str, Any] | 
 
 __all__ = [
     "COMPAT_ENGINE",
+    "LIVE_ENGINE",
+    "check_live_session",
     "Violation",
     "check_client_event",
     "check_model",
