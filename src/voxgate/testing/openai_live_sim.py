@@ -514,7 +514,7 @@ class _Session:
                              "session.start may be sent only once per connection.", eid)  # fmt: skip
             return
         config = event.get("session")
-        problem = start_problem(config, self.sim.models)
+        problem = start_problem(config, self.sim.models, self.sim.session_keys)
         if problem is not None:
             code, message, param = problem
             await self.error(code, message, eid, param=param)
@@ -864,12 +864,15 @@ def _b64(value: Any) -> bytes | None:
         return None
 
 
-def start_problem(config: Any, models: Iterable[str]) -> tuple[str, str, str | None] | None:
+def start_problem(
+    config: Any, models: Iterable[str], keys: Iterable[str] = SESSION_KEYS
+) -> tuple[str, str, str | None] | None:
     """(code, message, param) for a `session.start` config the strict service refuses."""
     if not isinstance(config, dict):
         return "missing_required_parameter", "Missing required parameter: 'session'.", "session"
+    known = set(keys)
     for key in config:
-        if key not in SESSION_KEYS:
+        if key not in known:
             return "unknown_parameter", f"Unknown parameter: 'session.{key}'.", f"session.{key}"
     model = config.get("model")
     if not isinstance(model, str):
@@ -1007,6 +1010,7 @@ class OpenAILiveSimulator:
         responder: Responder | None = None,
         delegate_on: Iterable[str] = (),
         models: Iterable[str] = MODELS,
+        session_keys: Iterable[str] = SESSION_KEYS,
         usage_interval_s: float = 15.0,
         idle_close_s: float | None = 31.0,
         latency_ms: int = 300,
@@ -1029,6 +1033,8 @@ class OpenAILiveSimulator:
         #: Phrases that make the model delegate to the client (`session.delegation.created`).
         self.delegate_on = tuple(delegate_on)
         self.models = tuple(models)
+        #: The `session.start` fields this service accepts (fewer: an older API revision).
+        self.session_keys = frozenset(session_keys)
         #: Timeline seconds between `session.usage.updated` events.
         self.usage_interval_s = usage_interval_s
         #: Wall-clock seconds without input audio before the session expires (None: never).
