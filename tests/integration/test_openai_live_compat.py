@@ -178,6 +178,12 @@ async def test_the_model_is_checked_on_this_route(
             backend = await got.until("error")
             assert backend.error.param == "session.delegation.responses.model"
             assert sim.accepted[-1].received_types() == []  # neither went upstream
+            # An unknown field: GPT-Live's strict refusal comes back as it was sent.
+            await conn.send({"type": "session.start", "event_id": "s2",  # type: ignore[arg-type]
+                             "session": {"model": "gpt-live-1", "voice": "marin"}})  # fmt: skip
+            unknown = await got.until("error")
+            assert unknown.error.code == "unknown_parameter" and unknown.error.param == "session.voice"
+            assert unknown.error.client_event_id == "s2"
             await conn.session.start(session={"model": "gpt-live-1"})
             await got.until("session.started")
     # Allowed by the operator, but not a Live model: GPT-Live itself refuses it on this route.
