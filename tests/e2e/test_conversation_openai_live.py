@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.procs import clean_env, free_port, talk, voxgate_processes, wait_http
+from voxgate.audio import write_wav
 from voxgate.client import VoxgateClient
 from voxgate.engines.openai_live.engine import OpenAILiveEngine
 from voxgate.testing.openai_live_sim import OpenAILiveSimulator
@@ -127,3 +130,30 @@ async def test_spoken_conversation_with_typed_message_and_interrupt(make_setting
                     response = await http.get(path)
                     assert response.status_code < 500, path
                     assert KEY not in response.text, path
+
+
+def test_cli_simulate_serve_talk(tmp_path: Path) -> None:
+    """The README flow with GPT-Live, as a new user runs it: three real processes, at real time."""
+    sim_port, gw_port = free_port(), free_port()
+    env = clean_env(
+        VOXGATE_ENGINE="openai-live",
+        OPENAI_API_KEY="sk-test",
+        VOXGATE_OPENAI_LIVE_URL=f"ws://127.0.0.1:{sim_port}/v1/live/sessions",
+        VOXGATE_PORT=str(gw_port),
+        VOXGATE_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/cli.db",
+    )
+    hello = tmp_path / "hello.wav"
+    write_wav(hello, synthesize("hello can you hear me", 16000), 16000)
+    simulate = ["simulate", "openai-live", "--port", str(sim_port), "--transcript", "hello can you hear me"]
+    with voxgate_processes(simulate, ["serve"], env=env):
+        wait_http(f"http://127.0.0.1:{sim_port}/_sim/faults")
+        wait_http(f"http://127.0.0.1:{gw_port}/health")
+        url = f"ws://127.0.0.1:{gw_port}/ws"
+        spoken = talk(url, "--wav", str(hello), "--manual", "--fast", env=env)
+        typed = talk(url, "--text", "a typed hello", env=env)
+    assert spoken.returncode == 0, spoken.stderr
+    assert "you: hello can you hear me" in spoken.stdout
+    assert "You said: hello can you hear me" in spoken.stdout
+    assert "ends turns itself" in spoken.stderr  # --manual: no commit for this engine
+    assert typed.returncode == 0, typed.stderr
+    assert "You said: a typed hello" in typed.stdout
