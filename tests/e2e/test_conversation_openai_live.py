@@ -58,6 +58,10 @@ async def test_spoken_conversation_with_typed_message_and_interrupt(make_setting
                 assert first.user_text == "hello there"
                 assert "hello there" in first.assistant_text.lower()
                 assert first.audio and first.response_status == "completed"
+                # The stream is continuous, silence included; the client gets the speech
+                # (with its pauses), not the silence around it.
+                spoken = len(synthesize("You said: hello there.", 24000))
+                assert spoken * 0.8 <= len(first.audio) <= spoken + 0.5 * 48000
                 done = [m for m in first.events if m["type"] == "response_done"][-1]
                 assert done["usage"]["type"] == "duration"
                 await speak(client, "what time is it")

@@ -13,9 +13,10 @@ GPT-Live is not Realtime with other names. How the seam maps onto it, and why:
   is never doubled (see `_keep_timeline`).
 - **Output is continuous, silence included.** Assistant audio is forwarded only while the model
   speaks: a turn starts with voiced audio (or an output transcript fragment) and ends after
-  `gap_ms` of silent output; the silence inside a turn is held and forwarded only if speech
-  resumes, so long runs of digital silence never reach the client as speech, and `speaking`
-  goes false when the model stops rather than when the stream does (it never does).
+  `gap_ms` of silent output. Short pauses inside a turn are forwarded as they come (they play
+  on time); a longer silence is held and forwarded only if speech resumes, so long runs of
+  digital silence never reach the client as speech, and `speaking` goes false when the model
+  stops rather than when the stream does (it never does).
 - **Transcripts are timed fragments with no ids.** User fragments are grouped into a turn that
   is final on a pause or when the model starts answering (`grouping`); the assistant's turn is
   the audio turn above. Both are emitted as `Transcript` events like every other engine's.
@@ -141,6 +142,10 @@ class OpenAILiveEngine(ConversationEngine):
     #: A pause this long (ms) ends a turn: of output audio for the assistant, of timeline
     #: after the last fragment for the user.
     gap_ms: int = 800
+    #: Silence inside a turn is forwarded as it comes for this long (ms), so pauses between
+    #: words play on time; beyond it, it is held until speech resumes (then sent) or the turn
+    #: ends (then dropped): at most this much trailing silence reaches the client.
+    pause_ms: int = 400
     #: The keepalive's clock as a multiple of real time. Tests speed it up to fast-forward the
     #: model's timeline (a minute of silence in seconds); 1 in production.
     timeline_pace: float = 1.0
@@ -433,11 +438,14 @@ class OpenAILiveEngine(ConversationEngine):
         if not voiced:
             if answer is None:
                 return  # the stream between turns: never forwarded
-            answer.pending += pcm
             answer.silent_ms += ms
             if answer.silent_ms >= self.gap_ms:
                 self._answer = None
                 await self._end_answer(answer, "completed")
+            elif answer.silent_ms <= self.pause_ms and not answer.pending:
+                await self._forward(answer, pcm)  # a pause between words: played on time
+            else:
+                answer.pending += pcm  # a longer silence: played only if speech resumes
             return
         if answer is None:
             answer = await self._open_answer()
@@ -448,6 +456,9 @@ class OpenAILiveEngine(ConversationEngine):
             pcm = bytes(answer.pending) + pcm
             answer.pending.clear()
         answer.silent_ms = 0.0
+        await self._forward(answer, pcm)
+
+    async def _forward(self, answer: _Answer, pcm: bytes) -> None:
         answer.audio_bytes += len(pcm)
         await self.emit(AudioOut(pcm, answer.item_id))
 
