@@ -258,7 +258,7 @@ class OpenAILiveEngine(ConversationEngine):
         self._held.sent(pcm16)
         up.sent_bytes += len(pcm16)
         with contextlib.suppress(ConnectionClosed):
-            await up.ws.send(wire.audio_frame(pcm16))
+            await up.ws.send(wire.audio_frame(pcm16), text=True)
 
     async def commit(self) -> None:
         await self.emit(EngineError("bad_request", _NO_COMMIT))
@@ -329,7 +329,7 @@ class OpenAILiveEngine(ConversationEngine):
                     self._held.sent(_SILENCE)
                     up.sent_bytes += len(_SILENCE)
                     behind -= len(_SILENCE)
-                    await up.ws.send(_SILENCE_FRAME)
+                    await up.ws.send(_SILENCE_FRAME, text=True)
             for turn in self._grouper.due(up.sent_bytes // BYTES_PER_MS, "user"):
                 await self._user_turn_done(turn)
 
@@ -404,7 +404,7 @@ class OpenAILiveEngine(ConversationEngine):
             while (item := held.next_held()) is not None:
                 if isinstance(item, bytes):
                     up.sent_bytes += len(item)
-                    await up.ws.send(wire.audio_frame(item))
+                    await up.ws.send(wire.audio_frame(item), text=True)
         held.finish()
         self._reconnecting = False
 

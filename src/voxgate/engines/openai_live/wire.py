@@ -52,9 +52,10 @@ def event_id() -> str:
     return f"evt_{uuid.uuid4().hex[:20]}"
 
 
-def audio_frame(pcm: bytes) -> str:
-    """`session.input_audio.append` for `pcm`, without building a dict (the hot path)."""
-    return (APPEND_PREFIX + base64.b64encode(pcm) + APPEND_SUFFIX).decode()
+def audio_frame(pcm: bytes) -> bytes:
+    """`session.input_audio.append` for `pcm` as UTF-8 text, without building a dict or
+    decoding (the hot path: send it with `text=True`)."""
+    return APPEND_PREFIX + base64.b64encode(pcm) + APPEND_SUFFIX
 
 
 def session_start(model: str, options: StartOptions, history: list[tuple[str, str]]) -> str:
