@@ -226,6 +226,10 @@ async def _talk(
             f"[dim]session {ready['sessionId']} · engine {ready['engine']} · "
             f"conversation {ready['conversationId']}[/dim]"
         )
+        if manual and ready.get("capabilities", {}).get("manualTurns") is False:
+            # The engine's model decides turn ends itself (GPT-Live): no commit, just silence.
+            err.print(f"[dim]{ready['engine']} ends turns itself: --manual is ignored[/dim]")
+            manual = False
         sender: asyncio.Task[Any] | None = None
         if text is not None:
             console.print(f"[bold cyan]you:[/bold cyan] {text}")
@@ -321,6 +325,26 @@ def simulate_openai(
     from voxgate.testing.openai_sim import run_openai_sim
 
     run_openai_sim(host=host, port=port, keys=key or ["sk-test"], pace=pace, transcript=transcript)
+
+
+@simulate_app.command("openai-live")
+def simulate_openai_live(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 9150,
+    key: Annotated[list[str] | None, typer.Option(help="Accepted API key (repeatable).")] = None,
+    transcript: Annotated[str | None, typer.Option(help="Scripted user transcript.")] = None,
+    pocketsphinx: Annotated[bool, typer.Option(help="Recognise speech for real.")] = False,
+    delegate_on: Annotated[
+        list[str] | None, typer.Option(help="A phrase that makes the model delegate (repeatable).")
+    ] = None,
+) -> None:
+    """An OpenAI GPT-Live simulator at ws://HOST:PORT/v1/live/sessions."""
+    from voxgate.testing.openai_live_sim import run_openai_live_sim
+
+    run_openai_live_sim(
+        host=host, port=port, keys=key or ["sk-test"], transcript=transcript,
+        pocketsphinx=pocketsphinx, delegate_on=delegate_on or (),
+    )  # fmt: skip
 
 
 @simulate_app.command("elevenlabs")

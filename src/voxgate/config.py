@@ -96,6 +96,13 @@ class Settings(BaseSettings):
         55 * 60.0, validation_alias=_env("VOXGATE_OPENAI_SESSION_RECYCLE_S")
     )
 
+    # --- OpenAI GPT-Live ----------------------------------------------------------------------
+    openai_live_model: str = Field("gpt-live-1", validation_alias=_env("OPENAI_LIVE_MODEL"))
+    #: The primary session socket; the model goes in `session.start`, never in the URL.
+    openai_live_url: str = Field(
+        "wss://api.openai.com/v1/live/sessions", validation_alias=_env("VOXGATE_OPENAI_LIVE_URL")
+    )
+
     # --- ElevenLabs -------------------------------------------------------------------------
     elevenlabs_api_key: SecretStr | None = Field(None, validation_alias=_env("ELEVENLABS_API_KEY"))
     elevenlabs_agent_id: str | None = Field(
@@ -263,11 +270,18 @@ class Settings(BaseSettings):
         return allowed
 
     def models_allowed(self) -> list[str]:
-        """Models the compatible endpoints may use (`VOXGATE_ALLOWED_MODELS`, or the
+        """Models the Realtime-compatible endpoints may use (`VOXGATE_ALLOWED_MODELS`, or the
         configured realtime and transcription models)."""
         if self.allowed_models:
             return list(self.allowed_models)
         return [self.openai_realtime_model, self.openai_transcription_model]
+
+    def live_models_allowed(self) -> list[str]:
+        """Models `/v1/live/sessions` may use (`VOXGATE_ALLOWED_MODELS`, or the configured
+        GPT-Live model)."""
+        if self.allowed_models:
+            return list(self.allowed_models)
+        return [self.openai_live_model]
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -36,7 +36,16 @@ from voxgate.testing.speech import silence, synthesize
 
 PHRASE = "what time is it"
 LONG = "please read this long sentence aloud so that the reply lasts for several seconds at least"
-ENGINES = ["cascade", "openai", "elevenlabs"]
+ENGINES = ["cascade", "openai", "elevenlabs", "openai-live"]
+#: Where the seam lets engines differ, what each one declares in its `Capabilities`
+#: (`manual_turns`, `interrupt`). Checked below, never skipped: GPT-Live's model owns turn-taking,
+#: so it has no commit, and nothing can stop its speech but the model itself.
+DECLARED = {
+    "cascade": (True, "exact"),
+    "openai": (True, "exact"),
+    "elevenlabs": (True, "exact"),
+    "openai-live": (False, "advisory"),
+}
 
 
 @contextlib.asynccontextmanager
@@ -53,6 +62,13 @@ async def engine_settings(name: str, tmp_path: Path) -> AsyncIterator[Settings]:
         async with OpenAISimulator(keys=["sk-conf"], pace=4.0, transcript=PHRASE) as sim:
             yield Settings(  # type: ignore[call-arg]
                 _env_file=None, openai_api_key="sk-conf", openai_url=sim.url, **base
+            )
+    elif name == "openai-live":
+        from voxgate.testing.openai_live_sim import OpenAILiveSimulator
+
+        async with OpenAILiveSimulator(keys=["sk-conf"], transcript=PHRASE) as sim:
+            yield Settings(  # type: ignore[call-arg]
+                _env_file=None, openai_api_key="sk-conf", openai_live_url=sim.url, **base
             )
     else:
         from voxgate.testing.elevenlabs_sim import ElevenLabsSim, SimAgent
@@ -110,7 +126,15 @@ class Events:
 
 
 @pytest.fixture(params=ENGINES)
-async def running(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[ConversationEngine, Events]]:
+async def running(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[ConversationEngine, Events]]:
+    if request.param == "openai-live":
+        from voxgate.engines.openai_live.engine import OpenAILiveEngine
+
+        # GPT-Live's clock runs on input audio: the engine's keepalive fast-forwards it, as the
+        # other engines' simulators run at `pace=4.0`.
+        monkeypatch.setattr(OpenAILiveEngine, "timeline_pace", 4.0)
     async with engine_settings(request.param, tmp_path) as settings:
         engine = create_engine(request.param, settings)
         await engine.start(
@@ -218,3 +242,20 @@ async def test_stop_ends_the_event_stream(running) -> None:
     async with asyncio.timeout(10):
         while not events.ended:
             await asyncio.sleep(0.02)
+
+
+async def test_declared_differences_hold(running) -> None:
+    engine, events = running
+    caps = engine.capabilities
+    assert (caps.manual_turns, caps.interrupt) == DECLARED[engine.name]
+    assert caps.to_wire()["manualTurns"] is caps.manual_turns
+    assert caps.to_wire()["interrupt"] == caps.interrupt
+    if caps.manual_turns:
+        return  # commit is exercised by the test above
+    # Not faked: a commit is refused with a sentence, and the session goes on.
+    await engine.commit()
+    refused = await events.wait(lambda e: isinstance(e, EngineError))
+    assert not refused.fatal and refused.code == "bad_request"  # type: ignore[union-attr]
+    assert "commit" in refused.message  # type: ignore[union-attr]
+    await engine.send_user_message("hello")
+    await events.wait(lambda e: isinstance(e, ResponseDone) and e.status == "completed")

@@ -19,6 +19,7 @@ ENGINES: dict[str, str] = {
     "openai": "voxgate.engines.openai.engine:OpenAIRealtimeEngine",
     "cascade": "voxgate.engines.cascade.engine:CascadeEngine",
     "elevenlabs": "voxgate.engines.elevenlabs.engine:ElevenLabsEngine",
+    "openai-live": "voxgate.engines.openai_live.engine:OpenAILiveEngine",
 }
 
 

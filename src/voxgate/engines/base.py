@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 
 EngineStatus = Literal["disconnected", "connecting", "connected", "reconnecting"]
 Role = Literal["user", "assistant"]
+#: How an engine honours `interrupt`: "exact" stops the provider's answer where the listener
+#: stopped hearing it; "advisory" stops what reaches the client and records the heard text,
+#: while the provider's model yields on its own (it cannot be told to stop).
+InterruptKind = Literal["exact", "advisory"]
 
 
 @dataclass(slots=True)
@@ -33,6 +37,10 @@ class Capabilities:
     server_vad: bool = True
     input_rate: int = 24000
     output_rate: int = 24000
+    #: `commit` and `turnDetection.mode: "manual"` work. False for engines whose model decides
+    #: every turn itself: there a commit is refused with a non-fatal error, not faked.
+    manual_turns: bool = True
+    interrupt: InterruptKind = "exact"
 
     def to_wire(self) -> dict[str, Any]:
         d = asdict(self)
@@ -41,6 +49,8 @@ class Capabilities:
             "audioOut": d["audio_out"],
             "tools": d["tools"],
             "serverVad": d["server_vad"],
+            "manualTurns": d["manual_turns"],
+            "interrupt": d["interrupt"],
         }
 
 
@@ -246,6 +256,8 @@ class ConversationEngine(ABC):
         self.connect_observer: Callable[[bool, float], None] | None = None
         #: Set by the session: called with (kind, seconds) about audio kept across reconnects.
         self.held_audio_observer: Callable[[HeldAudioKind, float], None] | None = None
+        #: Set by the session: called with provider seconds billed since the last call.
+        self.billed_observer: Callable[[float], None] | None = None
 
     # --- configuration --------------------------------------------------------------------
     @classmethod
@@ -331,6 +343,12 @@ class ConversationEngine(ABC):
         """
         if self.connect_observer is not None:
             self.connect_observer(ok, seconds)
+
+    def report_billed(self, seconds: float) -> None:
+        """Engines billed by duration call this with each increase of the provider's usage;
+        the session hooks `billed_observer` up to `voxgate_billed_seconds_total`."""
+        if self.billed_observer is not None and seconds > 0:
+            self.billed_observer(seconds)
 
     def report_held_audio(self, kind: HeldAudioKind, seconds: float) -> None:
         """Reconnecting engines' `ReconnectAudioBuffer` calls this once per reconnect and kind;

@@ -31,6 +31,7 @@ OPTIONAL_ROUTERS = (
     "voxgate.gateway.api_tokens",
     "voxgate.gateway.compat.endpoint",
     "voxgate.gateway.compat.client_secrets",
+    "voxgate.gateway.compat.live_endpoint",
 )
 
 

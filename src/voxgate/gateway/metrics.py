@@ -73,6 +73,17 @@ class Metrics:
             registry=r,
         )
 
+        self._upstream_counters(r)
+
+    def _upstream_counters(self, r: CollectorRegistry) -> None:
+        """What the providers cost and what reconnects did to the user's audio, per engine."""
+        self.billed_seconds = Counter(
+            "voxgate_billed_seconds",
+            "Provider time billed by duration (GPT-Live's cumulative usage), in seconds",
+            ["engine"],
+            registry=r,
+        )
+
         # User audio kept while an engine reconnected to its provider, and what became of it.
         self.reconnect_audio_buffered_seconds = Counter(
             "voxgate_reconnect_audio_buffered_seconds",

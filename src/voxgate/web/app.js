@@ -139,7 +139,12 @@ async function loadServerConfig() {
 
 function engineLabel(name) {
   return (
-    { cascade: "Offline (cascade)", openai: "OpenAI Realtime", elevenlabs: "ElevenLabs" }[name] ||
+    {
+      cascade: "Offline (cascade)",
+      openai: "OpenAI Realtime",
+      "openai-live": "OpenAI GPT-Live",
+      elevenlabs: "ElevenLabs",
+    }[name] ||
     name.charAt(0).toUpperCase() + name.slice(1)
   );
 }
@@ -171,6 +176,16 @@ client.on((event) => {
       }
       if (event.session && event.session.capabilities && event.session.capabilities.serverVad === false && client.turnMode === "server_vad") {
         showNotice("This engine has no voice detection: use push-to-talk to speak.");
+      }
+      if (event.session && event.session.capabilities && event.session.capabilities.manualTurns === false) {
+        // The engine's model decides when the user has finished (GPT-Live): there is no
+        // commit, so push-to-talk is off while it runs.
+        setPushToTalkAllowed(false);
+        if (client.turnMode === "manual") {
+          setModeRadio("server_vad");
+          client.setTurnMode("server_vad").catch((err) => showError(err.message || String(err), "error"));
+          showNotice("This engine decides by itself when you have finished speaking: just talk (push-to-talk is off for it).");
+        }
       }
       break;
     case "speaking":
@@ -259,8 +274,14 @@ function setIndicator(el, active, text) {
   el.querySelector(".indicator-state").textContent = text;
 }
 
+function setPushToTalkAllowed(allowed) {
+  const ptt = els.mode.querySelector('input[value="manual"]');
+  if (ptt) ptt.disabled = !allowed;
+}
+
 function updateControls() {
   const status = client.status;
+  if (status === "disconnected") setPushToTalkAllowed(true);
   const live = status === "connected";
   const busy = status === "connecting" || status === "reconnecting";
   els.start.disabled = status !== "disconnected";

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, WebSocket
 from websockets.asyncio.client import ClientConnection
@@ -11,7 +12,7 @@ from voxgate.config import Settings
 from voxgate.engines.base import EngineUnavailable
 from voxgate.engines.openai.dial import dial_openai, realtime_url
 from voxgate.engines.upstream import UpstreamOptions, close_quietly
-from voxgate.gateway.admission import Admitted, Refusal, admit
+from voxgate.gateway.admission import Admitted, Refusal, Refused, admit
 from voxgate.gateway.compat.handshake import (
     DOOR,
     ENGINE_NAME,
@@ -70,7 +71,14 @@ async def _relay(admitted: Admitted) -> None:
     # often shorter than ours for OpenAI), and whatever it sends meanwhile waits in the
     # socket's receive buffer until the relay starts.
     await websocket.accept(subprotocol=admitted.subprotocol)
-    upstream = await _dial(state, breaker, url, key)
+    options = UpstreamOptions.from_settings(settings)
+    upstream = await dial_upstream(
+        state, breaker, ENGINE_NAME,
+        lambda: dial_openai(url, key, options),
+        lambda sentence: refused(
+            "upstream_unavailable", sentence, CloseCode.UPSTREAM_FAILED, SERVER_ERROR
+        ),
+    )  # fmt: skip
     try:
         if state.shutting_down:  # the server began shutting down while we dialled
             raise DOOR.refusal(Refusal.SHUTDOWN, "")
@@ -98,24 +106,26 @@ def upstream_url(
     return realtime_url(settings.openai_url, query), model
 
 
-async def _dial(
-    state: GatewayState, breaker: CircuitBreaker, url: str, key: str
+async def dial_upstream(
+    state: GatewayState,
+    breaker: CircuitBreaker,
+    engine_label: str,
+    dial: Callable[[], Awaitable[ClientConnection]],
+    refuse: Callable[[str], Refused],
 ) -> ClientConnection:
     """Open the upstream socket with the server's key (and nothing of the client's headers);
-    the outcome feeds the breaker and the connect metric."""
+    the outcome feeds the breaker and the connect metric. A failure is `refuse(sentence)`."""
     connect_seconds = state.metrics.upstream_connect_seconds
     started = time.monotonic()
     try:
-        upstream = await dial_openai(url, key, UpstreamOptions.from_settings(state.settings))
+        upstream = await dial()
     except EngineUnavailable as exc:
         breaker.record(False)
-        connect_seconds.labels(ENGINE_NAME, "error").observe(time.monotonic() - started)
-        raise refused(
-            "upstream_unavailable", exc.message, CloseCode.UPSTREAM_FAILED, SERVER_ERROR
-        ) from None
+        connect_seconds.labels(engine_label, "error").observe(time.monotonic() - started)
+        raise refuse(exc.message) from None
     breaker.record(True)
-    connect_seconds.labels(ENGINE_NAME, "ok").observe(time.monotonic() - started)
+    connect_seconds.labels(engine_label, "ok").observe(time.monotonic() - started)
     return upstream
 
 
-__all__ = ["router", "upstream_url"]
+__all__ = ["dial_upstream", "router", "upstream_url"]

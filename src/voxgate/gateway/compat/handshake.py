@@ -106,7 +106,8 @@ _BETA_SENTENCE = (
 )
 
 #: What each refusal of the shared checks is in OpenAI's terms: (code, close code, type).
-_REFUSALS: dict[Refusal, tuple[str, int, str]] = {
+#: `/v1/live/sessions` words them the same way.
+REFUSALS: dict[Refusal, tuple[str, int, str]] = {
     Refusal.SHUTDOWN: ("server_shutdown", CloseCode.GOING_AWAY, SERVER_ERROR),
     Refusal.ORIGIN: ("forbidden_origin", CloseCode.FORBIDDEN_ORIGIN, INVALID_REQUEST),
     Refusal.UNAUTHORIZED: ("unauthorized", CloseCode.UNAUTHORIZED, INVALID_REQUEST),
@@ -146,7 +147,7 @@ class CompatDoor(Door):
         return identity, select_subprotocol(offered)
 
     def refusal(self, why: Refusal, sentence: str) -> Refused:
-        code, close_code, type_ = _REFUSALS[why]
+        code, close_code, type_ = REFUSALS[why]
         if why is Refusal.SHUTDOWN:
             sentence = "the server is shutting down; reconnect shortly"
         return refused(code, sentence, close_code, type_)
@@ -159,6 +160,7 @@ __all__ = [
     "DOOR",
     "ENGINE_NAME",
     "FORWARDED_QUERY",
+    "REFUSALS",
     "REQUEST_CLOSE",
     "CompatDoor",
     "client_token",

@@ -16,6 +16,8 @@ from voxgate.config import Settings
 
 #: The engine the compatible endpoints stand for: open only when the operator enabled it.
 COMPAT_ENGINE = "openai"
+#: The engine `/v1/live/sessions` stands for.
+LIVE_ENGINE = "openai-live"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,15 +81,20 @@ def default_model(settings: Settings, user_models: tuple[str, ...] | None) -> st
 
 
 def check_model(
-    settings: Settings, model: object, param: str = "model", user_models: tuple[str, ...] | None = None
+    settings: Settings,
+    model: object,
+    param: str = "model",
+    user_models: tuple[str, ...] | None = None,
+    allowed: list[str] | None = None,
 ) -> Violation | None:
-    """Refuse a model the gateway (`VOXGATE_ALLOWED_MODELS`) or this user's token (its
-    `models` claim) does not allow."""
-    allowed = models_for(settings, user_models)
+    """Refuse a model the gateway (`allowed`, by default the Realtime endpoints' list,
+    `VOXGATE_ALLOWED_MODELS`) or this user's token (its `models` claim) does not allow."""
+    gateway = settings.models_allowed() if allowed is None else allowed
+    allowed = [m for m in gateway if user_models is None or m in user_models]
     if isinstance(model, str) and model in allowed:
         return None
     shown = repr(model)[:80] if isinstance(model, str) else type(model).__name__
-    if user_models is not None and isinstance(model, str) and model in settings.models_allowed():
+    if user_models is not None and isinstance(model, str) and model in gateway:
         return Violation(
             "model_not_allowed",
             f"model {shown} is not allowed for this user; allowed: {', '.join(allowed) or 'none'} "
@@ -157,6 +164,33 @@ def check_client_event(
     return None
 
 
+def check_live_session(
+    settings: Settings, session: object, where: str = "session",
+    user_models: tuple[str, ...] | None = None,
+) -> Violation | None:  # fmt: skip
+    """Bounds for a GPT-Live `session.start`/`session.update` config: the Live model, and the
+    backend a delegation would call (its model, instructions and tools spend too)."""
+    if not isinstance(session, dict):
+        return None  # GPT-Live answers a malformed event itself
+    allowed = settings.live_models_allowed()
+    if "model" in session:
+        if (bad := check_model(settings, session["model"], f"{where}.model", user_models, allowed)) is not None:
+            return bad
+    delegation = session.get("delegation")
+    if isinstance(delegation, dict):
+        for backend in ("responses", "decisions"):
+            config = delegation.get(backend)
+            if not isinstance(config, dict):
+                continue
+            place = f"{where}.delegation.{backend}"
+            if "model" in config:
+                if (bad := check_model(settings, config["model"], f"{place}.model", user_models, allowed)) is not None:
+                    return bad
+            if (bad := check_sizes(settings, config, place)) is not None:
+                return bad
+    return check_sizes(settings, session, where)
+
+
 def client_secret_request(
     settings: Settings, body: object, user_models: tuple[str, ...] | None = None
 ) -> dict[str, Any] | Violation:
@@ -196,6 +230,8 @@ def client_secret_request(
 
 __all__ = [
     "COMPAT_ENGINE",
+    "LIVE_ENGINE",
+    "check_live_session",
     "Violation",
     "check_client_event",
     "check_model",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, assert_never
+from typing import Any, ClassVar, assert_never
 
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -30,7 +30,7 @@ from websockets.exceptions import ConnectionClosed
 from voxgate.engines.upstream import close_quietly
 from voxgate.gateway.auth import Identity
 from voxgate.gateway.compat.handshake import ENGINE_NAME, SERVER_ERROR, openai_error
-from voxgate.gateway.compat.policy import check_client_event
+from voxgate.gateway.compat.policy import Violation, check_client_event
 from voxgate.gateway.limits import AudioBudget, TokenBucket
 from voxgate.gateway.live import Ending, LiveSessionBase, SessionEnded
 from voxgate.gateway.state import GatewayState
@@ -55,13 +55,14 @@ _DELTA_KEY = '"delta":"'
 _ITEM_ID_MARK = '"item_id":"'
 
 
-def plain_append_bytes(text: str) -> int:
-    """PCM bytes carried by a plain `input_audio_buffer.append` frame, or -1 for any other.
+def plain_append_bytes(text: str, heads: tuple[str, ...] = _APPEND_HEADS) -> int:
+    """PCM bytes carried by a plain audio append frame, or -1 for any other.
 
-    Plain: one of `_APPEND_HEADS`, base64 with no quote in it, then `"}`. Anything else (another
-    key order, an `event_id`, a duplicate key) takes the parsed path.
+    Plain: one of `heads` (the append event's two plain shapes), base64 with no quote in it,
+    then `"}`. Anything else (another key order, an `event_id`, a duplicate key) takes the
+    parsed path.
     """
-    for head in _APPEND_HEADS:
+    for head in heads:
         if text.startswith(head):
             start, end = len(head), len(text) - 2
             if (
@@ -101,9 +102,23 @@ class CompatSession(LiveSessionBase):
     Two relay loops (client->upstream, upstream->client) share the task group with the
     watchdog. The conversation is created as the turn writer's first job, so the relay never
     waits on the database.
+
+    The class attributes and the few hooks below (`_error_event`, `_check_event`,
+    `_observe_client_event`, `_audio_out`, `_server_event`) are the protocol's dialect; the
+    GPT-Live relay is this relay with another dialect.
     """
 
     label = "compat session"
+    #: The engine name these sessions carry in metrics, `/ws/status` and stored conversations.
+    engine_label: ClassVar[str] = ENGINE_NAME
+    #: Who is upstream, in sentences.
+    provider: ClassVar[str] = "OpenAI"
+    #: The client's audio append event and its plain shapes (see `plain_append_bytes`).
+    append_type: ClassVar[str] = "input_audio_buffer.append"
+    append_heads: ClassVar[tuple[str, ...]] = _APPEND_HEADS
+    #: How an upstream audio frame starts (or names its type near the start).
+    delta_prefix: ClassVar[str] = _DELTA_PREFIX
+    delta_mark: ClassVar[str] = _DELTA_MARK
 
     def __init__(
         self,
@@ -113,7 +128,7 @@ class CompatSession(LiveSessionBase):
         identity: Identity,
         model: str,
     ) -> None:
-        super().__init__(state, websocket, identity, engine_name=ENGINE_NAME)
+        super().__init__(state, websocket, identity, engine_name=self.engine_label)
         self.upstream = upstream
         self.model = model
         s = self.settings
@@ -136,7 +151,7 @@ class CompatSession(LiveSessionBase):
     def _start_loops(self, group: asyncio.TaskGroup) -> None:
         self._count_start()
         self.turns.open_conversation_later(
-            self.user_id, ENGINE_NAME, {"model": self.model, "sessionId": self.id}
+            self.user_id, self.engine_label, {"model": self.model, "sessionId": self.id}
         )
         group.create_task(self._client_to_upstream(), name="compat-in")
         group.create_task(self._upstream_to_client(), name="compat-out")
@@ -146,7 +161,23 @@ class CompatSession(LiveSessionBase):
     ) -> SessionEnded:
         """An end the client reads about first, as an OpenAI error event."""
         self.state.metrics.errors_total.labels(code).inc()
-        return SessionEnded(close_code, reason, [openai_error(code, message, type_=type_)])
+        return SessionEnded(close_code, reason, [self._error_event(code, message, type_=type_)])
+
+    def _error_event(
+        self,
+        code: str,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        event_id: str | None = None,
+        param: str | None = None,
+    ) -> dict[str, Any]:
+        """An error event in the protocol's shape."""
+        return openai_error(code, message, type_=type_, event_id=event_id, param=param)
+
+    def _check_event(self, event: dict[str, Any]) -> Violation | None:
+        """Why a client event must not go upstream (the operator's bounds), or None."""
+        return check_client_event(self.settings, event, self.identity.models)
 
     def _ending(self, why: Ending) -> SessionEnded:
         s = self.settings
@@ -189,6 +220,7 @@ class CompatSession(LiveSessionBase):
         send_up = self.upstream.send
         max_event = self.settings.compat_max_event_bytes
         charge = self._audio_budget.charge
+        heads = self.append_heads
         try:
             while True:
                 message = await receive()
@@ -207,7 +239,7 @@ class CompatSession(LiveSessionBase):
                 self.last_activity = time.monotonic()
                 if len(text) > max_event // 4 and len(text.encode()) > max_event:
                     self._too_big(len(text.encode()), max_event, "VOXGATE_COMPAT_MAX_EVENT_BYTES")
-                nbytes = plain_append_bytes(text)
+                nbytes = plain_append_bytes(text, heads)
                 if nbytes < 0:  # not a plain append: read it
                     read = await self._client_event(text)
                     if read is None:
@@ -245,7 +277,7 @@ class CompatSession(LiveSessionBase):
                     "invalid_json", "the event is not a JSON object with a 'type'; it was dropped"
                 )
             return None
-        if event["type"] == "input_audio_buffer.append":  # other key order, spacing, event_id
+        if event["type"] == self.append_type:  # other key order, spacing, event_id
             return await self._odd_append(event)
         max_control = self.settings.max_frame_bytes
         if len(text) > max_control // 4 and len(text.encode()) > max_control:
@@ -259,7 +291,7 @@ class CompatSession(LiveSessionBase):
                 event_id=event_id,
             )
             return None
-        if (bad := check_client_event(self.settings, event, self.identity.models)) is not None:
+        if (bad := self._check_event(event)) is not None:
             await self._send_error(bad.code, bad.message, event_id=event_id, param=bad.param)
             return None
         self._observe_client_event(event)
@@ -285,7 +317,7 @@ class CompatSession(LiveSessionBase):
                 self._last_append_error = now
                 await self._send_error(
                     "missing_required_parameter",
-                    "input_audio_buffer.append needs 'audio': base64 PCM16; the event was dropped",
+                    f"{self.append_type} needs 'audio': base64 audio; the event was dropped",
                     event_id=event.get("event_id") if isinstance(event.get("event_id"), str) else None,
                     param="audio",
                 )
@@ -306,7 +338,7 @@ class CompatSession(LiveSessionBase):
     ) -> None:
         """A non-fatal error event, sent at once: rare, and nothing else queues on this side."""
         self.state.metrics.errors_total.labels(code).inc()
-        event = openai_error(code, message, event_id=event_id, param=param)
+        event = self._error_event(code, message, event_id=event_id, param=param)
         try:
             await self.ws.send({"type": "websocket.send", "text": orjson.dumps(event).decode()})
         except _CLIENT_GONE:
@@ -349,8 +381,7 @@ class CompatSession(LiveSessionBase):
     async def _upstream_to_client(self) -> None:
         recv = self.upstream.recv
         ws_send = self.ws.send
-        turnlog = self.turns
-        by_item = turnlog.by_item
+        prefix, mark = self.delta_prefix, self.delta_mark
         while True:
             try:
                 frame = await recv()
@@ -358,28 +389,33 @@ class CompatSession(LiveSessionBase):
                 raise self._upstream_closed(exc) from None
             if isinstance(frame, bytes):
                 frame = frame.decode("utf-8", "replace")
-            if frame.startswith(_DELTA_PREFIX) or _DELTA_MARK in frame[:160]:
+            if frame.startswith(prefix) or mark in frame[:160]:
                 # Hot path: assistant audio, forwarded untouched.
                 nbytes = delta_bytes(frame)
                 self.audio_out_bytes += nbytes
-                start = frame.find(_ITEM_ID_MARK, 0, 300)
-                if start >= 0:
-                    start += len(_ITEM_ID_MARK)
-                    end = frame.find('"', start, start + 80)
-                    if end > start:
-                        item_id = frame[start:end]
-                        turn = by_item.get(item_id)
-                        if turn is None:
-                            turn = turnlog.turn("assistant", item_id)
-                        turn.audio_bytes += nbytes
-                if turnlog.awaiting_audio:
-                    turnlog.first_audio()
+                self._audio_out(frame, nbytes)
             else:
                 self._server_event(frame)
             try:
                 await ws_send({"type": "websocket.send", "text": frame})
             except _CLIENT_GONE:
                 raise SessionEnded(CloseCode.NORMAL, "client went away", client_gone=True) from None
+
+    def _audio_out(self, frame: str, nbytes: int) -> None:
+        """An audio frame's bytes belong to its item (for truncation and the heard text)."""
+        turnlog = self.turns
+        start = frame.find(_ITEM_ID_MARK, 0, 300)
+        if start >= 0:
+            start += len(_ITEM_ID_MARK)
+            end = frame.find('"', start, start + 80)
+            if end > start:
+                item_id = frame[start:end]
+                turn = turnlog.by_item.get(item_id)
+                if turn is None:
+                    turn = turnlog.turn("assistant", item_id)
+                turn.audio_bytes += nbytes
+        if turnlog.awaiting_audio:
+            turnlog.first_audio()
 
     def _upstream_closed(self, exc: ConnectionClosed) -> SessionEnded:
         """Mirror OpenAI's close to the client (1000 normal, 4000 rejection, 1001 expiry...)."""
@@ -390,7 +426,7 @@ class CompatSession(LiveSessionBase):
             CloseCode.UPSTREAM_FAILED,
             "upstream connection lost",
             "upstream_error",
-            "the gateway lost its connection to OpenAI; start a new session",
+            f"the gateway lost its connection to {self.provider}; start a new session",
             SERVER_ERROR,
         )
 

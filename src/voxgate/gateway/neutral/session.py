@@ -276,6 +276,7 @@ class NeutralSession(LiveSessionBase):
         engine = create_engine(engine_name, steps.engine_settings(self.settings, model))
         engine.connect_observer = steps.connect_observer(state, breaker, engine_name)
         engine.held_audio_observer = steps.held_audio_observer(state, engine_name)
+        engine.billed_observer = steps.billed_observer(state, engine_name)
         # Known before it starts, so the session's end stops an engine that failed to start.
         self.engine = engine
         self.engine_name = self.turns.engine = engine_name

@@ -187,6 +187,12 @@ def held_audio_observer(state: GatewayState, engine_name: str) -> Callable[[Held
     return observe
 
 
+def billed_observer(state: GatewayState, engine_name: str) -> Callable[[float], None]:
+    """Where the engine reports provider time billed by duration: the metrics."""
+    counter = state.metrics.billed_seconds.labels(engine_name)
+    return counter.inc
+
+
 async def start_engine(
     engine: ConversationEngine,
     options: StartOptions,
@@ -218,6 +224,7 @@ async def start_engine(
 
 
 __all__ = [
+    "billed_observer",
     "choose_engine",
     "choose_model",
     "engine_settings",
