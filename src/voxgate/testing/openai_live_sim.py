@@ -670,7 +670,9 @@ class _Session:
             if self.quiet_ms >= 500:
                 self.speaking, self.loud_frames = False, 0
                 audio = bytes(self.utterance[: len(self.utterance) - self.quiet_ms * BYTES_PER_MS])
-                self.spawn(self._heard(audio, self.speech_start_ms, end_ms - self.quiet_ms))
+                # Heard and answered before the timeline moves on: the answer's place in the
+                # timeline is then set by the audio alone, not by how busy this machine is.
+                await self._heard(audio, self.speech_start_ms, end_ms - self.quiet_ms)
 
     def _talked_over(self) -> None:
         """The user started talking: the model yields a moment later, and drops what it had
