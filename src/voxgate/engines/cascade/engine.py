@@ -261,7 +261,7 @@ class CascadeEngine(ConversationEngine):
             # which also bounds the audio a buffered recogniser keeps.
             self._segmenter.force_end()
             self.timings = TurnTimings(speech_end_t=time.monotonic())
-            await self._end_user_turn()
+            await self._end_user_turn(cut=True)
 
     async def commit(self) -> None:
         if not self._started or self._stopped:
@@ -274,7 +274,8 @@ class CascadeEngine(ConversationEngine):
         if self._segmenter is not None:
             self._segmenter.force_end()
         self.timings = TurnTimings(speech_end_t=time.monotonic())
-        await self._end_user_turn(announce=not self._manual)
+        # With server VAD a commit cuts the user off mid-speech (the gateway's utterance limit).
+        await self._end_user_turn(announce=not self._manual, cut=not self._manual)
 
     async def send_user_message(self, text: str) -> None:
         """Typed text joins the history and gets a reply; like OpenAI it is not echoed back
@@ -396,7 +397,7 @@ class CascadeEngine(ConversationEngine):
         self._last_partial = text
         await self.emit(Transcript("user", item_id, text, delta, final=False))
 
-    async def _end_user_turn(self, announce: bool = True) -> None:
+    async def _end_user_turn(self, announce: bool = True, *, cut: bool = False) -> None:
         item_id = self._user_item
         self._user_item = None
         if item_id is None:
@@ -413,17 +414,23 @@ class CascadeEngine(ConversationEngine):
         # runs in its own task so incoming audio is never held up by it (a remote
         # transcription back end can take a second).
         final_text = self._stt.finish()
-        task = asyncio.create_task(self._finish_user_turn(item_id, self._last_partial, final_text))
+        task = asyncio.create_task(
+            self._finish_user_turn(item_id, self._last_partial, final_text, cut=cut)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _finish_user_turn(
-        self, item_id: str, last_partial: str, final_text: Awaitable[str]
+        self, item_id: str, last_partial: str, final_text: Awaitable[str], *, cut: bool = False
     ) -> None:
         try:
             text = await self._recognised(final_text)
         finally:
             self._finalizing -= 1
+        if not text and cut:
+            # Cut off mid-word, a grammar-bound recogniser may match nothing at all: what it
+            # had heard so far is the user's turn.
+            text = last_partial
         self.timings.stt_final_t = time.monotonic()
         if text:
             delta = text_delta(last_partial, text)

@@ -640,6 +640,10 @@ class ElevenLabsEngine(ConversationEngine):
         delta = text_delta(self._user_text, text)
         if self._user_item is not None:
             await self.emit(UserSpeaking(False, item_id))
+        elif text:
+            # No tentative transcript came first (a one-word turn): the user spoke all the same.
+            await self.emit(UserSpeaking(True, item_id))
+            await self.emit(UserSpeaking(False, item_id))
         self._user_item, self._user_text = None, ""
         # The agent heard this turn for good: a replay after a drop must not send it again.
         self._held.committed()

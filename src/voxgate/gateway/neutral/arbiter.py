@@ -158,7 +158,6 @@ class _UserTurn:
     item_ids: list[str]
     #: Began while the assistant was audible: a barge-in, or a cough, still to be judged.
     over_assistant: bool
-    audio_bytes: int = 0  # client audio since it began (the utterance limit)
     voiced_bytes: int = 0  # of which voiced (the interruption threshold)
     words: int = 0  # meaningful words heard so far
     heard_any: bool = False  # any transcript at all (a backchannel, not noise)
@@ -177,7 +176,7 @@ class _Playing:
     generated: bool = False  # the engine finished it
     cut: bool = False  # interrupted
     ended: bool = False  # `assistant_turn_ended` said
-    end_reason: str | None = None  # generation ended while paused: said on resume
+    end_reason: str | None = None  # how the engine finished it: said once it has played out
 
 
 class TurnArbiter:
@@ -204,6 +203,10 @@ class TurnArbiter:
         self._playing: _Playing | None = None
         self._muted = False  # after an utterance limit, until the microphone is quiet
         self._quiet_bytes = 0
+        #: The utterance in progress by the arbiter's own measure (engines report speech at
+        #: different moments; ElevenLabs only with its first words): client audio since the
+        #: first voiced frame, until `QUIET_RELEASE_MS` of quiet or the engine's end of turn.
+        self._utterance_bytes = 0
         self._awaiting_audio = manual  # manual mode: the next frame begins a user turn
         self._voiced_needed = in_bytes_per_s * policy.interrupt_min_ms // 1000
         self._limit_bytes = in_bytes_per_s * policy.max_utterance_ms // 1000
@@ -211,6 +214,7 @@ class TurnArbiter:
         self._respond_at: float | None = None  # `minSilenceMs` after the user's speech
         self._resume_at: float | None = None  # no words after a pause: resume then
         self._barge_in_item: str | None = None
+        self._late_report = False
         self._actions: deque[Callable[[], Awaitable[None]]] = deque()
         self._wake = asyncio.Event()
         self._relisten()
@@ -275,6 +279,7 @@ class TurnArbiter:
 
     async def commit(self) -> None:
         """The client ended the user's turn (`commit`)."""
+        self._utterance_bytes = 0
         if self._manual and self._muted:
             # The utterance limit already ended this turn (and committed it).
             self._muted = False
@@ -304,14 +309,13 @@ class TurnArbiter:
             self._awaiting_audio = False
             self._user = _UserTurn([], over_assistant=False)
             self.side.say(P.turn_message("user_turn_started"))
+        if self._limit_bytes and self._utterance_grew(pcm) > self._limit_bytes:
+            self._end_utterance()
+            return False
         user = self._user
         if user is None or not user.speaking:
             self._relisten()
             return True
-        user.audio_bytes += len(pcm)
-        if self._limit_bytes and user.audio_bytes > self._limit_bytes:
-            self._end_utterance(user)
-            return False
         if user.over_assistant and not user.decided and user.voiced_bytes < self._voiced_needed:
             if _voiced(pcm):
                 user.voiced_bytes += len(pcm)
@@ -325,18 +329,43 @@ class TurnArbiter:
         self._quiet_bytes = 0 if _voiced(pcm) else self._quiet_bytes + len(pcm)
         if self._quiet_bytes < self._quiet_needed:
             return False
-        self._muted = False
+        self._muted, self._quiet_bytes = False, 0
         self._relisten()
         return True
 
-    def _end_utterance(self, user: _UserTurn) -> None:
-        """The user turn reached `maxUtteranceMs`: end it for the user."""
-        if user.over_assistant and not user.decided:
-            self._take_floor(user)  # that long over the assistant is no cough
+    def _utterance_grew(self, pcm: bytes) -> int:
+        """The utterance's length so far, in bytes (manual mode: all audio since the turn
+        began; otherwise from the first voiced frame until a pause)."""
+        n = len(pcm)
+        if self._manual:
+            self._utterance_bytes += n
+            return self._utterance_bytes
+        if _voiced(pcm):
+            self._utterance_bytes += n
+            self._quiet_bytes = 0
+        elif self._utterance_bytes:
+            self._utterance_bytes += n
+            self._quiet_bytes += n
+            if self._quiet_bytes >= self._quiet_needed:
+                self._utterance_bytes = self._quiet_bytes = 0
+        return self._utterance_bytes
+
+    def _end_utterance(self) -> None:
+        """The user's utterance reached `maxUtteranceMs`: end the turn for the user."""
+        user = self._user
+        item_id = None
+        if user is not None:
+            if user.over_assistant and not user.decided:
+                self._take_floor(user)  # that long over the assistant is no cough
+            item_id = _last(user.item_ids)
         self._user = None
+        self._utterance_bytes = 0
         self._muted, self._quiet_bytes = True, 0
+        # An engine that only reports speech with its words (ElevenLabs) reports this
+        # utterance after the end the arbiter already said: not a turn of its own.
+        self._late_report = user is None and not self._manual
         self._relisten()
-        self.side.say(P.turn_message("user_turn_ended", "max_utterance", _last(user.item_ids)))
+        self.side.say(P.turn_message("user_turn_ended", "max_utterance", item_id))
         log.info("user turn ended at the utterance limit (%d ms)", self.policy.max_utterance_ms)
         self._do(self._end_turn_upstream)
 
@@ -356,6 +385,8 @@ class TurnArbiter:
     def _speech_started(self, item_id: str | None) -> None:
         if self._muted:
             return  # sound the limit cut off, still in flight
+        if self._late_report:
+            return  # the engine catching up on the utterance the limit ended
         self._respond_at = None  # speech within the pause joins the turn
         self._resume_at = None
         user = self._user
@@ -373,6 +404,10 @@ class TurnArbiter:
             self._weigh(user)
 
     def _speech_ended(self, item_id: str | None) -> None:
+        self._utterance_bytes = 0
+        if self._late_report:
+            self._late_report = False
+            return
         user = self._user
         if user is None or not user.speaking:
             return  # the limit or a commit already ended it
@@ -423,14 +458,21 @@ class TurnArbiter:
         self._end_assistant(playing, reason)
 
     def response_done(self, status: str) -> None:
+        """The engine finished the reply; its turn ends once the client has played it out
+        (estimated), so an app drawing the floor sees the assistant while it is heard."""
         playing = self._playing
         if playing is None or playing.generated:
             return
         playing.generated = True
-        if playing.paused_at is not None:
-            playing.end_reason = status  # said once the pause is resolved
-        else:
-            self._end_assistant(playing, status)
+        playing.end_reason = status
+        self._wake.set()
+
+    def _played_out_at(self, playing: _Playing) -> float | None:
+        """When the client will have played the whole item (None: not known yet, or paused)."""
+        if not playing.generated or playing.paused_at is not None:
+            return None
+        sent_s = self.side.sent_ms(playing.item_id) / 1000
+        return playing.started + playing.paused_s + sent_s + PLAYBACK_SLACK_S
 
     def _end_assistant(self, playing: _Playing, reason: str) -> None:
         if not playing.ended:
@@ -483,8 +525,7 @@ class TurnArbiter:
             playing.paused_s += time.monotonic() - playing.paused_at
             playing.paused_at = None
             self.side.say(P.turn_message("assistant_resumed", reason, playing.item_id))
-            if playing.end_reason is not None:
-                self._end_assistant(playing, playing.end_reason)
+            self._wake.set()  # its end of playback moved
         log.debug("user sound over the assistant was no barge-in (%s)", reason)
         self._relisten()
 
@@ -493,10 +534,8 @@ class TurnArbiter:
         playing = self._playing
         if playing is None or playing.cut:
             return False
-        if playing.paused_at is not None or not playing.generated:
-            return True
-        sent_s = self.side.sent_ms(playing.item_id) / 1000
-        return now < playing.started + playing.paused_s + sent_s + PLAYBACK_SLACK_S
+        played_out = self._played_out_at(playing)
+        return played_out is None or now < played_out
 
     def _played_ms(self, playing: _Playing, now: float) -> int:
         """What the listener heard, estimated: real time since its first audio, less pauses."""
@@ -534,11 +573,8 @@ class TurnArbiter:
         self.listening = (
             self._muted
             or self._awaiting_audio
-            or (
-                user is not None
-                and user.speaking
-                and (bool(self._limit_bytes) or (user.over_assistant and not user.decided))
-            )
+            or bool(self._limit_bytes)
+            or (user is not None and user.speaking and user.over_assistant and not user.decided)
         )
 
     async def run(self) -> None:
@@ -548,6 +584,10 @@ class TurnArbiter:
                 await self._actions.popleft()()
             self._wake.clear()
             deadlines = [d for d in (self._respond_at, self._resume_at) if d is not None]
+            playing = self._playing
+            if playing is not None and not playing.ended and not playing.cut:
+                if (played_out := self._played_out_at(playing)) is not None:
+                    deadlines.append(played_out)
             try:
                 async with asyncio.timeout_at(_loop_time(min(deadlines)) if deadlines else None):
                     await self._wake.wait()
@@ -556,6 +596,11 @@ class TurnArbiter:
             self._deadlines_passed(time.monotonic())
 
     def _deadlines_passed(self, now: float) -> None:
+        playing = self._playing
+        if playing is not None and not playing.ended and not playing.cut:
+            played_out = self._played_out_at(playing)
+            if played_out is not None and now >= played_out:
+                self._end_assistant(playing, playing.end_reason or "completed")
         if self._respond_at is not None and now >= self._respond_at:
             self._respond_at = None
             if not self.held:
