@@ -192,3 +192,17 @@ def _short(message: dict[str, Any]) -> str:
         detail = message.get("code") or message.get("status") or message.get("text")
         return f"{kind}:{detail}"
     return kind
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy (e.g. a simulator saw an event)."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout} s")
+        await asyncio.sleep(0.02)
