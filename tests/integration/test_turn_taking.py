@@ -57,7 +57,7 @@ async def test_hold_across_two_utterances_then_one_reply_covers_both(
             ready = await client.start(binary=True)
             assert ready["capabilities"]["turnControl"] is True
             assert ready["turnTaking"]["hold"] is True
-            await client.send({"type": "hold"})
+            await client.hold()
             await wait_message(client, turn("held"))
             rate = client.input_rate
             for phrase in ("what time is it", SENTENCE):
@@ -70,7 +70,7 @@ async def test_hold_across_two_utterances_then_one_reply_covers_both(
             await drain(client, "held")
             assert messages(client, "response_done") == []
             assert not [m for m in messages(client, "transcript") if m["role"] == "assistant"]
-            await client.send({"type": "allow_next", "respond": True})
+            await client.allow_next(respond=True)
             await wait_message(client, turn("released", reason="respond"))
             done = await wait_message(client, of_type("response_done"), timeout=30)
             assert done["status"] == "completed"
@@ -83,6 +83,54 @@ async def test_hold_across_two_utterances_then_one_reply_covers_both(
         if sim is not None:
             creates = [e for e in sim.accepted[-1].received if e.get("type") == "response.create"]
             assert len(creates) == 1
+
+
+@pytest.mark.parametrize("engine", STEERED)
+async def test_min_silence_joins_utterances_within_the_pause_into_one_reply(
+    engine, make_settings, gateway_factory, tmp_path
+) -> None:
+    async with gateway_with(engine, make_settings, gateway_factory, tmp_path,
+                            transcripts=["what time is it", SENTENCE]) as (gw, _):  # fmt: skip
+        async with VoxgateClient(gw.ws_url) as client:
+            ready = await client.start(binary=True, turnDetection={"minSilenceMs": 2000})
+            assert ready["turnTaking"]["minSilenceMs"] == 2000
+            rate = client.input_rate
+            # A pause long enough for the engine's VAD to end the first utterance (its own
+            # silence is 400-500 ms), far shorter than the 2 s the app asked for.
+            pcm = speech("what time is it", rate, after_ms=700) + speech(SENTENCE, rate, before_ms=0)
+            await client.stream_audio(pcm, speed=2.0)
+            done = await wait_message(client, of_type("response_done"), timeout=30)
+            assert done["status"] == "completed"
+            assert turns_seen(client).count("user_turn_ended") == 2
+            replies = [m for m in messages(client, "transcript") if m["role"] == "assistant" and m["final"]]
+            assert len(replies) == 1
+            assert "what time is it" in replies[0]["text"].lower() and SENTENCE in replies[0]["text"].lower()
+            await drain(client, "joined")
+            assert len(messages(client, "response_done")) == 1
+
+
+async def test_by_default_turns_go_as_before_and_are_reported(
+    make_settings, gateway_factory, tmp_path
+) -> None:
+    """Without turn settings the engine decides as it always did (OpenAI's server VAD creates
+    and cancels responses itself); the client now also reads the floor from `turn` events."""
+    async with gateway_with("openai", make_settings, gateway_factory, tmp_path,
+                            transcripts=["what time is it"]) as (gw, sim):  # fmt: skip
+        async with VoxgateClient(gw.ws_url) as client:
+            ready = await client.start(binary=True)
+            assert ready["turnTaking"]["interruption"] == "engine"
+            assert ready["turnTaking"]["minSilenceMs"] == 0 and ready["turnTaking"]["maxUtteranceMs"] == 0
+            await client.stream_audio(speech("what time is it", client.input_rate), speed=2.0)
+            await wait_message(client, turn("assistant_turn_ended"), timeout=30)
+            assert turns_seen(client) == [
+                "user_turn_started", "user_turn_ended", "assistant_turn_started", "assistant_turn_ended"
+            ]  # fmt: skip
+            reasons = [m.get("reason") for m in messages(client, "turn")]
+            assert reasons == [None, "silence", None, "completed"]
+        vad = sim.accepted[-1].session["audio"]["input"]["turn_detection"]
+        assert vad["create_response"] is True and vad["interrupt_response"] is True
+        sent = sim.accepted[-1].received_types()
+        assert "response.create" not in sent  # the server VAD answered by itself
 
 
 # --- a barge-in, or a cough? ----------------------------------------------------------------
@@ -252,7 +300,7 @@ async def test_barge_in_stops_the_audio_and_truncates_at_the_played_position(
             await wait_message(client, lambda m: sum(
                 len(a["pcm16"]) for a in messages(client, "audio") if a["itemId"] == item
             ) > 600 * rate_ms)  # fmt: skip
-            await client.send({"type": "barge_in", "playedMs": 400})
+            await client.barge_in(400)
             cut = await wait_message(client, of_type("interrupted", itemId=item), timeout=15)
             assert cut["playedMs"] == 400
             ended = await wait_message(client, turn("assistant_turn_ended", itemId=item))
