@@ -45,6 +45,10 @@ log = logging.getLogger("voxgate.turns")
 VOICE_DBFS = -45.0
 #: After an utterance limit, the microphone is heard again after this much quiet.
 QUIET_RELEASE_MS = 500
+#: Quiet that ends one sound (for counting the voiced audio of the sound in progress).
+SOUND_GAP_MS = 150
+#: Quiet that ends one sound (for counting the voiced audio of the sound in progress).
+SOUND_GAP_MS = 150
 #: The client's jitter buffer and the network, on top of the audio's own length: how long
 #: after the last audio the assistant may still be audible at the client.
 PLAYBACK_SLACK_S = 0.5
@@ -207,6 +211,12 @@ class TurnArbiter:
         #: different moments; ElevenLabs only with its first words): client audio since the
         #: first voiced frame, until `QUIET_RELEASE_MS` of quiet or the engine's end of turn.
         self._utterance_bytes = 0
+        #: While speech over the assistant is judged: the voiced audio of the sound in progress,
+        #: so a barge-in is weighed from its first syllable, not from when the engine noticed it.
+        self._judging = policy.gateway_interrupts
+        self._sound_voiced = 0
+        self._sound_quiet = 0
+        self._gap_bytes = in_bytes_per_s * SOUND_GAP_MS // 1000
         self._awaiting_audio = manual  # manual mode: the next frame begins a user turn
         self._voiced_needed = in_bytes_per_s * policy.interrupt_min_ms // 1000
         self._limit_bytes = in_bytes_per_s * policy.max_utterance_ms // 1000
@@ -309,7 +319,10 @@ class TurnArbiter:
             self._awaiting_audio = False
             self._user = _UserTurn([], over_assistant=False)
             self.side.say(P.turn_message("user_turn_started"))
-        if self._limit_bytes and self._utterance_grew(pcm) > self._limit_bytes:
+        voiced = _voiced(pcm)
+        if self._judging:
+            self._sound_grew(len(pcm), voiced)
+        if self._limit_bytes and self._utterance_grew(len(pcm), voiced) > self._limit_bytes:
             self._end_utterance()
             return False
         user = self._user
@@ -317,11 +330,20 @@ class TurnArbiter:
             self._relisten()
             return True
         if user.over_assistant and not user.decided and user.voiced_bytes < self._voiced_needed:
-            if _voiced(pcm):
+            if voiced:
                 user.voiced_bytes += len(pcm)
             if user.voiced_bytes >= self._voiced_needed:
                 self._weigh(user)
         return True
+
+    def _sound_grew(self, n: int, voiced: bool) -> None:
+        if voiced:
+            self._sound_voiced += n
+            self._sound_quiet = 0
+        else:
+            self._sound_quiet += n
+            if self._sound_quiet >= self._gap_bytes:
+                self._sound_voiced = 0
 
     def _muted_frame(self, pcm: bytes) -> bool:
         if self._manual:
@@ -333,14 +355,13 @@ class TurnArbiter:
         self._relisten()
         return True
 
-    def _utterance_grew(self, pcm: bytes) -> int:
+    def _utterance_grew(self, n: int, voiced: bool) -> int:
         """The utterance's length so far, in bytes (manual mode: all audio since the turn
         began; otherwise from the first voiced frame until a pause)."""
-        n = len(pcm)
         if self._manual:
             self._utterance_bytes += n
             return self._utterance_bytes
-        if _voiced(pcm):
+        if voiced:
             self._utterance_bytes += n
             self._quiet_bytes = 0
         elif self._utterance_bytes:
@@ -397,10 +418,12 @@ class TurnArbiter:
         else:
             over = self.policy.gateway_interrupts and self._audible(time.monotonic())
             user = self._user = _UserTurn([], over_assistant=over)
+            if over:  # what of this sound the engine took to notice counts too
+                user.voiced_bytes = self._sound_voiced
         if item_id:
             user.item_ids.append(item_id)
         self.side.say(P.turn_message("user_turn_started", item_id=item_id))
-        if user.over_assistant and not user.decided and not self._voiced_needed:
+        if user.over_assistant and not user.decided and user.voiced_bytes >= self._voiced_needed:
             self._weigh(user)
 
     def _speech_ended(self, item_id: str | None) -> None:
@@ -573,6 +596,7 @@ class TurnArbiter:
         self.listening = (
             self._muted
             or self._awaiting_audio
+            or self._judging
             or bool(self._limit_bytes)
             or (user is not None and user.speaking and user.over_assistant and not user.decided)
         )
