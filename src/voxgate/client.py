@@ -208,6 +208,21 @@ class VoxgateClient:
             message["playedMs"] = played_ms
         await self.send(message)
 
+    async def hold(self) -> None:
+        """Keep the assistant from answering until `allow_next` (engines with turnControl)."""
+        await self.send({"type": "hold"})
+
+    async def allow_next(self, respond: bool = False) -> None:
+        """Release a hold; `respond=True`: answer now everything said since the last reply."""
+        await self.send({"type": "allow_next", "respond": respond})
+
+    async def barge_in(self, played_ms: int | None = None) -> None:
+        """Stop the assistant now, whatever the engine decided (refused if nothing plays)."""
+        message: dict[str, Any] = {"type": "barge_in"}
+        if played_ms is not None:
+            message["playedMs"] = played_ms
+        await self.send(message)
+
     async def ping(self, ping_id: str | int | None = None) -> None:
         await self.send({"type": "ping", "id": ping_id} if ping_id is not None else {"type": "ping"})
 

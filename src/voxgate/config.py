@@ -23,6 +23,12 @@ SttKind = Literal["pocketsphinx", "openai", "whisper"]
 TtsKind = Literal["espeak", "openai"]
 VadKind = Literal["webrtc", "silero"]
 
+#: Words that, said over the assistant, acknowledge it rather than take the floor (the turn
+#: arbiter's default `backchannels`; hyphenated entries also match their parts, "mm hmm").
+DEFAULT_BACKCHANNELS = (
+    "mm-hmm", "mhm", "mm", "hmm", "uh-huh", "yeah", "yep", "right", "okay", "ok",
+)  # fmt: skip
+
 
 def _env(name: str) -> AliasChoices:
     return AliasChoices(name, name.lower())
@@ -138,6 +144,34 @@ class Settings(BaseSettings):
     #: Ignore user speech this long after assistant audio starts (speaker echo guard).
     echo_guard_ms: int = Field(300, ge=0, validation_alias=_env("VOXGATE_ECHO_GUARD_MS"))
 
+    # --- turn-taking (the gateway's arbiter; a session's `start.turnDetection` overrides) ------
+    #: The pause after the user's speech before the assistant may answer; speech within it
+    #: joins the same turn. 0: the engine's own end-of-turn silence decides (as before).
+    turn_min_silence_ms: int = Field(
+        0, ge=0, le=10_000, validation_alias=_env("VOXGATE_TURN_MIN_SILENCE_MS")
+    )
+    #: A user turn longer than this (audio time) is ended for the user; 0 = no limit.
+    turn_max_utterance_ms: int = Field(
+        0, ge=0, le=600_000, validation_alias=_env("VOXGATE_TURN_MAX_UTTERANCE_MS")
+    )
+    #: Voiced user audio over the assistant needed before it yields; 0 with
+    #: VOXGATE_TURN_INTERRUPT_MIN_WORDS=0: the engine stops at speech start (as before).
+    turn_interrupt_min_ms: int = Field(
+        0, ge=0, le=5_000, validation_alias=_env("VOXGATE_TURN_INTERRUPT_MIN_MS")
+    )
+    #: Words (not backchannels) the user must say over the assistant before it is stopped.
+    turn_interrupt_min_words: int = Field(
+        0, ge=0, le=20, validation_alias=_env("VOXGATE_TURN_INTERRUPT_MIN_WORDS")
+    )
+    turn_backchannels: CsvList = Field(
+        default_factory=lambda: list(DEFAULT_BACKCHANNELS),
+        validation_alias=_env("VOXGATE_TURN_BACKCHANNELS"),
+    )
+    #: After user speech paused the assistant, how long to wait for words before resuming it.
+    turn_false_interruption_ms: int = Field(
+        1500, ge=200, le=10_000, validation_alias=_env("VOXGATE_TURN_FALSE_INTERRUPTION_MS")
+    )
+
     # --- storage ------------------------------------------------------------------------------
     #: Default: a SQLite file in the user's data directory, never the working directory: a
     #: `voxgate conversations list` run from elsewhere must find the same conversations, not
@@ -240,8 +274,9 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
-        "allowed_engines", "allowed_origins", "admin_users", "allowed_models", mode="before"
-    )
+        "allowed_engines", "allowed_origins", "admin_users", "allowed_models",
+        "turn_backchannels", mode="before",
+    )  # fmt: skip
     @classmethod
     def _split_csv(cls, value: object) -> object:
         # Comma-separated in the environment; a JSON list also works.

@@ -38,6 +38,9 @@ class ErrorCode(StrEnum):
     UPSTREAM_ERROR = "upstream_error"
     TIMEOUT = "timeout"
     SESSION_EXPIRED = "session_expired"
+    #: The engine cannot do what was asked (e.g. `hold` on an engine whose provider decides
+    #: turns itself); the session goes on without it.
+    UNSUPPORTED = "unsupported"
     INTERNAL = "internal"
 
 
@@ -105,11 +108,51 @@ class Personality(_Model):
     supportiveness: int | None = Field(None, ge=0, le=100)
 
 
+#: Turn-taking fields of `turnDetection` (camelCase on the wire); the operator's defaults come
+#: from `VOXGATE_TURN_*`.
+MAX_BACKCHANNELS = 50
+
+
 class TurnDetection(_Model):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
     mode: Literal["server_vad", "manual"] = "server_vad"
     threshold: float | None = Field(None, ge=0.0, le=1.0)
     silence_ms: int | None = Field(None, alias="silenceMs", ge=20, le=10_000)
     prefix_ms: int | None = Field(None, alias="prefixMs", ge=0, le=5_000)
+    # --- the gateway's turn arbiter (see `gateway.neutral.arbiter`) ---
+    min_silence_ms: int | None = Field(None, alias="minSilenceMs", ge=0, le=10_000)
+    max_utterance_ms: int | None = Field(None, alias="maxUtteranceMs", ge=0, le=600_000)
+    interrupt_min_ms: int | None = Field(None, alias="interruptMinMs", ge=0, le=5_000)
+    interrupt_min_words: int | None = Field(None, alias="interruptMinWords", ge=0, le=20)
+    backchannels: list[str] | None = Field(None, max_length=MAX_BACKCHANNELS)
+    false_interruption_ms: int | None = Field(
+        None, alias="falseInterruptionMs", ge=200, le=10_000
+    )
+
+    @field_validator("backchannels")
+    @classmethod
+    def _short_words(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and any(len(word) > 40 for word in value):
+            raise ValueError("backchannels: each entry must be at most 40 characters")
+        return value
+
+    @field_validator("max_utterance_ms")
+    @classmethod
+    def _sensible_limit(cls, value: int | None) -> int | None:
+        if value is not None and 0 < value < 1000:
+            raise ValueError("maxUtteranceMs must be 0 (no limit) or at least 1000")
+        return value
+
+    def model_fields_set_wire(self) -> set[str]:
+        """The known fields the client gave, by their wire (camelCase) names."""
+        fields = type(self).model_fields
+        return {fields[name].alias or name for name in self.model_fields_set if name in fields}
+
+    def unknown_fields(self) -> list[str]:
+        """Fields the client sent that this version does not know (they are ignored, and the
+        client is told so: a misspelt `maxUtteranceMS` must not pass silently)."""
+        return sorted(self.model_extra or {})
 
 
 SUPPORTED_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
@@ -173,6 +216,27 @@ class InterruptMessage(_Model):
     played_ms: int | None = Field(None, alias="playedMs", ge=0)
 
 
+class _Strict(BaseModel):
+    """Messages added with the turn arbiter refuse unknown fields: `allow_next` with a
+    misspelt `respnd` must not quietly do the opposite of what was meant."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class HoldMessage(_Strict):
+    type: Literal["hold"] = "hold"
+
+
+class AllowNextMessage(_Strict):
+    type: Literal["allow_next"] = "allow_next"
+    respond: bool = False
+
+
+class BargeInMessage(_Strict):
+    type: Literal["barge_in"] = "barge_in"
+    played_ms: int | None = Field(None, alias="playedMs", ge=0)
+
+
 class PingMessage(_Model):
     type: Literal["ping"] = "ping"
     id: str | int | None = None
@@ -199,16 +263,22 @@ ClientMessage = (
     | UserMessage
     | ContextUpdateMessage
     | InterruptMessage
+    | HoldMessage
+    | AllowNextMessage
+    | BargeInMessage
     | PingMessage
     | SimpleMessage
     | AudioChunk
 )
 
-_CONTROL_MODELS: dict[str, type[_Model]] = {
+_CONTROL_MODELS: dict[str, type[BaseModel]] = {
     "start": StartMessage,
     "user_message": UserMessage,
     "context_update": ContextUpdateMessage,
     "interrupt": InterruptMessage,
+    "hold": HoldMessage,
+    "allow_next": AllowNextMessage,
+    "barge_in": BargeInMessage,
     "ping": PingMessage,
     "commit": SimpleMessage,
     "stop": SimpleMessage,
@@ -227,6 +297,8 @@ def _describe(error: ValidationError, msg_type: str) -> str:
     kind = first.get("type", "")
     if kind == "missing":
         return f"{msg_type}: field '{field}' is required"
+    if kind == "extra_forbidden":
+        return f"{msg_type}: unknown field '{field[:40]}'; the message was ignored"
     if kind == "value_error":
         return f"{msg_type}: {first.get('msg', 'invalid value').removeprefix('Value error, ')}"
     return f"{msg_type}: field '{field}' {first.get('msg', 'is invalid').lower()}"
@@ -302,6 +374,9 @@ class SessionReadyMessage(TypedDict):
     inputAudio: AudioFormat
     outputAudio: AudioFormat
     binary: bool
+    #: The turn arbiter's settings for this session (`start.turnDetection` over the
+    #: operator's defaults), as the engine can follow them.
+    turnTaking: NotRequired[dict[str, Any]]
 
 
 class StatusMessage(TypedDict):
@@ -361,6 +436,26 @@ class BackpressureMessage(TypedDict):
     paused: bool
 
 
+#: What a `turn` message reports: who has the floor, and the app's hold on the assistant.
+TurnEvent = Literal[
+    "user_turn_started",
+    "user_turn_ended",
+    "assistant_turn_started",
+    "assistant_turn_ended",
+    "assistant_paused",
+    "assistant_resumed",
+    "held",
+    "released",
+]
+
+
+class TurnMessage(TypedDict):
+    type: Literal["turn"]
+    event: TurnEvent
+    reason: NotRequired[str]
+    itemId: NotRequired[str]
+
+
 #: Every server message but `audio`, which never exists as a dict (see `audio_frame`).
 ServerMessage = (
     SessionReadyMessage
@@ -373,6 +468,7 @@ ServerMessage = (
     | ErrorMessage
     | PongMessage
     | BackpressureMessage
+    | TurnMessage
 )
 
 
@@ -407,8 +503,9 @@ def session_ready(
     input_rate: int,
     output_rate: int,
     binary: bool,
+    turn_taking: dict[str, Any] | None = None,
 ) -> SessionReadyMessage:
-    return {
+    msg: SessionReadyMessage = {
         "type": "session_ready",
         "sessionId": session_id,
         "conversationId": conversation_id,
@@ -419,6 +516,9 @@ def session_ready(
         "outputAudio": {"format": "pcm16", "rate": output_rate},
         "binary": binary,
     }
+    if turn_taking is not None:
+        msg["turnTaking"] = turn_taking
+    return msg
 
 
 def status_message(status: str, reason: str | None = None) -> StatusMessage:
@@ -480,6 +580,17 @@ def backpressure_message(paused: bool) -> BackpressureMessage:
     return {"type": "backpressure", "paused": paused}
 
 
+def turn_message(
+    event: TurnEvent, reason: str | None = None, item_id: str | None = None
+) -> TurnMessage:
+    msg: TurnMessage = {"type": "turn", "event": event}
+    if reason:
+        msg["reason"] = reason
+    if item_id:
+        msg["itemId"] = item_id
+    return msg
+
+
 SERVER_TYPES = frozenset(
     [
         "session_ready",
@@ -493,5 +604,6 @@ SERVER_TYPES = frozenset(
         "error",
         "pong",
         "backpressure",
+        "turn",
     ]
 )

@@ -259,3 +259,36 @@ async def test_declared_differences_hold(running) -> None:
     assert "commit" in refused.message  # type: ignore[union-attr]
     await engine.send_user_message("hello")
     await events.wait(lambda e: isinstance(e, ResponseDone) and e.status == "completed")
+
+
+async def test_turn_control_is_declared_and_holds_replies_until_asked(running) -> None:
+    """An engine with `turn_control` answers nothing by itself once told so, and answers
+    everything since its last reply in one response on `respond()`; an engine without it says
+    so (the gateway then refuses `hold` with a sentence) instead of ignoring the request."""
+    engine, events = running
+    if not engine.capabilities.turn_control:
+        with pytest.raises(NotImplementedError):
+            await engine.set_turn_control(auto_respond=False, auto_interrupt=True)
+        with pytest.raises(NotImplementedError):
+            await engine.respond()
+        return
+    await engine.set_turn_control(auto_respond=False, auto_interrupt=True)
+    await engine.send_user_message("my first question")
+    rate = engine.capabilities.input_rate
+    pcm = silence(300, rate) + synthesize(PHRASE, rate) + silence(1200, rate)
+    step = rate // 50 * 2
+    for i in range(0, len(pcm), step):
+        await engine.send_audio(pcm[i : i + step])
+        await asyncio.sleep(0.005)
+    await events.wait(lambda e: isinstance(e, Transcript) and e.role == "user" and e.final)
+    await asyncio.sleep(0.5)  # settle: a reply the engine wrongly started would be under way
+    assert [e for e in events.items if isinstance(e, ResponseDone | AudioOut)] == []
+    await engine.respond()
+    done = await events.wait(lambda e: isinstance(e, ResponseDone))
+    assert done.status == "completed"  # type: ignore[union-attr]
+    await engine.send_user_message("hello")  # still held: heard, not answered
+    await asyncio.sleep(0.5)
+    assert len([e for e in events.items if isinstance(e, ResponseDone)]) == 1
+    await engine.set_turn_control(auto_respond=True, auto_interrupt=True)
+    await engine.send_user_message("and now answer")
+    await events.wait(lambda e: isinstance(e, ResponseDone) and e is not done)

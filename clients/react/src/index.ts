@@ -37,6 +37,12 @@ export interface UseVoxgateResult extends VoxgateSnapshot {
   stop(): Promise<void>;
   /** Cut the assistant off now; resolves to what was heard of the cut item. */
   interrupt(): Promise<InterruptResult | null>;
+  /** Cut it off whatever the engine decided (`barge_in`); refused by the gateway when nothing plays. */
+  bargeIn(): Promise<InterruptResult | null>;
+  /** Keep the assistant from answering until `allowNext()` (engines with `capabilities.turnControl`). */
+  hold(): void;
+  /** Release `hold()`; `respond`: answer now everything said meanwhile. */
+  allowNext(respond?: boolean): void;
   /** Send typed text as the user's turn; a refusal goes to `error`. */
   sendUserMessage(text: string): Promise<void>;
   sendContextUpdate(context: Record<string, unknown>): void;
@@ -141,6 +147,17 @@ export function useVoxgate(options: UseVoxgateOptions = {}): UseVoxgateResult {
     }
   }, [fail]);
 
+  const bargeIn = useCallback(async () => {
+    const client = clientRef.current;
+    if (!client || client.status === "disconnected") return null;
+    try {
+      return await client.bargeIn();
+    } catch (err) {
+      fail(err);
+      return null;
+    }
+  }, [fail]);
+
   const sendUserMessage = useCallback(
     async (text: string) => {
       const client = clientRef.current;
@@ -169,6 +186,8 @@ export function useVoxgate(options: UseVoxgateOptions = {}): UseVoxgateResult {
 
   const sendContextUpdate = useCallback((context: Record<string, unknown>) => guarded((c) => c.sendContextUpdate(context)), [guarded]);
   const commit = useCallback(() => guarded((c) => c.commit()), [guarded]);
+  const hold = useCallback(() => guarded((c) => c.hold()), [guarded]);
+  const allowNext = useCallback((respond = false) => guarded((c) => c.allowNext(respond)), [guarded]);
   const startTalking = useCallback(() => clientRef.current?.startTalking(), []);
   const stopTalking = useCallback(() => clientRef.current?.stopTalking(), []);
   const setTurnMode = useCallback(
@@ -195,6 +214,9 @@ export function useVoxgate(options: UseVoxgateOptions = {}): UseVoxgateResult {
       start,
       stop,
       interrupt,
+      bargeIn,
+      hold,
+      allowNext,
       sendUserMessage,
       sendContextUpdate,
       commit,
@@ -204,7 +226,8 @@ export function useVoxgate(options: UseVoxgateOptions = {}): UseVoxgateResult {
       setMuted,
       setVolume,
     }),
-    [start, stop, interrupt, sendUserMessage, sendContextUpdate, commit, startTalking, stopTalking, setTurnMode, setMuted, setVolume],
+    [start, stop, interrupt, bargeIn, hold, allowNext, sendUserMessage, sendContextUpdate, commit, startTalking,
+      stopTalking, setTurnMode, setMuted, setVolume],
   );
 
   return {

@@ -5,6 +5,7 @@
 import type {
   AudioMode,
   ConnectionStatus,
+  Floor,
   Role,
   VoxgateClient,
   VoxgateError,
@@ -32,6 +33,10 @@ export interface VoxgateSnapshot {
   isUserSpeaking: boolean;
   /** Push-to-talk is held. */
   isTalking: boolean;
+  /** Who has the floor, from the gateway's `turn` events ("idle", "user", "assistant", "paused"). */
+  floor: Floor;
+  /** The assistant is held (`hold()`), until `allowNext()`. */
+  isHeld: boolean;
   /** The turns so far, in the order they first appeared. */
   transcript: readonly TranscriptTurn[];
   /** Text of the user's turn still being recognised ("" when none). */
@@ -53,6 +58,8 @@ export const INITIAL_SNAPSHOT: VoxgateSnapshot = Object.freeze({
   isSpeaking: false,
   isUserSpeaking: false,
   isTalking: false,
+  floor: "idle",
+  isHeld: false,
   transcript: Object.freeze([]) as readonly TranscriptTurn[],
   partial: "",
   error: null,
@@ -110,6 +117,8 @@ export class VoxgateStore {
         isSpeaking: client.isSpeaking,
         isUserSpeaking: client.isUserSpeaking,
         isTalking: client.isTalking,
+        floor: client.floor,
+        isHeld: client.isHeld,
         audioMode: client.audioMode,
         conversationId: client.conversationId,
         muted: client.muted,

@@ -120,6 +120,29 @@ describe("useVoxgate", () => {
     expect(latest!.error?.code).toBe("bad_request");
   });
 
+  it("steers turns: hold, allowNext and the floor from turn events", async () => {
+    await act(async () => root.render(<StrictMode><Probe /></StrictMode>));
+    const socket = await startSession();
+    await act(async () => {
+      latest!.hold();
+    });
+    expect(socket.json.at(-1)).toEqual({ type: "hold" });
+    await act(async () => {
+      socket.receive({ type: "turn", event: "held" });
+      socket.receive({ type: "turn", event: "user_turn_started" });
+    });
+    expect(latest!.isHeld).toBe(true);
+    expect(latest!.floor).toBe("user");
+    await act(async () => {
+      latest!.allowNext(true);
+      socket.receive({ type: "turn", event: "released", reason: "respond" });
+      socket.receive({ type: "turn", event: "user_turn_ended", reason: "silence" });
+    });
+    expect(socket.json.at(-1)).toEqual({ type: "allow_next", respond: true });
+    expect(latest!.isHeld).toBe(false);
+    expect(latest!.floor).toBe("idle");
+  });
+
   it("unmount stops the session: stop sent, socket closed, no reconnect", async () => {
     await act(async () => root.render(<StrictMode><Probe /></StrictMode>));
     const socket = await startSession();

@@ -22,6 +22,8 @@ export interface PlaybackState {
   /** Milliseconds played per assistant item (recent items). */
   playedMsByItem: Record<string, number>;
   isPlaying: boolean;
+  /** Held by the gateway's turn arbiter (`assistant_paused`): the buffer waits to resume. */
+  paused: boolean;
   /** Samples waiting in the jitter buffer. */
   buffered: number;
   /** The AudioContext rate (0 before audio starts). */
@@ -107,6 +109,7 @@ export class AudioIO {
         underruns: 0,
         playedMsByItem: {},
         isPlaying: false,
+        paused: false,
         buffered: 0,
         sampleRate: 0,
         currentItem: null,
@@ -355,6 +358,18 @@ export class AudioIO {
     this.postPlayback({ type: "config", ...config });
   }
 
+  /** Hold playback where it is (a 5 ms fade; the buffer is kept) until `resumePlayback`. */
+  pausePlayback(): void {
+    this.state.playback.paused = true;
+    this.postPlayback({ type: "pause" });
+  }
+
+  /** Go on playing from where `pausePlayback` held it. */
+  resumePlayback(): void {
+    this.state.playback.paused = false;
+    this.postPlayback({ type: "resume" });
+  }
+
   /** Note the audio clock of an interrupt request, so the flush can report the stop latency. */
   markInterrupt(): void {
     this.interruptContextTime = this.contextTime;
@@ -427,6 +442,7 @@ export class AudioIO {
       }
       case "flushed": {
         const now = performance.now();
+        p.paused = false;
         p.buffered = 0;
         p.level = 0;
         if (typeof msg.samplesPlayed === "number") p.samplesPlayed = msg.samplesPlayed;

@@ -14,6 +14,7 @@ import type {
   ConnectionStatus,
   ConversationEngine,
   EventOfType,
+  Floor,
   InterruptResult,
   Listener,
   ReconnectPolicy,
@@ -23,6 +24,7 @@ import type {
   TokenSource,
   TurnDetection,
   TurnMode,
+  TurnTaking,
   VoxgateEvent,
   VoxgateEventType,
   WebSocketConstructor,
@@ -90,6 +92,12 @@ export class VoxgateClient implements ConversationEngine {
   private interruptedItems = new Set<string>();
   private pendingSeq = 0;
   private dropAudio = false;
+
+  // Turn-taking, as the gateway's `turn` events tell it.
+  private held = false;
+  private userTurn = false;
+  private assistantTurn = false;
+  private assistantPaused = false;
 
   private pttActive = false;
   private pttTimer: ReturnType<typeof setTimeout> | null = null;
@@ -200,6 +208,25 @@ export class VoxgateClient implements ConversationEngine {
 
   get turnMode(): TurnMode {
     return this.opts ? this.opts.turnDetection.mode : "server_vad";
+  }
+
+  /** The gateway's turn arbiter for this session (`session_ready.turnTaking`), or null. */
+  get turnTaking(): TurnTaking | null {
+    return this.connection.session?.turnTaking ?? null;
+  }
+
+  /** The assistant is held (`hold()` took effect, `allowNext()` not yet). */
+  get isHeld(): boolean {
+    return this.held;
+  }
+
+  /** Who has the floor: "assistant" (talking), "paused" (held while the gateway judges the
+   * user's speech over it), "user" (talking) or "idle". */
+  get floor(): Floor {
+    if (this.assistantPaused) return "paused";
+    if (this.assistantTurn) return "assistant";
+    if (this.userTurn) return "user";
+    return "idle";
   }
 
   /** Push-to-talk is held. */
@@ -333,7 +360,36 @@ export class VoxgateClient implements ConversationEngine {
    * Stop the assistant now: flush local playback at once and tell the server how much of the
    * current item was heard (`playedMs`), so it can truncate the turn to that.
    */
-  async interrupt(): Promise<InterruptResult> {
+  interrupt(): Promise<InterruptResult> {
+    return this.cut("interrupt");
+  }
+
+  /**
+   * Stop the assistant now, whatever the engine's own turn detection decided (`barge_in`):
+   * like `interrupt()`, and speech over the assistant the gateway was still judging becomes
+   * the user's turn. The gateway refuses it (a non-fatal `bad_request`) when nothing plays.
+   */
+  bargeIn(): Promise<InterruptResult> {
+    return this.cut("barge_in");
+  }
+
+  /**
+   * Keep the assistant from answering until `allowNext()`: what the user says (or types) is
+   * heard and transcribed but not answered; a reply already playing finishes. Needs
+   * `capabilities.turnControl` (an engine without it gets a non-fatal `unsupported` error).
+   * The `turn` event `held` confirms it.
+   */
+  hold(): void {
+    this.send({ type: "hold" });
+  }
+
+  /** Release `hold()`. `respond: true` has the assistant answer now, in one reply, everything
+   * said since its last one; otherwise it answers at the end of the user's next turn. */
+  allowNext(respond = false): void {
+    this.send({ type: "allow_next", respond: !!respond });
+  }
+
+  private async cut(kind: "interrupt" | "barge_in"): Promise<InterruptResult> {
     const requestedAt = performance.now();
     this.debug.interruptRequestedAt = requestedAt;
     this.audio.markInterrupt();
@@ -354,7 +410,7 @@ export class VoxgateClient implements ConversationEngine {
       playedMs = played[itemId];
     }
     if (itemId) this.interruptedItems.add(itemId);
-    const message: ClientMessage = playedMs !== undefined ? { type: "interrupt", playedMs } : { type: "interrupt" };
+    const message: ClientMessage = playedMs !== undefined ? { type: kind, playedMs } : { type: kind };
     if (this.connection.isOpen) this.send(message);
     this.setServerSpeaking(false);
     const info: InterruptResult = { itemId: itemId && !itemId.startsWith("pending:") ? itemId : null, playedMs };
@@ -448,6 +504,11 @@ export class VoxgateClient implements ConversationEngine {
 
   private onSessionReady(msg: SessionReady): void {
     this._capabilities = msg.capabilities ?? null;
+    // Each connection is a new gateway session, which starts unheld: a hold the app asked for
+    // before a reconnect is asked for again.
+    const wasHeld = this.held;
+    this.resetTurns();
+    if (wasHeld && msg.capabilities?.turnControl) queueMicrotask(() => this.connection.session && this.hold());
     this.serverPaused = false;
     this.localPaused = false;
     this.updateBackpressure();
@@ -508,9 +569,17 @@ export class VoxgateClient implements ConversationEngine {
         break;
       case "user_speaking":
         this.setUserSpeaking(!!msg.isSpeaking);
-        if (msg.isSpeaking && this.turnMode === "server_vad" && this.audio.hasPendingPlayback) {
+        if (
+          msg.isSpeaking &&
+          this.turnMode === "server_vad" &&
+          this.audio.hasPendingPlayback &&
+          this.turnTaking?.interruption !== "gateway" // then the gateway judges it: `turn` events
+        ) {
           void this.interrupt(); // barge-in: the user talks over the reply
         }
+        break;
+      case "turn":
+        this.onTurn(msg);
         break;
       case "transcript":
         if (msg.role === "assistant") this.noteAssistantItem(msg.itemId);
@@ -534,7 +603,8 @@ export class VoxgateClient implements ConversationEngine {
         break;
       case "interrupted":
         // The server cut the reply (its own VAD, or our interrupt): an idempotent flush.
-        if (this.audio.hasPendingPlayback) void this.audio.flush();
+        if (this.audio.hasPendingPlayback || this.assistantPaused) void this.audio.flush();
+        this.assistantPaused = false;
         this.assistantItem = null;
         this.dropAudio = false;
         this.setServerSpeaking(false);
@@ -555,6 +625,48 @@ export class VoxgateClient implements ConversationEngine {
       default:
         break;
     }
+  }
+
+  /** A `turn` event: follow the floor, and pause or resume playback as the gateway decides. */
+  private onTurn(msg: Extract<ServerMessage, { type: "turn" }>): void {
+    switch (msg.event) {
+      case "user_turn_started":
+        this.userTurn = true;
+        break;
+      case "user_turn_ended":
+        this.userTurn = false;
+        break;
+      case "assistant_turn_started":
+        this.assistantTurn = true;
+        break;
+      case "assistant_turn_ended":
+        this.assistantTurn = false;
+        break;
+      case "assistant_paused":
+        // Speech over the assistant that may be a barge-in: hold the buffer, do not drop it.
+        this.assistantPaused = true;
+        this.audio.pausePlayback();
+        break;
+      case "assistant_resumed":
+        // A cough or an "mm-hmm": go on from where it paused.
+        this.assistantPaused = false;
+        this.audio.resumePlayback();
+        break;
+      case "held":
+        this.held = true;
+        break;
+      case "released":
+        this.held = false;
+        break;
+      default:
+        break;
+    }
+    const event = { type: "turn", event: msg.event, floor: this.floor, held: this.held } as const;
+    this.emit({
+      ...event,
+      ...(msg.reason !== undefined ? { reason: msg.reason } : {}),
+      ...(msg.itemId !== undefined ? { itemId: msg.itemId } : {}),
+    });
   }
 
   private noteAssistantItem(itemId: string | undefined): void {
@@ -621,8 +733,17 @@ export class VoxgateClient implements ConversationEngine {
   private resetSessionState(): void {
     this.setServerSpeaking(false);
     this.setUserSpeaking(false);
+    this.resetTurns();
     this.assistantItem = null;
     this.dropAudio = false;
+  }
+
+  private resetTurns(): void {
+    this.held = false;
+    this.userTurn = false;
+    this.assistantTurn = false;
+    if (this.assistantPaused) this.audio.resumePlayback();
+    this.assistantPaused = false;
   }
 
   private clearPtt(): void {

@@ -30,6 +30,7 @@ export type ErrorCode =
   | "upstream_unavailable"
   | "upstream_error"
   | "engine_unavailable"
+  | "unsupported"
   | "internal"
   // client-side codes
   | "disconnected"
@@ -44,7 +45,40 @@ export interface Capabilities {
   audioOut: boolean;
   tools: boolean;
   serverVad: boolean;
+  /** The gateway can steer this engine's turns: `hold()`, `minSilenceMs` and the
+   * interruption policy work (OpenAI, cascade). Absent from older gateways. */
+  turnControl?: boolean;
 }
+
+/** The gateway's turn arbiter for this session (`session_ready.turnTaking`). */
+export interface TurnTaking {
+  /** "engine": the engine stops the assistant when it hears the user (the client flushes on
+   * `user_speaking`); "gateway": the gateway judges speech over the assistant and pauses,
+   * resumes or interrupts it. */
+  interruption: "engine" | "gateway";
+  /** `hold()` is available. */
+  hold: boolean;
+  minSilenceMs: number;
+  maxUtteranceMs: number;
+  interruptMinMs: number;
+  interruptMinWords: number;
+  backchannels: string[];
+  falseInterruptionMs: number;
+}
+
+/** What a `turn` event reports (docs/protocol.md, `turn`). */
+export type TurnEventName =
+  | "user_turn_started"
+  | "user_turn_ended"
+  | "assistant_turn_started"
+  | "assistant_turn_ended"
+  | "assistant_paused"
+  | "assistant_resumed"
+  | "held"
+  | "released";
+
+/** Who has the floor, as `turn` events draw it. */
+export type Floor = "idle" | "user" | "assistant" | "paused";
 
 export interface AudioFormat {
   format: "pcm16";
@@ -62,6 +96,8 @@ export interface SessionReady {
   inputAudio: AudioFormat;
   outputAudio: AudioFormat;
   binary: boolean;
+  /** Absent from gateways older than the turn arbiter. */
+  turnTaking?: TurnTaking;
 }
 
 export interface Personality {
@@ -80,6 +116,18 @@ export interface TurnDetection {
   silenceMs?: number;
   /** Audio kept before detected speech, 0..5000 ms. */
   prefixMs?: number;
+  /** The pause after the user's speech before the assistant answers, 0..10000 ms. */
+  minSilenceMs?: number;
+  /** A user turn longer than this is ended for the user: 0 (no limit) or 1000..600000 ms. */
+  maxUtteranceMs?: number;
+  /** Voiced audio over the assistant before it yields, 0..5000 ms. */
+  interruptMinMs?: number;
+  /** Words (not backchannels) over the assistant before it is stopped, 0..20. */
+  interruptMinWords?: number;
+  /** Words that never stop the assistant ("mm-hmm", "yeah"…). */
+  backchannels?: string[];
+  /** How long to wait for words before a paused assistant resumes, 200..10000 ms. */
+  falseInterruptionMs?: number;
 }
 
 export type SampleRate = 8000 | 16000 | 22050 | 24000 | 32000 | 44100 | 48000;
@@ -275,6 +323,16 @@ export interface PongEvent {
   type: "pong";
   id?: string | number;
 }
+export interface TurnEvent {
+  type: "turn";
+  event: TurnEventName;
+  reason?: string;
+  itemId?: string;
+  /** The floor after this event. */
+  floor: Floor;
+  /** The assistant is held (`hold()`) after this event. */
+  held: boolean;
+}
 export interface PlaybackFlushedEvent {
   type: "playback_flushed";
   at: number;
@@ -299,6 +357,7 @@ export type VoxgateEvent =
   | ReconnectingEvent
   | TalkingEvent
   | PongEvent
+  | TurnEvent
   | PlaybackFlushedEvent;
 
 export type VoxgateEventType = VoxgateEvent["type"];
@@ -342,7 +401,8 @@ export type ServerMessage =
   | { type: "interrupted"; itemId?: string; playedMs?: number }
   | { type: "error"; code: ErrorCode; message: string; fatal?: boolean }
   | { type: "pong"; id?: string | number }
-  | { type: "backpressure"; paused: boolean };
+  | { type: "backpressure"; paused: boolean }
+  | { type: "turn"; event: TurnEventName; reason?: string; itemId?: string };
 
 /** Messages the client sends (JSON text frames; audio goes as binary frames). */
 export type ClientMessage =
@@ -354,5 +414,8 @@ export type ClientMessage =
   | { type: "user_message"; text: string }
   | { type: "context_update"; payload: Record<string, unknown> }
   | { type: "interrupt"; playedMs?: number }
+  | { type: "hold" }
+  | { type: "allow_next"; respond: boolean }
+  | { type: "barge_in"; playedMs?: number }
   | { type: "stop" }
   | { type: "ping"; id?: string | number };

@@ -132,6 +132,54 @@ describe("VoxgateClient", () => {
     expect(client.debug.audioDropped).toBe(480);
   });
 
+  it("steers turns: hold, allowNext, bargeIn, and follows the floor from turn events", async () => {
+    const { client, events } = makeClient();
+    const socket = await startLive(client);
+    client.hold();
+    expect(socket.json.at(-1)).toEqual({ type: "hold" });
+    socket.receive({ type: "turn", event: "held" });
+    expect(client.isHeld).toBe(true);
+    client.allowNext(true);
+    expect(socket.json.at(-1)).toEqual({ type: "allow_next", respond: true });
+    socket.receive({ type: "turn", event: "released", reason: "respond" });
+    expect(client.isHeld).toBe(false);
+    socket.receive({ type: "speaking", isSpeaking: true, itemId: "a1" });
+    socket.receive({ type: "turn", event: "assistant_turn_started", itemId: "a1" });
+    expect(client.floor).toBe("assistant");
+    socket.receive({ type: "turn", event: "user_turn_started" });
+    socket.receive({ type: "turn", event: "assistant_paused", reason: "user_speech", itemId: "a1" });
+    expect(client.floor).toBe("paused");
+    socket.receive({ type: "turn", event: "assistant_resumed", reason: "backchannel", itemId: "a1" });
+    expect(client.floor).toBe("assistant");
+    const result = await client.bargeIn();
+    expect(result.itemId).toBe("a1");
+    expect(socket.json.at(-1)).toEqual({ type: "barge_in" });
+    const turns = events.filter((e) => e.type === "turn");
+    expect(turns.map((e) => (e.type === "turn" ? [e.event, e.floor, e.held] : null))).toEqual([
+      ["held", "idle", true],
+      ["released", "idle", false],
+      ["assistant_turn_started", "assistant", false],
+      ["user_turn_started", "assistant", false],
+      ["assistant_paused", "paused", false],
+      ["assistant_resumed", "assistant", false],
+    ]);
+    expect(turns[1]).toMatchObject({ reason: "respond" });
+  });
+
+  it("asks for the hold again after a reconnect", async () => {
+    const { client } = makeClient(async () => "vxs_fresh");
+    const socket = await startLive(client);
+    client.hold();
+    socket.receive({ type: "turn", event: "held" });
+    socket.drop(1001);
+    await vi.advanceTimersByTimeAsync(1000);
+    const next = FakeSocket.last;
+    next.accept();
+    next.receive(sessionReady({ capabilities: { audioIn: true, audioOut: true, tools: false, serverVad: true, turnControl: true } }));
+    await settle();
+    expect(next.json.at(-1)).toEqual({ type: "hold" });
+  });
+
   it("stop() ends the session for good: stop sent, status disconnected, no reconnect", async () => {
     const { client, events } = makeClient();
     const socket = await startLive(client);

@@ -41,6 +41,12 @@ class Capabilities:
     #: every turn itself: there a commit is refused with a non-fatal error, not faked.
     manual_turns: bool = True
     interrupt: InterruptKind = "exact"
+    #: The gateway may steer turns: the engine holds back its own replies and its own barge-in
+    #: when told (`set_turn_control`) and answers on request (`respond`). Without it the
+    #: provider decides when the assistant speaks and stops, and the gateway can only stop it
+    #: (`interrupt`) and end a user turn (`commit`); `hold` and the interruption policy are
+    #: refused for such an engine with a sentence, never silently ignored.
+    turn_control: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         d = asdict(self)
@@ -51,6 +57,7 @@ class Capabilities:
             "serverVad": d["server_vad"],
             "manualTurns": d["manual_turns"],
             "interrupt": d["interrupt"],
+            "turnControl": d["turn_control"],
         }
 
 
@@ -60,6 +67,9 @@ class TurnDetectionOptions:
     threshold: float | None = None  # 0..1, engine-specific meaning (VAD sensitivity)
     silence_ms: int | None = None
     prefix_ms: int | None = None
+    #: Engines with `Capabilities.turn_control` start with these (see `set_turn_control`).
+    auto_respond: bool = True
+    auto_interrupt: bool = True
 
 
 @dataclass(slots=True)
@@ -137,6 +147,8 @@ class AssistantSpeaking:
 @dataclass(slots=True)
 class UserSpeaking:
     is_speaking: bool
+    #: The user item this speech becomes (its transcripts carry the same id), when known.
+    item_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -303,6 +315,19 @@ class ConversationEngine(ABC):
 
     @abstractmethod
     async def interrupt(self, played_ms: int | None) -> None: ...
+
+    # --- turn control (engines with `capabilities.turn_control`) ----------------------------
+    async def set_turn_control(self, *, auto_respond: bool, auto_interrupt: bool) -> None:
+        """Whether the engine answers each user turn by itself (`auto_respond`: a finished
+        utterance, a `commit`, a typed message) and stops the assistant when the user starts
+        speaking over it (`auto_interrupt`). With either off the gateway decides: it calls
+        `respond` and `interrupt` itself. Audio, voice activity and transcripts flow as always."""
+        raise NotImplementedError(f"the {self.name} engine has no turn control")
+
+    async def respond(self) -> None:
+        """Answer now what the conversation holds (every user turn since the last reply); a
+        reply still being generated is replaced, as after `commit`."""
+        raise NotImplementedError(f"the {self.name} engine has no turn control")
 
     # --- output ---------------------------------------------------------------------------
     async def events(self) -> AsyncIterator[EngineEvent]:

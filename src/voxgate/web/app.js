@@ -9,6 +9,8 @@ const els = {
   start: $("start"),
   stop: $("stop"),
   interrupt: $("interrupt"),
+  hold: $("hold"),
+  floor: $("floor"),
   talk: $("talk"),
   mode: $("mode"),
   engineRow: $("engine-row"),
@@ -239,6 +241,9 @@ client.on((event) => {
       }
       document.body.dataset.backpressure = String(!!event.paused);
       break;
+    case "turn":
+      renderFloor();
+      break;
     case "talking":
       els.talk.setAttribute("aria-pressed", String(event.active));
       els.talk.classList.toggle("is-active", event.active);
@@ -269,6 +274,28 @@ function renderSpeaking() {
   els.orb.dataset.state = assistant ? "assistant" : user ? "user" : client.status === "connected" ? "listening" : "idle";
 }
 
+const FLOOR_TEXT = {
+  idle: "open",
+  user: "you",
+  assistant: "assistant",
+  paused: "assistant paused (listening to you)",
+};
+
+/** Who has the floor (the gateway's `turn` events), and whether the assistant is held. */
+function renderFloor() {
+  const floor = client.status === "connected" ? client.floor : "idle";
+  const held = client.status === "connected" && client.isHeld;
+  els.floor.dataset.floor = floor;
+  els.floor.dataset.held = String(held);
+  els.floor.querySelector(".floor-state").textContent = FLOOR_TEXT[floor] || floor;
+  els.floor.querySelector(".floor-held").hidden = !held;
+  els.hold.setAttribute("aria-pressed", String(held));
+  els.hold.querySelector("span").textContent = held ? "Release" : "Hold";
+  els.hold.title = held
+    ? "Release: the assistant answers now what it heard while held"
+    : "Hold: the assistant listens but does not answer until you release it";
+}
+
 function setIndicator(el, active, text) {
   el.dataset.active = String(active);
   el.querySelector(".indicator-state").textContent = text;
@@ -287,6 +314,9 @@ function updateControls() {
   els.start.disabled = status !== "disconnected";
   els.stop.disabled = status === "disconnected";
   els.interrupt.disabled = !(live && client.isSpeaking);
+  // Hold needs an engine whose turns the gateway can steer (capabilities.turnControl).
+  els.hold.disabled = !(live && client.capabilities && client.capabilities.turnControl);
+  renderFloor();
   els.send.disabled = !els.input.value.trim() || busy;
   const manual = client.turnMode === "manual";
   // Push-to-talk needs a microphone: no talk button in a text-only session.
@@ -472,6 +502,11 @@ function startOptions(overrides = {}) {
   if (!els.engineRow.hidden && els.engine.value) options.engine = els.engine.value;
   const instructions = params.get("instructions");
   if (instructions) options.instructions = instructions;
+  // Turn-taking settings from the address (e.g. ?interruptMinMs=250&interruptMinWords=1).
+  for (const name of ["minSilenceMs", "maxUtteranceMs", "interruptMinMs", "interruptMinWords", "falseInterruptionMs"]) {
+    const value = params.get(name);
+    if (value !== null && value !== "" && Number.isFinite(Number(value))) options.turnDetection[name] = Number(value);
+  }
   return options;
 }
 
@@ -507,6 +542,15 @@ els.stop.addEventListener("click", async () => {
 
 els.interrupt.addEventListener("click", () => {
   client.interrupt();
+});
+
+els.hold.addEventListener("click", () => {
+  try {
+    if (client.isHeld) client.allowNext(true);
+    else client.hold();
+  } catch (err) {
+    showError(err.message || String(err), "warning");
+  }
 });
 
 els.composer.addEventListener("submit", async (event) => {

@@ -116,6 +116,9 @@ var VoxgatePlaybackProcessor = class extends AudioWorkletProcessor {
   constructor(options) {
     super();
     this.sourceRate = 0;
+    /** Held: nothing is taken from the buffer (after a short fade) until "resume". */
+    this.paused = false;
+    this.pauseFadePos = 0;
     const opts = options?.processorOptions ?? {};
     this.prebufferMs = opts.prebufferMs ?? 80;
     this.fadeInMs = opts.fadeInMs ?? 10;
@@ -162,6 +165,20 @@ var VoxgatePlaybackProcessor = class extends AudioWorkletProcessor {
         break;
       case "flush":
         this.flush(msg.id ?? null);
+        break;
+      case "pause":
+        if (!this.paused) {
+          this.paused = true;
+          this.pauseFadePos = 0;
+          this.dirty = true;
+        }
+        break;
+      case "resume":
+        if (this.paused) {
+          this.paused = false;
+          this.fadeInPos = 0;
+          this.dirty = true;
+        }
         break;
       case "rename":
         this.rename(msg.from, msg.to);
@@ -256,7 +273,9 @@ var VoxgatePlaybackProcessor = class extends AudioWorkletProcessor {
       playedSamples: itemId ? this.playedByItem.get(itemId) || 0 : 0,
       wasPlaying: this.state === "playing" || this.state === "fading"
     });
-    if (this.state === "playing") {
+    const silentAlready = this.paused && this.pauseFadePos > 0;
+    this.paused = false;
+    if (this.state === "playing" && !silentAlready) {
       this.state = "fading";
       this.fadeOutPos = 0;
       this.flushId = id;
@@ -328,6 +347,10 @@ var VoxgatePlaybackProcessor = class extends AudioWorkletProcessor {
       for (let i = 0; i < n; i++) {
         if (this.readPos === this.writePos) break;
         let g = this.gain + gainStep * i;
+        if (this.paused && this.state === "playing") {
+          if (this.pauseFadePos >= fadeOut) break;
+          g *= 1 - this.pauseFadePos++ / fadeOut;
+        }
         if (this.fadeInPos < fadeIn) g *= this.fadeInPos++ / fadeIn;
         if (this.state === "fading") {
           if (this.fadeOutPos >= fadeOut) {

@@ -80,6 +80,7 @@ var AudioIO = class {
         underruns: 0,
         playedMsByItem: {},
         isPlaying: false,
+        paused: false,
         buffered: 0,
         sampleRate: 0,
         currentItem: null,
@@ -308,6 +309,16 @@ var AudioIO = class {
     if (config.prebufferMs !== void 0) this.prebufferMs = config.prebufferMs;
     this.postPlayback({ type: "config", ...config });
   }
+  /** Hold playback where it is (a 5 ms fade; the buffer is kept) until `resumePlayback`. */
+  pausePlayback() {
+    this.state.playback.paused = true;
+    this.postPlayback({ type: "pause" });
+  }
+  /** Go on playing from where `pausePlayback` held it. */
+  resumePlayback() {
+    this.state.playback.paused = false;
+    this.postPlayback({ type: "resume" });
+  }
   /** Note the audio clock of an interrupt request, so the flush can report the stop latency. */
   markInterrupt() {
     this.interruptContextTime = this.contextTime;
@@ -376,6 +387,7 @@ var AudioIO = class {
       }
       case "flushed": {
         const now = performance.now();
+        p.paused = false;
         p.buffered = 0;
         p.level = 0;
         if (typeof msg.samplesPlayed === "number") p.samplesPlayed = msg.samplesPlayed;
@@ -805,6 +817,11 @@ var VoxgateClient = class {
     this.interruptedItems = /* @__PURE__ */ new Set();
     this.pendingSeq = 0;
     this.dropAudio = false;
+    // Turn-taking, as the gateway's `turn` events tell it.
+    this.held = false;
+    this.userTurn = false;
+    this.assistantTurn = false;
+    this.assistantPaused = false;
     this.pttActive = false;
     this.pttTimer = null;
     this.serverPaused = false;
@@ -901,6 +918,22 @@ var VoxgateClient = class {
   }
   get turnMode() {
     return this.opts ? this.opts.turnDetection.mode : "server_vad";
+  }
+  /** The gateway's turn arbiter for this session (`session_ready.turnTaking`), or null. */
+  get turnTaking() {
+    return this.connection.session?.turnTaking ?? null;
+  }
+  /** The assistant is held (`hold()` took effect, `allowNext()` not yet). */
+  get isHeld() {
+    return this.held;
+  }
+  /** Who has the floor: "assistant" (talking), "paused" (held while the gateway judges the
+   * user's speech over it), "user" (talking) or "idle". */
+  get floor() {
+    if (this.assistantPaused) return "paused";
+    if (this.assistantTurn) return "assistant";
+    if (this.userTurn) return "user";
+    return "idle";
   }
   /** Push-to-talk is held. */
   get isTalking() {
@@ -1014,7 +1047,32 @@ var VoxgateClient = class {
    * Stop the assistant now: flush local playback at once and tell the server how much of the
    * current item was heard (`playedMs`), so it can truncate the turn to that.
    */
-  async interrupt() {
+  interrupt() {
+    return this.cut("interrupt");
+  }
+  /**
+   * Stop the assistant now, whatever the engine's own turn detection decided (`barge_in`):
+   * like `interrupt()`, and speech over the assistant the gateway was still judging becomes
+   * the user's turn. The gateway refuses it (a non-fatal `bad_request`) when nothing plays.
+   */
+  bargeIn() {
+    return this.cut("barge_in");
+  }
+  /**
+   * Keep the assistant from answering until `allowNext()`: what the user says (or types) is
+   * heard and transcribed but not answered; a reply already playing finishes. Needs
+   * `capabilities.turnControl` (an engine without it gets a non-fatal `unsupported` error).
+   * The `turn` event `held` confirms it.
+   */
+  hold() {
+    this.send({ type: "hold" });
+  }
+  /** Release `hold()`. `respond: true` has the assistant answer now, in one reply, everything
+   * said since its last one; otherwise it answers at the end of the user's next turn. */
+  allowNext(respond = false) {
+    this.send({ type: "allow_next", respond: !!respond });
+  }
+  async cut(kind) {
     const requestedAt = performance.now();
     this.debug.interruptRequestedAt = requestedAt;
     this.audio.markInterrupt();
@@ -1034,7 +1092,7 @@ var VoxgateClient = class {
       playedMs = played[itemId];
     }
     if (itemId) this.interruptedItems.add(itemId);
-    const message = playedMs !== void 0 ? { type: "interrupt", playedMs } : { type: "interrupt" };
+    const message = playedMs !== void 0 ? { type: kind, playedMs } : { type: kind };
     if (this.connection.isOpen) this.send(message);
     this.setServerSpeaking(false);
     const info = { itemId: itemId && !itemId.startsWith("pending:") ? itemId : null, playedMs };
@@ -1117,6 +1175,9 @@ var VoxgateClient = class {
   }
   onSessionReady(msg) {
     this._capabilities = msg.capabilities ?? null;
+    const wasHeld = this.held;
+    this.resetTurns();
+    if (wasHeld && msg.capabilities?.turnControl) queueMicrotask(() => this.connection.session && this.hold());
     this.serverPaused = false;
     this.localPaused = false;
     this.updateBackpressure();
@@ -1171,9 +1232,12 @@ var VoxgateClient = class {
         break;
       case "user_speaking":
         this.setUserSpeaking(!!msg.isSpeaking);
-        if (msg.isSpeaking && this.turnMode === "server_vad" && this.audio.hasPendingPlayback) {
+        if (msg.isSpeaking && this.turnMode === "server_vad" && this.audio.hasPendingPlayback && this.turnTaking?.interruption !== "gateway") {
           void this.interrupt();
         }
+        break;
+      case "turn":
+        this.onTurn(msg);
         break;
       case "transcript":
         if (msg.role === "assistant") this.noteAssistantItem(msg.itemId);
@@ -1196,7 +1260,8 @@ var VoxgateClient = class {
         this.emit({ ...msg });
         break;
       case "interrupted":
-        if (this.audio.hasPendingPlayback) void this.audio.flush();
+        if (this.audio.hasPendingPlayback || this.assistantPaused) void this.audio.flush();
+        this.assistantPaused = false;
         this.assistantItem = null;
         this.dropAudio = false;
         this.setServerSpeaking(false);
@@ -1217,6 +1282,45 @@ var VoxgateClient = class {
       default:
         break;
     }
+  }
+  /** A `turn` event: follow the floor, and pause or resume playback as the gateway decides. */
+  onTurn(msg) {
+    switch (msg.event) {
+      case "user_turn_started":
+        this.userTurn = true;
+        break;
+      case "user_turn_ended":
+        this.userTurn = false;
+        break;
+      case "assistant_turn_started":
+        this.assistantTurn = true;
+        break;
+      case "assistant_turn_ended":
+        this.assistantTurn = false;
+        break;
+      case "assistant_paused":
+        this.assistantPaused = true;
+        this.audio.pausePlayback();
+        break;
+      case "assistant_resumed":
+        this.assistantPaused = false;
+        this.audio.resumePlayback();
+        break;
+      case "held":
+        this.held = true;
+        break;
+      case "released":
+        this.held = false;
+        break;
+      default:
+        break;
+    }
+    const event = { type: "turn", event: msg.event, floor: this.floor, held: this.held };
+    this.emit({
+      ...event,
+      ...msg.reason !== void 0 ? { reason: msg.reason } : {},
+      ...msg.itemId !== void 0 ? { itemId: msg.itemId } : {}
+    });
   }
   noteAssistantItem(itemId) {
     if (!itemId || itemId === this.assistantItem) return;
@@ -1274,8 +1378,16 @@ var VoxgateClient = class {
   resetSessionState() {
     this.setServerSpeaking(false);
     this.setUserSpeaking(false);
+    this.resetTurns();
     this.assistantItem = null;
     this.dropAudio = false;
+  }
+  resetTurns() {
+    this.held = false;
+    this.userTurn = false;
+    this.assistantTurn = false;
+    if (this.assistantPaused) this.audio.resumePlayback();
+    this.assistantPaused = false;
   }
   clearPtt() {
     if (this.pttTimer !== null) clearTimeout(this.pttTimer);

@@ -3,6 +3,8 @@
 // - prebuffers (default 80 ms) before starting, so network jitter does not become clicks;
 // - fades in over a few milliseconds at every (re)start, and fades out over 5 ms on a flush;
 // - flushes at once on interrupt and reports when its output really went silent;
+// - pauses (a 5 ms fade, the buffer kept) while the gateway judges speech over the assistant,
+//   and resumes where it stopped when that was a cough or an "mm-hmm";
 // - counts samples played per assistant item (what `interrupt.playedMs` is made of) and
 //   underruns (the buffer ran dry while more audio was still expected).
 //
@@ -24,6 +26,8 @@ type PlaybackCommand =
   | { type: "audio"; itemId: string; pcm: ArrayBuffer }
   | { type: "end" }
   | { type: "flush"; id?: number }
+  | { type: "pause" }
+  | { type: "resume" }
   | { type: "rename"; from: string; to: string }
   | { type: "config"; prebufferMs?: number; fadeInMs?: number; volume?: number; muted?: boolean; sourceRate?: number }
   | { type: "reset-stats" };
@@ -42,6 +46,9 @@ class VoxgatePlaybackProcessor extends AudioWorkletProcessor {
   private segments: Segment[];
   private segHead: number;
   private state: "idle" | "prebuffering" | "playing" | "fading";
+  /** Held: nothing is taken from the buffer (after a short fade) until "resume". */
+  private paused = false;
+  private pauseFadePos = 0;
   private ended: boolean;
   private starved: boolean;
   private fadeInPos: number;
@@ -118,6 +125,20 @@ class VoxgatePlaybackProcessor extends AudioWorkletProcessor {
         break;
       case "flush":
         this.flush(msg.id ?? null);
+        break;
+      case "pause":
+        if (!this.paused) {
+          this.paused = true;
+          this.pauseFadePos = 0;
+          this.dirty = true;
+        }
+        break;
+      case "resume":
+        if (this.paused) {
+          this.paused = false;
+          this.fadeInPos = 0; // fade back in where it stopped
+          this.dirty = true;
+        }
         break;
       case "rename":
         this.rename(msg.from, msg.to);
@@ -222,7 +243,9 @@ class VoxgatePlaybackProcessor extends AudioWorkletProcessor {
       playedSamples: itemId ? this.playedByItem.get(itemId) || 0 : 0,
       wasPlaying: this.state === "playing" || this.state === "fading",
     });
-    if (this.state === "playing") {
+    const silentAlready = this.paused && this.pauseFadePos > 0;
+    this.paused = false;
+    if (this.state === "playing" && !silentAlready) {
       this.state = "fading";
       this.fadeOutPos = 0;
       this.flushId = id;
@@ -299,6 +322,10 @@ class VoxgatePlaybackProcessor extends AudioWorkletProcessor {
       for (let i = 0; i < n; i++) {
         if (this.readPos === this.writePos) break;
         let g = this.gain + gainStep * i;
+        if (this.paused && this.state === "playing") {
+          if (this.pauseFadePos >= fadeOut) break; // held: the rest stays in the buffer
+          g *= 1 - this.pauseFadePos++ / fadeOut;
+        }
         if (this.fadeInPos < fadeIn) g *= this.fadeInPos++ / fadeIn;
         if (this.state === "fading") {
           if (this.fadeOutPos >= fadeOut) {

@@ -115,7 +115,9 @@ class CascadeEngine(ConversationEngine):
     def __init__(self, config: CascadeConfig) -> None:
         super().__init__()
         self.config = config
-        self.capabilities = Capabilities(input_rate=INPUT_RATE, output_rate=OUTPUT_RATE)
+        self.capabilities = Capabilities(
+            input_rate=INPUT_RATE, output_rate=OUTPUT_RATE, turn_control=True
+        )
         self.parts: dict[str, str] = {}
         self.timings = TurnTimings()
         self._options = StartOptions()
@@ -128,6 +130,14 @@ class CascadeEngine(ConversationEngine):
         self._responder: Responder | None = None
         self._tts: Synthesizer | None = None
         self._manual = False
+        #: Turn control (see `set_turn_control`): this pipeline answers and yields by itself
+        #: only while these are on; otherwise the gateway calls `respond` / `interrupt`.
+        self._auto_respond = True
+        self._auto_interrupt = True
+        #: `respond()` came while an utterance was still being recognised: answer after it.
+        self._respond_pending = False
+        #: Utterances ended whose final recognition has not finished yet.
+        self._finalizing = 0
         self._odd = b""  # a trailing odd byte of input, kept for the next chunk
         # user turn state
         self._user_item: str | None = None
@@ -156,6 +166,8 @@ class CascadeEngine(ConversationEngine):
         self._options = options
         await self.emit(StatusChanged("connecting"))
         self._manual = options.turn_detection.mode == "manual"
+        self._auto_respond = options.turn_detection.auto_respond
+        self._auto_interrupt = options.turn_detection.auto_interrupt
         try:
             await self._make_parts(options)
         except BaseException:
@@ -249,7 +261,7 @@ class CascadeEngine(ConversationEngine):
             # which also bounds the audio a buffered recogniser keeps.
             self._segmenter.force_end()
             self.timings = TurnTimings(speech_end_t=time.monotonic())
-            await self._end_user_turn()
+            await self._end_user_turn(cut=True)
 
     async def commit(self) -> None:
         if not self._started or self._stopped:
@@ -262,16 +274,35 @@ class CascadeEngine(ConversationEngine):
         if self._segmenter is not None:
             self._segmenter.force_end()
         self.timings = TurnTimings(speech_end_t=time.monotonic())
-        await self._end_user_turn(announce=not self._manual)
+        # With server VAD a commit cuts the user off mid-speech (the gateway's utterance limit).
+        await self._end_user_turn(announce=not self._manual, cut=not self._manual)
 
     async def send_user_message(self, text: str) -> None:
         """Typed text joins the history and gets a reply; like OpenAI it is not echoed back
         as a user transcript (it was never transcribed)."""
         if not self._started or self._stopped or not text.strip():
             return
-        await self._cancel_response(None, only_running=True)
         self._history.append({"role": "user", "content": text.strip()})
         self._trim_history()
+        if self._auto_respond:
+            await self._answer()
+
+    async def set_turn_control(self, *, auto_respond: bool, auto_interrupt: bool) -> None:
+        self._auto_respond, self._auto_interrupt = auto_respond, auto_interrupt
+
+    async def respond(self) -> None:
+        if not self._started or self._stopped:
+            return
+        if self._finalizing or self._user_item is not None:
+            # An utterance is still being recognised (or spoken): answer once it is in.
+            self._respond_pending = True
+            return
+        await self._answer()
+
+    async def _answer(self) -> None:
+        """Start a reply to the history as it stands, replacing one still being generated."""
+        self._respond_pending = False
+        await self._cancel_response(None, only_running=True)
         self._start_response()
 
     async def send_context_update(self, payload: dict[str, Any]) -> None:
@@ -292,6 +323,10 @@ class CascadeEngine(ConversationEngine):
 
     # --- user turn ------------------------------------------------------------------------
     async def _on_speech_start(self, prefix: bytes) -> None:
+        if not self._auto_interrupt:
+            # The gateway decides whether this is a barge-in (it calls `interrupt`).
+            await self._start_user_speech(prefix)
+            return
         resp = self._response
         now = time.monotonic()
         if resp is not None and resp.audible(now):
@@ -328,7 +363,7 @@ class CascadeEngine(ConversationEngine):
 
     async def _start_user_speech(self, prefix: bytes) -> None:
         self._begin_user_turn(prefix)
-        await self.emit(UserSpeaking(True))
+        await self.emit(UserSpeaking(True, self._user_item))
 
     def _begin_user_turn(self, prefix: bytes) -> None:
         assert self._stt is not None
@@ -362,45 +397,63 @@ class CascadeEngine(ConversationEngine):
         self._last_partial = text
         await self.emit(Transcript("user", item_id, text, delta, final=False))
 
-    async def _end_user_turn(self, announce: bool = True) -> None:
+    async def _end_user_turn(self, announce: bool = True, *, cut: bool = False) -> None:
         item_id = self._user_item
         self._user_item = None
         if item_id is None:
             return
         if self._partial_task is not None and not self._partial_task.done():
             self._partial_task.cancel()
+        # Counted before anyone hears the turn ended, so a `respond()` prompted by that waits
+        # for the words.
+        self._finalizing += 1
         if announce:
-            await self.emit(UserSpeaking(False))
+            await self.emit(UserSpeaking(False, item_id))
         assert self._stt is not None
         # The utterance ends now (a new one may begin with the next frame); the final decode
         # runs in its own task so incoming audio is never held up by it (a remote
         # transcription back end can take a second).
         final_text = self._stt.finish()
-        task = asyncio.create_task(self._finish_user_turn(item_id, self._last_partial, final_text))
+        task = asyncio.create_task(
+            self._finish_user_turn(item_id, self._last_partial, final_text, cut=cut)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _finish_user_turn(
-        self, item_id: str, last_partial: str, final_text: Awaitable[str]
+        self, item_id: str, last_partial: str, final_text: Awaitable[str], *, cut: bool = False
     ) -> None:
         try:
-            text = await final_text
+            text = await self._recognised(final_text)
+        finally:
+            self._finalizing -= 1
+        if not text and cut:
+            # Cut off mid-word, a grammar-bound recogniser may match nothing at all: what it
+            # had heard so far is the user's turn.
+            text = last_partial
+        self.timings.stt_final_t = time.monotonic()
+        if text:
+            delta = text_delta(last_partial, text)
+            await self.emit(Transcript("user", item_id, text, delta, final=True))
+            self._history.append({"role": "user", "content": text})
+            self._trim_history()
+        else:
+            log.debug("turn %s: nothing recognised, no reply", item_id)
+        if not (self._respond_pending or (text and self._auto_respond)):
+            return
+        if self._user_item is not None or self._finalizing:
+            # The user is already speaking again: the reply waits for that next turn.
+            self._respond_pending = True
+            return
+        await self._answer()
+
+    async def _recognised(self, final_text: Awaitable[str]) -> str:
+        """The utterance's final text; a failed recogniser is reported and heard as nothing."""
+        try:
+            return await final_text
         except SpeechToTextError as exc:
             await self.emit(EngineError("upstream_unavailable", f"speech-to-text failed: {exc}"))
-            return
-        self.timings.stt_final_t = time.monotonic()
-        if not text:
-            log.debug("turn %s: nothing recognised, no reply", item_id)
-            return
-        delta = text_delta(last_partial, text)
-        await self.emit(Transcript("user", item_id, text, delta, final=True))
-        self._history.append({"role": "user", "content": text})
-        self._trim_history()
-        if self._user_item is not None:
-            # The user is already speaking again: that next turn gets the reply.
-            return
-        await self._cancel_response(None, only_running=True)
-        self._start_response()
+            return ""
 
     # --- assistant response -----------------------------------------------------------------
     def _messages(self) -> list[Message]:

@@ -54,10 +54,7 @@ class EchoResponder:
     name = "echo"
 
     async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
-        heard = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-        heard = heard.strip()
-        if heard and heard[-1] not in ".!?":
-            heard += "."
+        heard = " ".join(_sentence(text) for text in _unanswered(messages))
         text = f"{ECHO_PREFIX} you said {heard}" if heard else f"{ECHO_PREFIX} I heard nothing."
         # Word by word, like a model would stream, so the pipeline behaves the same.
         words = text.split(" ")
@@ -66,6 +63,25 @@ class EchoResponder:
 
     async def aclose(self) -> None:
         return None
+
+
+def _unanswered(messages: list[Message]) -> list[str]:
+    """What the user said since the assistant last spoke (several turns when replies were held
+    back), in order; the last user turn when there is none since."""
+    said: list[str] = []
+    for message in reversed(messages):
+        if message["role"] == "assistant":
+            break
+        if message["role"] == "user" and message["content"].strip():
+            said.append(message["content"].strip())
+    if not said:
+        last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        said = [last.strip()] if last.strip() else []
+    return said[::-1]
+
+
+def _sentence(text: str) -> str:
+    return text if text[-1] in ".!?" else text + "."
 
 
 def chat_completions_url(url: str) -> str:

@@ -18,6 +18,12 @@ How the seam maps onto the provider, and why:
   Client `interrupt(played_ms)`: the rest of the turn's audio is dropped at the gateway until the
   next turn marker, `user_activity` is sent (all ElevenLabs offers), and the turn ends at once with
   the heard text estimated from `played_ms`.
+- **Turns are the provider's.** ElevenLabs decides on its side when the agent answers and when
+  the user's speech stops it; its socket has no message to hold a reply back or to keep the
+  agent talking over the user (`user_activity` only delays the agent's turn timer). So the
+  engine declares no `turn_control`: the gateway refuses `hold` and its interruption policy for
+  it with a sentence, and can still end a user turn (`commit`, trailing silence) and stop the
+  agent (`interrupt`).
 - **Faults.** Malformed server messages are logged and skipped. A close by the provider ends
   the engine: 1000 as `status: disconnected` (the agent ended the call), 1002/1008/1011 as a
   fatal `EngineError` with the provider's own sentence. A dropped transport (1001/1006/1012/1013)
@@ -633,7 +639,11 @@ class ElevenLabsEngine(ConversationEngine):
         item_id = self._user_item or self._new_id("u")
         delta = text_delta(self._user_text, text)
         if self._user_item is not None:
-            await self.emit(UserSpeaking(False))
+            await self.emit(UserSpeaking(False, item_id))
+        elif text:
+            # No tentative transcript came first (a one-word turn): the user spoke all the same.
+            await self.emit(UserSpeaking(True, item_id))
+            await self.emit(UserSpeaking(False, item_id))
         self._user_item, self._user_text = None, ""
         # The agent heard this turn for good: a replay after a drop must not send it again.
         self._held.committed()
@@ -647,7 +657,7 @@ class ElevenLabsEngine(ConversationEngine):
         if self._user_item is None:
             self._user_item, self._user_text = self._new_id("u"), ""
             self._held.speech(True)
-            await self.emit(UserSpeaking(True))
+            await self.emit(UserSpeaking(True, self._user_item))
         delta = text_delta(self._user_text, text)
         self._user_text = text
         await self.emit(Transcript("user", self._user_item, text, delta, final=False))

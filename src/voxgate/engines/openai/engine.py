@@ -131,12 +131,18 @@ class _Upstream:
         self.expired = False
 
 
-def _turn_detection(td: TurnDetectionOptions) -> dict[str, Any] | None:
-    """OpenAI's `turn_detection` for the client's choice; None is manual (the client commits)."""
+def _turn_detection(
+    td: TurnDetectionOptions, auto_respond: bool = True, auto_interrupt: bool = True
+) -> dict[str, Any] | None:
+    """OpenAI's `turn_detection` for the client's choice; None is manual (the client commits).
+
+    With the gateway steering turns, the server VAD still segments speech and transcribes, but
+    creates no response (`create_response: false`) and cancels none (`interrupt_response:
+    false`): the engine sends `response.create` and `response.cancel` when told."""
     if td.mode != "server_vad":
         return None
-    config: dict[str, Any] = {"type": "server_vad", "create_response": True,
-                              "interrupt_response": True}  # fmt: skip
+    config: dict[str, Any] = {"type": "server_vad", "create_response": auto_respond,
+                              "interrupt_response": auto_interrupt}  # fmt: skip
     if td.threshold is not None:
         config["threshold"] = td.threshold
     if td.silence_ms is not None:
@@ -162,7 +168,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
     def __init__(self, config: OpenAIConfig) -> None:
         super().__init__()
         self.config = config
-        self.capabilities = Capabilities(input_rate=RATE, output_rate=RATE)
+        self.capabilities = Capabilities(input_rate=RATE, output_rate=RATE, turn_control=True)
         self._url = realtime_url(config.url, {"model": config.model})
         self._handlers: dict[str, Handler] = {
             etype: getattr(self, method) for etype, method in _HANDLERS.items()
@@ -182,6 +188,10 @@ class OpenAIRealtimeEngine(ConversationEngine):
         self._item: _Item | None = None  # the current/last assistant item
         self._dropped_responses: set[str] = set()
         self._server_vad = True
+        #: Turn control (see `set_turn_control`): OpenAI's server VAD answers and cancels by
+        #: itself only while these are on.
+        self._auto_respond = True
+        self._auto_interrupt = True
         self._user_speaking = False
         #: Set while an upstream session is usable; cleared during a reconnect.
         self._ready = asyncio.Event()
@@ -209,7 +219,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
                 "input": {
                     "format": audio_format,
                     "transcription": {"model": self.config.transcription_model},
-                    "turn_detection": _turn_detection(self._options.turn_detection),
+                    "turn_detection": self._turn_detection_config(),
                 },
                 "output": {
                     "format": audio_format,
@@ -217,6 +227,11 @@ class OpenAIRealtimeEngine(ConversationEngine):
                 },
             },
         }
+
+    def _turn_detection_config(self) -> dict[str, Any] | None:
+        return _turn_detection(
+            self._options.turn_detection, self._auto_respond, self._auto_interrupt
+        )
 
     async def _open(self) -> _Upstream:
         """Dial, configure and restore one upstream session; raises `EngineUnavailable`."""
@@ -271,6 +286,8 @@ class OpenAIRealtimeEngine(ConversationEngine):
     async def start(self, options: StartOptions) -> None:
         self._options = options
         self._server_vad = options.turn_detection.mode == "server_vad"
+        self._auto_respond = options.turn_detection.auto_respond
+        self._auto_interrupt = options.turn_detection.auto_interrupt
         # A manual turn is in progress until its commit: all of it stays replayable.
         self._held.speech(not self._server_vad)
         self._turns = [(t.role, t.text) for t in options.history]
@@ -358,6 +375,23 @@ class OpenAIRealtimeEngine(ConversationEngine):
             return
         self._held.committed()
         await self._send({"type": "input_audio_buffer.commit"})
+        if self._user_speaking and self._server_vad:
+            # A commit ends the utterance in progress (the gateway's utterance limit): OpenAI
+            # sends no `speech_stopped` for it, so say it here.
+            self._user_speaking = False
+            await self.emit(UserSpeaking(False))
+        if self._auto_respond:
+            await self._respond_now()
+
+    async def set_turn_control(self, *, auto_respond: bool, auto_interrupt: bool) -> None:
+        if (auto_respond, auto_interrupt) == (self._auto_respond, self._auto_interrupt):
+            return
+        self._auto_respond, self._auto_interrupt = auto_respond, auto_interrupt
+        if self._server_vad:
+            audio = {"input": {"turn_detection": self._turn_detection_config()}}
+            await self._send({"type": "session.update", "session": {"type": "realtime", "audio": audio}})
+
+    async def respond(self) -> None:
         await self._respond_now()
 
     async def send_user_message(self, text: str) -> None:
@@ -369,7 +403,8 @@ class OpenAIRealtimeEngine(ConversationEngine):
         await self._send({"type": "conversation.item.create", "item": item})
         # After the send: a send that waited out a reconnect must not be replayed twice.
         self._turns.append(("user", text))
-        await self._respond_now()
+        if self._auto_respond:
+            await self._respond_now()
 
     async def send_context_update(self, payload: dict[str, Any]) -> None:
         text = "Context update (JSON): " + orjson.dumps(payload).decode()
@@ -521,7 +556,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
         held.finish()
         self._reconnecting = False
         self._ready.set()
-        if committed:
+        if committed and self._auto_respond:
             self._awaiting_response = True
         await self._re_request_response()
 
@@ -621,10 +656,11 @@ class OpenAIRealtimeEngine(ConversationEngine):
     async def _on_input_audio_buffer_speech_started(self, event: Event) -> None:
         self._user_speaking = True
         self._held.speech(True)
-        await self.emit(UserSpeaking(True))
+        await self.emit(UserSpeaking(True, event.get("item_id")))
         item = self._item
         if (
             self._server_vad
+            and self._auto_interrupt
             and self._response_id is not None
             and item is not None
             and item.response_id == self._response_id
@@ -639,7 +675,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
         end_ms = event.get("audio_end_ms")
         if isinstance(end_ms, int) and self._server_vad:
             self._untranscribed[str(event.get("item_id", ""))] = end_ms * BYTES_PER_MS
-        await self.emit(UserSpeaking(False))
+        await self.emit(UserSpeaking(False, event.get("item_id")))
 
     def _transcribed(self, event: Event) -> None:
         """The provider heard this utterance for good: a replay must not send it again."""

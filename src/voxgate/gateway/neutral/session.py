@@ -1,9 +1,10 @@
 """One `/ws` conversation: the client socket on one side, a `ConversationEngine` on the other.
 
-Four tasks share the session's task group: receive (client frames to the engine), emit (engine
-events to the client), send (the `Outbox` draining to the socket) and the watchdog. The session
-knows nothing about providers: it speaks protocol v1 to the client and the engine seam to the
-engine, resampling between the client's rates and the engine's native ones.
+Five tasks share the session's task group: receive (client frames to the engine), emit (engine
+events to the client), send (the `Outbox` draining to the socket), turns (the `TurnArbiter`'s
+engine calls) and the watchdog. The session knows nothing about providers: it speaks protocol
+v1 to the client and the engine seam to the engine, resampling between the client's rates and
+the engine's native ones; who has the floor is the arbiter's to decide.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Coroutine, Mapping, MutableMapping
 from typing import Any, assert_never
 
 from starlette.websockets import WebSocket
@@ -31,6 +32,7 @@ from voxgate.engines.base import (
     InputAudioDropped,
     Interrupted,
     ResponseDone,
+    StartOptions,
     StatusChanged,
     Transcript,
     UserSpeaking,
@@ -39,6 +41,7 @@ from voxgate.gateway.auth import Identity
 from voxgate.gateway.limits import AudioBudget, TokenBucket, WindowCounter
 from voxgate.gateway.live import Ending, LiveSessionBase, SessionEnded
 from voxgate.gateway.neutral import start as steps
+from voxgate.gateway.neutral.arbiter import TurnArbiter
 from voxgate.gateway.outbox import Outbox, OutboxFactory, SlowClient
 from voxgate.gateway.state import GatewayState
 from voxgate.protocol import CloseCode, ErrorCode, ProtocolError
@@ -64,6 +67,9 @@ class NeutralSession(LiveSessionBase):
         super().__init__(state, websocket, identity, engine_name=None)
         s = self.settings
         self.engine: ConversationEngine | None = None
+        #: Who has the floor (created with the engine, by `start`).
+        self.arbiter: TurnArbiter | None = None
+        self._turn_notes: list[tuple[ErrorCode, str]] = []
         self.binary = False
         self.outbox = outbox_factory(websocket, int(s.client_buffer_s * self.out_bytes_per_s))
         self.turns.audio_log = state.audio_log
@@ -230,7 +236,9 @@ class NeutralSession(LiveSessionBase):
 
     async def _main(self, group: asyncio.TaskGroup) -> None:
         await self._wait_for_start()
+        assert self.arbiter is not None
         group.create_task(self._emit_loop(), name="emit")
+        group.create_task(self.arbiter.run(), name="turns")
         await self._receive_loop()
 
     async def _wait_for_start(self) -> None:
@@ -274,6 +282,7 @@ class NeutralSession(LiveSessionBase):
         breaker = steps.pass_breaker(state, engine_name)
         options = steps.start_options(saved, self.id, msg, history)
         engine = create_engine(engine_name, steps.engine_settings(self.settings, model))
+        self._arbitrate(msg, engine, options)
         engine.connect_observer = steps.connect_observer(state, breaker, engine_name)
         engine.held_audio_observer = steps.held_audio_observer(state, engine_name)
         engine.billed_observer = steps.billed_observer(state, engine_name)
@@ -293,6 +302,18 @@ class NeutralSession(LiveSessionBase):
             "session %s started: user=%s engine=%s conversation=%s%s",
             self.id, self.user_id, engine_name, self.conversation_id, " (resumed)" if resumed else "",
         )  # fmt: skip
+
+    def _arbitrate(
+        self, msg: P.StartMessage, engine: ConversationEngine, options: StartOptions
+    ) -> None:
+        """The session's turn arbiter, and the engine's turn flags to start with."""
+        policy, self._turn_notes = steps.turn_policy(self.settings, msg, engine)
+        manual = options.turn_detection.mode == "manual"
+        arbiter = TurnArbiter(policy, engine, self, manual=manual, in_bytes_per_s=msg.input_rate * 2)
+        if engine.capabilities.turn_control:
+            td = options.turn_detection
+            td.auto_respond, td.auto_interrupt = arbiter.engine_flags()
+        self.arbiter = arbiter
 
     def _set_rates(self, msg: P.StartMessage, caps: Capabilities) -> None:
         """Audio formats both ways: the client's rates, resampled to and from the engine's."""
@@ -322,14 +343,18 @@ class NeutralSession(LiveSessionBase):
             input_rate=msg.input_rate,
             output_rate=msg.output_rate,
             binary=msg.binary,
+            turn_taking=self.arbiter.policy.to_wire(caps.turn_control) if self.arbiter else None,
         )
         self.outbox.put(ready)
         self.outbox.put(P.status_message("connected"))
         self._last_status = "connected"
+        for code, sentence in self._turn_notes:
+            self._send_error(code, sentence)
 
     async def _receive_loop(self) -> None:
         engine = self.engine
-        assert engine is not None and self._audio_budget is not None
+        arbiter = self.arbiter
+        assert engine is not None and arbiter is not None and self._audio_budget is not None
         max_frame = self.settings.max_frame_bytes
         take_audio = self._audio_budget.take
         min_chunk = self._min_chunk
@@ -369,6 +394,8 @@ class NeutralSession(LiveSessionBase):
             self.audio_in_bytes += len(pcm)
             if log_audio is not None:
                 log_audio(pcm)
+            if arbiter.listening and not arbiter.feed(pcm):
+                continue  # the rest of an utterance the turn arbiter ended
             if pending or len(pcm) < min_chunk:
                 pending += pcm
                 if len(pending) < min_chunk:
@@ -379,7 +406,7 @@ class NeutralSession(LiveSessionBase):
                 pcm = in_resampler.process(pcm)
             await send_audio(pcm)
 
-    async def _flush_pending_audio(self) -> None:
+    async def flush_pending_audio(self) -> None:
         """Send what tiny frames gathered: the turn ends, so nothing more will join it."""
         engine = self.engine
         if not self._pending_audio or engine is None:
@@ -391,8 +418,8 @@ class NeutralSession(LiveSessionBase):
         await engine.send_audio(pcm)
 
     async def _control(self, msg: P.ClientMessage) -> None:
-        engine = self.engine
-        assert engine is not None
+        engine, arbiter = self.engine, self.arbiter
+        assert engine is not None and arbiter is not None
         if not self._control_bucket.take():
             self._send_error(ErrorCode.RATE_LIMITED, self._rate_sentence())
             return
@@ -403,13 +430,20 @@ class NeutralSession(LiveSessionBase):
                 self.turns.mark()
                 self.turns.store_text("user", f"msg_{uuid.uuid4().hex[:20]}", msg.text)
                 await engine.send_user_message(msg.text)
+                arbiter.typed()
             case P.SimpleMessage(type="commit"):
                 self.turns.mark()
-                await self._flush_pending_audio()
-                await engine.commit()
+                await arbiter.commit()
             case P.SimpleMessage(type="stop"):
                 raise SessionEnded(CloseCode.NORMAL, "client stopped")
+            case P.HoldMessage():
+                await self._turn_request(arbiter.hold())
+            case P.AllowNextMessage():
+                await self._turn_request(arbiter.allow_next(msg.respond))
+            case P.BargeInMessage():
+                await self._turn_request(arbiter.barge_in(msg.played_ms))
             case P.InterruptMessage():
+                arbiter.client_interrupted()
                 if self._announced_item:
                     self.outbox.drop_audio(self._announced_item)
                 if self._out_resampler is not None:
@@ -425,13 +459,35 @@ class NeutralSession(LiveSessionBase):
                     )
                 )
 
+    async def _turn_request(self, request: Coroutine[Any, Any, None]) -> None:
+        """`hold`, `allow_next`, `barge_in`: refused out of turn with a sentence; the session
+        goes on."""
+        try:
+            await request
+        except ProtocolError as exc:
+            self._client_error(exc)
+
+    # --- what the turn arbiter needs (`FloorSide`) --------------------------------------------
+
+    def say(self, message: Mapping[str, Any]) -> None:
+        self.outbox.put(message)
+
+    def stop_client_audio(self, item_id: str) -> None:
+        self.outbox.drop_audio(item_id)
+        if self._out_resampler is not None:
+            self._out_resampler.reset()
+
+    def sent_ms(self, item_id: str) -> float:
+        turn = self.turns.by_item.get(item_id)
+        return 0.0 if turn is None else turn.audio_bytes * 1000.0 / self.turns.out_bytes_per_s
+
     # ----------------------------------------------------------------------------------------
     # Engine events to the client
     # ----------------------------------------------------------------------------------------
 
     async def _emit_loop(self) -> None:
-        engine = self.engine
-        assert engine is not None
+        engine, arbiter = self.engine, self.arbiter
+        assert engine is not None and arbiter is not None
         outbox = self.outbox
         put_audio = outbox.put_audio
         turns = self.turns
@@ -465,6 +521,7 @@ class NeutralSession(LiveSessionBase):
                     self._on_transcript(event)
                 case UserSpeaking(is_speaking=speaking):
                     outbox.put(P.user_speaking_message(speaking))
+                    arbiter.user_speaking(speaking, event.item_id)
                     if not speaking:
                         turns.mark()
                 case AssistantSpeaking(is_speaking=speaking):
@@ -479,6 +536,7 @@ class NeutralSession(LiveSessionBase):
                         # E.g. the upstream dropped mid-answer: keep what the client saw.
                         turns.store_cut_off(truncated_only=False)
                     outbox.put(P.response_done_message(event.response_id, event.status, event.usage))
+                    arbiter.response_done(event.status)
                 case StatusChanged():
                     self._on_status(event)
                 case InputAudioDropped(kept_s=kept):
@@ -497,6 +555,8 @@ class NeutralSession(LiveSessionBase):
         self._audio_tail = P.audio_frame_tail(item_id)
         self._client_speaking = True
         self.outbox.put(P.speaking_message(True, item_id))
+        if self.arbiter is not None:
+            self.arbiter.assistant_started(item_id)
 
     def _speaking_ended(self) -> None:
         if self._client_speaking:
@@ -547,6 +607,8 @@ class NeutralSession(LiveSessionBase):
         turns = self.turns
         if assistant and turns.awaiting_transcript:
             turns.first_transcript()
+        elif not assistant and self.arbiter is not None:
+            self.arbiter.user_transcript(event.item_id, event.text, event.final)
         turn = turns.turn(event.role, event.item_id)
         turn.text = event.text
         if event.final and not turn.stored:
@@ -560,6 +622,8 @@ class NeutralSession(LiveSessionBase):
             self._out_resampler.reset()
         self.outbox.put(P.interrupted_message(item_id, event.played_ms))
         self._speaking_ended()
+        if self.arbiter is not None:
+            self.arbiter.assistant_interrupted(item_id)
         turn = self.turns.turn("assistant", item_id)
         self.turns.cut_short(turn, event.played_ms, event.heard_text)
 

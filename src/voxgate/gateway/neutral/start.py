@@ -26,6 +26,7 @@ from voxgate.gateway.choices import default_engine, engines_for
 from voxgate.gateway.compat.policy import COMPAT_ENGINE as MODEL_ENGINE
 from voxgate.gateway.compat.policy import Violation, check_model, default_model
 from voxgate.gateway.limits import CircuitBreaker
+from voxgate.gateway.neutral.arbiter import TurnPolicy
 from voxgate.gateway.state import GatewayState
 from voxgate.protocol import CloseCode, ErrorCode, ProtocolError
 from voxgate.store.base import ConversationRecord, UserSettings
@@ -158,6 +159,31 @@ def start_options(
     )
 
 
+def turn_policy(
+    settings: Settings, msg: P.StartMessage, engine: ConversationEngine
+) -> tuple[TurnPolicy, list[tuple[ErrorCode, str]]]:
+    """The session's turn-taking: the operator's `VOXGATE_TURN_*` under the client's
+    `turnDetection`, as far as the engine can follow it; and what to tell the client about
+    the rest (non-fatal errors after `session_ready`: nothing is dropped silently)."""
+    td = msg.turn_detection
+    policy = TurnPolicy.from_settings(settings, td)
+    notes: list[tuple[ErrorCode, str]] = []
+    if td is not None and (unknown := td.unknown_fields()):
+        names = ", ".join(f"'{name[:40]}'" for name in unknown[:5])
+        notes.append((ErrorCode.BAD_REQUEST, f"start: unknown turnDetection field {names}; ignored"))
+    if not engine.capabilities.turn_control:
+        policy, dropped = policy.without_turn_control()
+        asked = [name for name in dropped if td is not None and name in td.model_fields_set_wire()]
+        if asked:
+            notes.append((
+                ErrorCode.UNSUPPORTED,
+                f"start: the {engine.name} engine decides turns on its side (its provider "
+                f"answers and stops by itself), so turnDetection {', '.join(asked)} cannot be "
+                "applied; the session goes on without it",
+            ))  # fmt: skip
+    return policy, notes
+
+
 def connect_observer(
     state: GatewayState, breaker: CircuitBreaker, engine_name: str
 ) -> Callable[[bool, float], None]:
@@ -235,4 +261,5 @@ __all__ = [
     "saved_settings",
     "start_engine",
     "start_options",
+    "turn_policy",
 ]
