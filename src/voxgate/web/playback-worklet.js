@@ -222,6 +222,7 @@ var VoxgatePlaybackProcessor = class extends AudioWorkletProcessor {
       this.starved = false;
       this.state = "idle";
       this.ended = false;
+      this.postStats();
       this.port.postMessage({ type: "drained", frame: currentFrame });
     }
     this.starved = false;
@@ -388,6 +389,7 @@ var VoxgatePlaybackProcessor = class extends AudioWorkletProcessor {
         if (this.ended) {
           this.state = "idle";
           this.ended = false;
+          this.postStats();
           this.port.postMessage({ type: "drained", frame: currentFrame + taken });
         } else {
           this.starved = true;

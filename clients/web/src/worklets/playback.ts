@@ -187,6 +187,7 @@ class VoxgatePlaybackProcessor extends AudioWorkletProcessor {
       this.starved = false;
       this.state = "idle";
       this.ended = false;
+      this.postStats();
       this.port.postMessage({ type: "drained", frame: currentFrame });
     }
     this.starved = false;
@@ -363,6 +364,8 @@ class VoxgatePlaybackProcessor extends AudioWorkletProcessor {
         if (this.ended) {
           this.state = "idle";
           this.ended = false;
+          // Final counters first: whoever sees "drained" must not read 50 ms old ones.
+          this.postStats();
           this.port.postMessage({ type: "drained", frame: currentFrame + taken });
         } else {
           // Counted as an underrun only if more audio of this stream follows (see enqueue).
