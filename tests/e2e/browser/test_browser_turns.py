@@ -34,16 +34,16 @@ def test_hold_toggle_keeps_the_assistant_quiet_until_released(open_page, cascade
     ps = open_page(cascade_gateway.url)
     page = ps.page
     page.click('[data-testid="start"]')
-    expect(page.locator('[data-testid="status"]')).to_have_attribute("data-status", "connected")
+    expect(page.locator('[data-testid="status"]')).to_have_attribute("data-status", "connected", timeout=30_000)
     # The microphone's sentence is answered as usual; the floor follows it and goes back to open.
     expect(page.locator(ASSISTANT_FINAL).first).to_contain_text(f"you said {SPOKEN}", timeout=30_000)
     ps.wait_for("d.events.some(e => e.type === 'turn' && e.event === 'assistant_turn_started')")
     expect(page.locator(FLOOR)).to_have_attribute("data-floor", "idle", timeout=30_000)
 
-    expect(page.locator(HOLD)).to_be_enabled()
+    expect(page.locator(HOLD)).to_be_enabled(timeout=15_000)
     page.click(HOLD)
-    expect(page.locator(FLOOR)).to_have_attribute("data-held", "true")
-    expect(page.locator(HOLD)).to_have_attribute("aria-pressed", "true")
+    expect(page.locator(FLOOR)).to_have_attribute("data-held", "true", timeout=15_000)
+    expect(page.locator(HOLD)).to_have_attribute("aria-pressed", "true", timeout=15_000)
     page.fill('[data-testid="text-input"]', "what time is it")
     page.click('[data-testid="send"]')
     # Heard, not answered (a reply the gateway wrongly started would show within this settle).
@@ -51,9 +51,9 @@ def test_hold_toggle_keeps_the_assistant_quiet_until_released(open_page, cascade
     expect(page.locator(ASSISTANT_FINAL)).to_have_count(1)
 
     page.click(HOLD)  # release: answer now what was said while held
-    expect(page.locator(FLOOR)).to_have_attribute("data-held", "false")
+    expect(page.locator(FLOOR)).to_have_attribute("data-held", "false", timeout=15_000)
     expect(page.locator(ASSISTANT_FINAL)).to_have_count(2, timeout=30_000)
-    expect(page.locator(ASSISTANT_FINAL).nth(1)).to_contain_text("you said what time is it")
+    expect(page.locator(ASSISTANT_FINAL).nth(1)).to_contain_text("you said what time is it", timeout=15_000)
     sent = ps.debug("d.sent.filter(m => m.type === 'hold' || m.type === 'allow_next')")
     assert sent == [
         {"type": "hold", "t": sent[0]["t"]},
@@ -110,13 +110,13 @@ def test_playback_pauses_for_a_bump_and_resumes_where_it_was(
     ps = open_page(f"{judging_gateway.url}/?prebufferMs=200", in_browser=noisy_browser)
     page = ps.page
     page.click('[data-testid="start"]')
-    expect(page.locator('[data-testid="status"]')).to_have_attribute("data-status", "connected")
+    expect(page.locator('[data-testid="status"]')).to_have_attribute("data-status", "connected", timeout=30_000)
     assert ps.debug("d.client.turnTaking.interruption") == "gateway"
     page.fill('[data-testid="text-input"]', LONG_TEXT)
     page.click('[data-testid="send"]')
     # The bump comes while the long reply plays: the gateway pauses it, the worklet holds.
     ps.wait_for("d.playback.paused", 30_000)
-    expect(page.locator(FLOOR)).to_have_attribute("data-floor", "paused")
+    expect(page.locator(FLOOR)).to_have_attribute("data-floor", "paused", timeout=15_000)
     held_at = ps.debug("d.playback.samplesPlayed")
     page.wait_for_timeout(300)
     if ps.debug("d.playback.paused"):
