@@ -67,7 +67,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from voxgate.audio import StreamResampler, pcm16_to_ulaw, resample, ulaw_to_pcm16
-from voxgate.testing.openai_sim import _InLoopServer, _make_protocol_class, pocketsphinx_transcriber
+from voxgate.testing.openai_sim import SimulatorServer, pocketsphinx_transcriber
 from voxgate.testing.speech import synthesize
 
 log = logging.getLogger("voxgate.testing.openai_live_sim")
@@ -996,8 +996,10 @@ def snapshot(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class OpenAILiveSimulator:
+class OpenAILiveSimulator(SimulatorServer):
     """The simulator server: uvicorn on 127.0.0.1 (port 0 by default) in the current loop."""
+
+    label = "GPT-Live"
 
     def __init__(
         self,
@@ -1087,75 +1089,7 @@ class OpenAILiveSimulator:
         for session in self.live():
             session.spawn(session.close(code, "simulated drop"))
 
-    def _config(self) -> uvicorn.Config:
-        return uvicorn.Config(
-            self.app, host=self.host, port=self.port, lifespan="off", log_level="warning",
-            ws=_make_protocol_class(self),  # type: ignore[arg-type]
-            ws_ping_interval=None, ws_ping_timeout=None, timeout_graceful_shutdown=2,
-        )  # fmt: skip
-
-    async def start(self) -> OpenAILiveSimulator:
-        """Serve in the current event loop (signal handlers untouched); returns once listening."""
-        self._server = _InLoopServer(self._config())
-        self._task = asyncio.create_task(self._server.serve())
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-                raise RuntimeError("the GPT-Live simulator failed to start")
-            if time.monotonic() > deadline:
-                raise TimeoutError("the GPT-Live simulator did not start within 10 s")
-            await asyncio.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
-        return self
-
-    async def serve_forever(
-        self, on_ready: Callable[[OpenAILiveSimulator], None] | None = None
-    ) -> None:
-        """Serve until SIGINT/SIGTERM, with uvicorn's own signal handling (the CLI)."""
-        self._server = uvicorn.Server(self._config())
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started and not self._task.done():
-            await asyncio.sleep(0.01)
-        if self._server.started:
-            self.port = self._server.servers[0].sockets[0].getsockname()[1]
-            if on_ready is not None:
-                on_ready(self)
-        try:
-            await self._task
-        finally:
-            self._server = None
-            self._task = None
-
-    async def stop(self) -> None:
-        if self._server is None or self._task is None:
-            return
-        for session in list(self._sessions):
-            await session.close(1001, "simulator stopping")
-        self._server.should_exit = True
-        try:
-            await asyncio.wait_for(self._task, 10)
-        except (TimeoutError, asyncio.CancelledError):
-            self._task.cancel()
-        self._server = None
-        self._task = None
-
-    async def __aenter__(self) -> OpenAILiveSimulator:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
     # --- internals ---------------------------------------------------------------------------
-    async def _transcribe(self, audio: bytes) -> str:
-        if self.transcriber is not None:
-            return await asyncio.to_thread(self.transcriber, audio)
-        if isinstance(self.transcript, list):
-            if not self.transcript:
-                return ""
-            return self.transcript.pop(0) if len(self.transcript) > 1 else self.transcript[0]
-        return self.transcript if self.transcript is not None else "hello"
-
     def _build_app(self) -> Starlette:
         return Starlette(
             routes=[

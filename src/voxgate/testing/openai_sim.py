@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl
 
 import numpy as np
@@ -1020,8 +1020,99 @@ class _InLoopServer(uvicorn.Server):
         yield
 
 
-class OpenAISimulator:
+class SimulatorServer:
+    """What every WebSocket provider simulator does the same way: serve its app with uvicorn in
+    the test's own event loop (or until a signal, for the CLI), close its sessions on stop, and
+    hear what its script says. Subclasses set `label` and keep `host`, `port`, `app`,
+    `_sessions`, `transcriber` and `transcript`."""
+
+    label = "the simulator"
+    host: str
+    port: int
+    app: Any
+    transcriber: Transcriber | None
+    transcript: str | list[str] | None
+    _sessions: list[Any]
+    _server: uvicorn.Server | None = None
+    _task: asyncio.Task[None] | None = None
+
+    def _config(self) -> uvicorn.Config:
+        return uvicorn.Config(
+            self.app,
+            host=self.host,
+            port=self.port,
+            lifespan="off",
+            log_level="warning",
+            ws=_make_protocol_class(self),  # type: ignore[arg-type]
+            ws_ping_interval=None,
+            ws_ping_timeout=None,
+            timeout_graceful_shutdown=2,
+        )
+
+    async def start(self) -> Self:
+        """Serve in the current event loop (signal handlers untouched); returns once listening."""
+        self._server = server = _InLoopServer(self._config())
+        self._task = task = asyncio.create_task(server.serve())
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError(f"the {self.label} simulator failed to start")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the {self.label} simulator did not start within 10 s")
+            await asyncio.sleep(0.01)
+        self.port = server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    async def serve_forever(self, on_ready: Callable[[Self], None] | None = None) -> None:
+        """Serve until SIGINT/SIGTERM, with uvicorn's own signal handling (the CLI)."""
+        self._server = server = uvicorn.Server(self._config())
+        self._task = task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.01)
+        if server.started:
+            self.port = server.servers[0].sockets[0].getsockname()[1]
+            if on_ready is not None:
+                on_ready(self)
+        try:
+            await task
+        finally:
+            self._server = None
+            self._task = None
+
+    async def stop(self) -> None:
+        if self._server is None or self._task is None:
+            return
+        for session in list(self._sessions):
+            await session.close(1001, "simulator stopping")
+        self._server.should_exit = True
+        try:
+            await asyncio.wait_for(self._task, 10)
+        except (TimeoutError, asyncio.CancelledError):
+            self._task.cancel()
+        self._server = None
+        self._task = None
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _transcribe(self, audio: bytes) -> str:
+        if self.transcriber is not None:
+            return await asyncio.to_thread(self.transcriber, audio)
+        if isinstance(self.transcript, list):
+            if not self.transcript:
+                return ""
+            return self.transcript.pop(0) if len(self.transcript) > 1 else self.transcript[0]
+        return self.transcript if self.transcript is not None else "hello"
+
+
+class OpenAISimulator(SimulatorServer):
     """The simulator server: uvicorn on 127.0.0.1 (port 0 by default) in the current loop."""
+
+    label = "OpenAI"
 
     def __init__(
         self,
@@ -1093,81 +1184,7 @@ class OpenAISimulator:
         if close is not None:
             await session.close(close, event["error"]["message"])
 
-    def _config(self) -> uvicorn.Config:
-        return uvicorn.Config(
-            self.app,
-            host=self.host,
-            port=self.port,
-            lifespan="off",
-            log_level="warning",
-            ws=_make_protocol_class(self),
-            ws_ping_interval=None,
-            ws_ping_timeout=None,
-            timeout_graceful_shutdown=2,
-        )
-
-    async def start(self) -> OpenAISimulator:
-        """Serve in the current event loop (signal handlers untouched); returns once listening."""
-        self._server = _InLoopServer(self._config())
-        self._task = asyncio.create_task(self._server.serve())
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-                raise RuntimeError("the OpenAI simulator failed to start")
-            if time.monotonic() > deadline:
-                raise TimeoutError("the OpenAI simulator did not start within 10 s")
-            await asyncio.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
-        return self
-
-    async def serve_forever(
-        self, on_ready: Callable[[OpenAISimulator], None] | None = None
-    ) -> None:
-        """Serve until SIGINT/SIGTERM, with uvicorn's own signal handling (the CLI)."""
-        self._server = uvicorn.Server(self._config())
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started and not self._task.done():
-            await asyncio.sleep(0.01)
-        if self._server.started:
-            self.port = self._server.servers[0].sockets[0].getsockname()[1]
-            if on_ready is not None:
-                on_ready(self)
-        try:
-            await self._task
-        finally:
-            self._server = None
-            self._task = None
-
-    async def stop(self) -> None:
-        if self._server is None or self._task is None:
-            return
-        for session in list(self._sessions):
-            await session.close(1001, "simulator stopping")
-        self._server.should_exit = True
-        try:
-            await asyncio.wait_for(self._task, 10)
-        except (TimeoutError, asyncio.CancelledError):
-            self._task.cancel()
-        self._server = None
-        self._task = None
-
-    async def __aenter__(self) -> OpenAISimulator:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
     # --- internals -------------------------------------------------------------------------
-    async def _transcribe(self, audio: bytes) -> str:
-        if self.transcriber is not None:
-            return await asyncio.to_thread(self.transcriber, audio)
-        if isinstance(self.transcript, list):
-            if not self.transcript:
-                return ""
-            return self.transcript.pop(0) if len(self.transcript) > 1 else self.transcript[0]
-        return self.transcript if self.transcript is not None else "hello"
-
     def _key_ok(self, key: str | None) -> bool:
         if key is None or self.faults.invalid_key:
             return False
