@@ -5,13 +5,14 @@ Drives `CascadeEngine` directly (no gateway) with espeak-ng utterances sent in r
 turn it records wall-clock (monotonic) times:
 
     last voiced sample sent -> VAD end-of-turn decision        (the silence hangover)
-    VAD decision            -> speech-to-text final            (pocketsphinx end_utt)
+    VAD decision            -> speech-to-text final            (final decode; Whisper starts it
+                                                                at the pause, so mostly done)
     STT final               -> first responder token
-    first token             -> first TTS audio emitted         (sentence + espeak-ng start)
+    first token             -> first TTS audio emitted         (first sentence synthesis)
     first audio emitted     -> first audio byte at the client  (event queue)
 
-`processing` is everything after the end-of-turn decision (target p50 <= 60 ms); `total` is
-last voiced sample -> first audio at the client (target p50 <= hangover + 100 ms).
+`processing` is everything after the end-of-turn decision; `total` is last voiced sample ->
+first audio at the client (target p50 <= VAD hangover + 350 ms with the local models).
 
 Run: `python benchmarks/cascade_latency.py [N] [sim]` (prints JSON and a table; `sim` streams
 the reply from the bundled OpenAI-compatible simulator over HTTP), or `voxgate bench cascade`,
@@ -183,9 +184,8 @@ async def _measure(n_utterances: int, settings: Settings) -> dict[str, Any]:
         "parts": engine.parts,
         "summary_ms": summary,
         "targets": {
-            "processing_p50_le_60ms": bool(turns) and summary["processing_ms"]["p50"] <= 60.0,
-            "total_p50_le_hangover_plus_100ms": bool(turns)
-            and summary["total_ms"]["p50"] <= hangover + 100.0,
+            "total_p50_le_hangover_plus_350ms": bool(turns)
+            and summary["total_ms"]["p50"] <= hangover + 350.0,
         },
     }
 

@@ -23,7 +23,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e '.[dev]'
+"$VENV/bin/python" -m pip install -q -e '.[dev,local]'
+# Silero VAD's packaged ONNX model: the package declares torch as a requirement for code the
+# gateway never imports (it reads only the .onnx file), so it is installed without dependencies.
+"$VENV/bin/python" -m pip install -q --no-deps 'silero-vad>=5.1'
 
 # Node.js for the web packages (clients/) and their examples: Next.js 16 and Vite 7 need
 # Node >= 20.19. Debian 13 ships it; on older releases install a newer nodejs first.

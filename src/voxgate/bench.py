@@ -295,10 +295,14 @@ def connect(
 def cascade(
     utterances: Annotated[int, typer.Option(help="Spoken turns to measure.")] = 10,
     script: Annotated[Path | None, typer.Option(help="Path to cascade_latency.py.")] = None,
+    wer_sentences: Annotated[
+        int, typer.Option(help="Sentences (x3 voices x clean/noisy) for word error rate; 0 = skip.")
+    ] = 0,
     out_dir: OutDir = report.DEFAULT_RESULTS_DIR,
     no_save: NoSave = False,
 ) -> None:
-    """Cascade turn latency with its per-stage breakdown (benchmarks/cascade_latency.py)."""
+    """Cascade turn latency with its per-stage breakdown (benchmarks/cascade_latency.py), and
+    with `--wer-sentences 40` the recognisers' word error rate."""
     from voxgate.benchmarking.cascade import cascade_benchmark
 
     try:
@@ -306,6 +310,12 @@ def cascade(
     except FileNotFoundError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    if wer_sentences > 0:
+        from voxgate.benchmarking.cascade_wer import wer_benchmark
+
+        data["wer"] = wer_benchmark(wer_sentences)
+        for name, r in data["wer"]["recognisers"].items():
+            console.print(f"WER {name}: {r['wer']} (decode p50 {r['decode_s_p50']} s)")
     result = {"benchmark": "cascade", "machine": report.machine(), **data}
     _emit("cascade", result, data.get("summary_ms"), out_dir, no_save)
     print_cascade(result)

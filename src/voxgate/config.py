@@ -19,9 +19,12 @@ CsvList = Annotated[list[str], NoDecode]
 
 #: The cascade's swappable parts. A misspelt name fails at startup, naming the allowed values,
 #: rather than when the first session starts.
-SttKind = Literal["pocketsphinx", "openai", "whisper"]
-TtsKind = Literal["espeak", "openai"]
-VadKind = Literal["webrtc", "silero"]
+#: `auto` picks the best part installed (Whisper, Piper, Silero from the `local` extra) and falls
+#: back to the always-installed one (pocketsphinx, espeak-ng, webrtcvad), saying why; naming a
+#: part makes it required.
+SttKind = Literal["auto", "whisper", "pocketsphinx", "openai"]
+TtsKind = Literal["auto", "piper", "espeak", "openai"]
+VadKind = Literal["auto", "silero", "webrtc"]
 
 #: Words that, said over the assistant, acknowledge it rather than take the floor (the turn
 #: arbiter's default `backchannels`; hyphenated entries also match their parts, "mm hmm").
@@ -126,23 +129,31 @@ class Settings(BaseSettings):
     llm_url: str | None = Field(None, validation_alias=_env("VOXGATE_LLM_URL"))
     llm_model: str = Field("gpt-4o-mini", validation_alias=_env("VOXGATE_LLM_MODEL"))
     llm_api_key: SecretStr | None = Field(None, validation_alias=_env("VOXGATE_LLM_API_KEY"))
-    #: `pocketsphinx` (default), `openai` (needs OPENAI_API_KEY) or `whisper` (faster-whisper).
-    stt: SttKind = Field("pocketsphinx", validation_alias=_env("VOXGATE_STT"))
+    #: `auto` (Whisper, else pocketsphinx), `whisper`, `pocketsphinx` or `openai`.
+    stt: SttKind = Field("auto", validation_alias=_env("VOXGATE_STT"))
     #: A JSGF grammar file that constrains pocketsphinx (exact transcripts for a known phrase set).
     stt_grammar: str | None = Field(None, validation_alias=_env("VOXGATE_STT_GRAMMAR"))
     whisper_model_path: str | None = Field(None, validation_alias=_env("VOXGATE_WHISPER_MODEL"))
-    #: `espeak` (default) or `openai`.
-    tts: TtsKind = Field("espeak", validation_alias=_env("VOXGATE_TTS"))
+    #: `auto` (Piper, else espeak-ng), `piper`, `espeak` or `openai`.
+    tts: TtsKind = Field("auto", validation_alias=_env("VOXGATE_TTS"))
+    #: A local Piper voice (.onnx, its .onnx.json next to it) instead of the packaged one.
+    piper_voice_path: str | None = Field(None, validation_alias=_env("VOXGATE_PIPER_VOICE"))
     tts_voice: str = Field("en-us", validation_alias=_env("VOXGATE_TTS_VOICE"))
     espeak_bin: str = Field("espeak-ng", validation_alias=_env("VOXGATE_ESPEAK_BIN"))
-    #: `webrtc` (default) or `silero` (needs onnxruntime and VOXGATE_SILERO_MODEL).
-    vad: VadKind = Field("webrtc", validation_alias=_env("VOXGATE_VAD"))
+    #: `auto` (Silero, else webrtcvad), `silero` or `webrtc`.
+    vad: VadKind = Field("auto", validation_alias=_env("VOXGATE_VAD"))
     vad_aggressiveness: int = Field(2, ge=0, le=3, validation_alias=_env("VOXGATE_VAD_AGGRESSIVENESS"))
-    vad_silence_ms: int = Field(400, ge=20, validation_alias=_env("VOXGATE_VAD_SILENCE_MS"))
+    vad_silence_ms: int = Field(500, ge=20, validation_alias=_env("VOXGATE_VAD_SILENCE_MS"))
     vad_prefix_ms: int = Field(300, ge=0, validation_alias=_env("VOXGATE_VAD_PREFIX_MS"))
     silero_model_path: str | None = Field(None, validation_alias=_env("VOXGATE_SILERO_MODEL"))
     #: Ignore user speech this long after assistant audio starts (speaker echo guard).
     echo_guard_ms: int = Field(300, ge=0, validation_alias=_env("VOXGATE_ECHO_GUARD_MS"))
+    #: Threads running local model inference (Whisper, Piper), shared by all sessions; 0 = one
+    #: per core.
+    inference_workers: int = Field(0, ge=0, validation_alias=_env("VOXGATE_INFERENCE_WORKERS"))
+    #: Inference requests allowed to wait for a worker; beyond that a request is refused
+    #: (`rate_limited`) instead of stalling every session.
+    inference_queue: int = Field(4, ge=0, validation_alias=_env("VOXGATE_INFERENCE_QUEUE"))
 
     # --- turn-taking (the gateway's arbiter; a session's `start.turnDetection` overrides) ------
     #: The pause after the user's speech before the assistant may answer; speech within it

@@ -1,7 +1,8 @@
 """End to end with the default offline engine: a client talks to the gateway over protocol v1.
 
-Real sockets, real espeak-ng speech, real webrtcvad + pocketsphinx (a JSGF grammar makes the
-transcript exact), real espeak-ng replies, a real SQLite file.
+Real sockets, real espeak-ng speech, real Silero VAD + pocketsphinx (a JSGF grammar makes the
+transcript exact), real Piper replies (espeak-ng where a test needs streamed synthesis), a real
+SQLite file.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ PHRASES = ["hello can you hear me", "what time is it", "tell me a story"]
 @pytest.fixture
 def grammar(tmp_path: Path) -> str:
     path = tmp_path / "phrases.jsgf"
-    path.write_text("#JSGF V1.0;\ngrammar phrases;\npublic <phrase> = " + " | ".join(PHRASES) + ";\n")
+    path.write_text(
+        "#JSGF V1.0;\ngrammar phrases;\npublic <phrase> = " + " | ".join(PHRASES) + ";\n"
+    )
     return str(path)
 
 
@@ -31,7 +34,9 @@ async def speak(client: VoxgateClient, text: str, rate: int) -> None:
     await client.stream_audio(pcm, realtime=True, speed=4.0)
 
 
-async def test_spoken_typed_and_resumed_conversation(make_settings, gateway_factory, grammar, tmp_path) -> None:
+async def test_spoken_typed_and_resumed_conversation(
+    make_settings, gateway_factory, grammar, tmp_path
+) -> None:
     settings = make_settings(stt_grammar=grammar)
     async with gateway_factory(settings) as gw:
         async with VoxgateClient(gw.ws_url) as client:
@@ -86,7 +91,9 @@ async def test_spoken_typed_and_resumed_conversation(make_settings, gateway_fact
 
 
 async def test_manual_commit_and_interrupt(make_settings, gateway_factory, grammar) -> None:
-    async with gateway_factory(make_settings(stt_grammar=grammar)) as gw:
+    # espeak-ng streams its audio as it makes it, so the long reply is still being generated
+    # when the interrupt lands (Piper makes a sentence whole, faster than this test can cut it).
+    async with gateway_factory(make_settings(stt_grammar=grammar, tts="espeak")) as gw:
         async with VoxgateClient(gw.ws_url) as client:
             ready = await client.start(binary=False, turnDetection={"mode": "manual"})
             rate = client.input_rate
@@ -101,7 +108,9 @@ async def test_manual_commit_and_interrupt(make_settings, gateway_factory, gramm
                 "this is a long message. so that the echo takes several seconds. to say it all. "
                 "in many sentences. one after another. until the end."
             )
-            speaking = await client.wait_for("speaking", where=lambda m: m["isSpeaking"], timeout=30)
+            speaking = await client.wait_for(
+                "speaking", where=lambda m: m["isSpeaking"], timeout=30
+            )
             item_id = speaking["itemId"]
             start = client.received.index(speaking)
             await client.interrupt(600)
@@ -144,8 +153,12 @@ async def test_silence_only_makes_no_turn(make_settings, gateway_factory) -> Non
             assert not [m for m in client.received if m["type"] in ("user_speaking", "audio")]
 
 
-async def test_missing_espeak_fails_start_with_install_sentence(make_settings, gateway_factory) -> None:
-    async with gateway_factory(make_settings(espeak_bin="/nonexistent/espeak-ng")) as gw:
+async def test_missing_espeak_fails_start_with_install_sentence(
+    make_settings, gateway_factory
+) -> None:
+    async with gateway_factory(
+        make_settings(tts="espeak", espeak_bin="/nonexistent/espeak-ng")
+    ) as gw:
         async with VoxgateClient(gw.ws_url) as client:
             await client.send({"type": "start"})
             error = await client.wait_for("error", timeout=10, fail_on_fatal=False)

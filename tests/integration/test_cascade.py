@@ -1,5 +1,9 @@
 """The offline cascade engine, driven through the public seam with real espeak-ng speech, real
-pocketsphinx, real webrtcvad and a real local OpenAI-compatible server (`LLMSimulator`)."""
+pocketsphinx, real webrtcvad and a real local OpenAI-compatible server (`LLMSimulator`).
+
+These are the fallback parts (what runs where the `local` extra is not installed), pinned here
+so the engine's turn logic is tested with exact, grammar-constrained transcripts; the default
+local models (Silero, Whisper, Piper) are tested in `test_cascade_local.py`."""
 
 from __future__ import annotations
 
@@ -135,6 +139,8 @@ async def engine_factory(
     async def factory(
         options: StartOptions | None = None, **overrides: Any
     ) -> tuple[CascadeEngine, Recorder]:
+        for part, fallback in (("vad", "webrtc"), ("stt", "pocketsphinx"), ("tts", "espeak")):
+            overrides.setdefault(part, fallback)
         engine = create_engine("cascade", make_settings(**overrides))
         assert isinstance(engine, CascadeEngine)
         await engine.start(options or StartOptions())
@@ -521,14 +527,15 @@ async def test_stop_ends_the_event_stream(make_settings):
 
 
 async def test_missing_espeak_fails_start_with_install_sentence(make_settings, tmp_path):
-    engine = create_engine("cascade", make_settings(espeak_bin=str(tmp_path / "no-espeak-ng")))
+    no_espeak = str(tmp_path / "no-espeak-ng")
+    engine = create_engine("cascade", make_settings(tts="espeak", espeak_bin=no_espeak))
     with pytest.raises(EngineUnavailable) as info:
         await engine.start(StartOptions())
     assert "espeak-ng is not installed" in info.value.message
     assert "apt-get install espeak-ng" in info.value.message
     await engine.stop()
     # `voxgate serve` and /health see the same problem before any session starts.
-    settings = make_settings(espeak_bin=str(tmp_path / "no-espeak-ng"))
+    settings = make_settings(tts="espeak", espeak_bin=no_espeak)
     assert "apt-get install espeak-ng" in (CascadeEngine.availability(settings) or "")
     assert CascadeEngine.availability(make_settings()) is None
     assert "responder: echo (VOXGATE_LLM_URL unset)" in CascadeEngine.describe(make_settings())
@@ -538,7 +545,7 @@ async def test_silero_without_onnxruntime_says_how_to_install(make_settings, mon
     # Hide the package: `import onnxruntime` then fails as it does where it is not installed.
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     engine = create_engine("cascade", make_settings(vad="silero"))
-    with pytest.raises(EngineUnavailable, match=r"onnxruntime.*voxgate\[silero\]"):
+    with pytest.raises(EngineUnavailable, match=r"onnxruntime.*voxgate\[local\]"):
         await engine.start(StartOptions())
     await engine.stop()
 
@@ -552,74 +559,15 @@ async def test_silero_without_a_model_file_says_where_to_put_it(make_settings, t
     await engine.stop()
 
 
-def _silero_standin(path: Path) -> str:
-    """An ONNX model with Silero VAD v5's exact interface (inputs `input` [1, 576] float32
-    with the 64-sample context, `state` [2, 1, 128], `sr` int64; outputs `output` [1, 1]
-    probability and `stateN`), whose probability is a steep function of the window's energy.
-    The real model cannot be downloaded here; this runs the same loading and inference code."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    def const(name: str, value: float) -> onnx.NodeProto:
-        return helper.make_node(
-            "Constant", [], [name], value=helper.make_tensor(name, TensorProto.FLOAT, [], [value])
-        )
-
-    nodes = [
-        helper.make_node("Mul", ["input", "input"], ["power"]),
-        helper.make_node("ReduceMean", ["power"], ["energy"], keepdims=1),  # [1, 1]
-        const("floor", 1e-4),  # about -40 dBFS: espeak speech is far above, silence far below
-        const("gain", 1e5),
-        helper.make_node("Sub", ["energy", "floor"], ["above"]),
-        helper.make_node("Mul", ["above", "gain"], ["logit"]),
-        helper.make_node("Sigmoid", ["logit"], ["prob"]),
-        # `sr` is part of the interface; fold it in as zero so the graph consumes it.
-        helper.make_node("Cast", ["sr"], ["sr_f"], to=TensorProto.FLOAT),
-        const("zero", 0.0),
-        helper.make_node("Mul", ["sr_f", "zero"], ["nothing"]),
-        helper.make_node("Add", ["prob", "nothing"], ["output"]),
-        helper.make_node("Identity", ["state"], ["stateN"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "silero_standin",
-        [
-            helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, None]),
-            helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, 1, 128]),
-            helper.make_tensor_value_info("sr", TensorProto.INT64, []),
-        ],
-        [
-            helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1]),
-            helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, 1, 128]),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return str(path)
-
-
-async def test_silero_vad_runs_a_spoken_turn_through_onnxruntime(engine_factory, grammar, tmp_path):
-    model = _silero_standin(tmp_path / "silero_vad.onnx")
-    engine, rec = await engine_factory(stt_grammar=grammar, vad="silero", silero_model_path=model)
-    assert engine.parts["vad"].startswith("silero")
-    await speak(engine, silence(1500, IN_RATE))  # silence alone: no turn
-    await speak(engine, utterance("what time is it"))
-    user = await rec.wait_for(final("user"))
-    assert isinstance(user, Transcript) and user.text == "what time is it"
-    resp = await rec.wait_for(done())
-    assert isinstance(resp, ResponseDone) and resp.status == "completed"
-    assert [e.is_speaking for e in rec.events if kind(e) == "user_speaking"] == [True, False]
-
-
-async def test_whisper_without_faster_whisper_says_how_to_install(make_settings, tmp_path, monkeypatch):
+async def test_whisper_without_faster_whisper_says_how_to_install(
+    make_settings, tmp_path, monkeypatch
+):
     monkeypatch.setitem(sys.modules, "faster_whisper", None)
     engine = create_engine(
         "cascade", make_settings(stt="whisper", whisper_model_path=str(tmp_path))
     )
     with pytest.raises(
-        EngineUnavailable, match=r"faster-whisper is not installed.*voxgate\[whisper\]"
+        EngineUnavailable, match=r"faster-whisper is not installed.*voxgate\[local\]"
     ):
         await engine.start(StartOptions())
     await engine.stop()

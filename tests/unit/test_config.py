@@ -15,9 +15,9 @@ from voxgate.config import Settings
 @pytest.mark.parametrize(
     ("field", "allowed"),
     [
-        ("stt", "'pocketsphinx', 'openai' or 'whisper'"),
-        ("tts", "'espeak' or 'openai'"),
-        ("vad", "'webrtc' or 'silero'"),
+        ("stt", "'auto', 'whisper', 'pocketsphinx' or 'openai'"),
+        ("tts", "'auto', 'piper', 'espeak' or 'openai'"),
+        ("vad", "'auto', 'silero' or 'webrtc'"),
     ],
 )
 def test_a_cascade_part_must_be_one_the_cascade_has(
@@ -38,7 +38,7 @@ def test_serve_prints_the_bad_variable_instead_of_a_traceback(
     result = CliRunner().invoke(app, ["serve"])
     assert result.exit_code == 2
     assert "VOXGATE_STT" in result.output
-    assert "'pocketsphinx', 'openai' or 'whisper'" in result.output
+    assert "'pocketsphinx' or" in result.output and "'openai' (got 'bogus')" in result.output
     assert "Traceback" not in result.output
 
 

@@ -33,6 +33,9 @@ class CascadeConfig:
     tts: TtsConfig
     #: Ignore user speech this long after assistant audio starts (speaker echo guard).
     echo_guard_ms: int
+    #: The process-wide inference pool's size (the first session of a process creates it).
+    inference_workers: int = 0
+    inference_queue: int = 4
 
     @classmethod
     def from_settings(cls, s: Settings) -> CascadeConfig:
@@ -66,8 +69,11 @@ class CascadeConfig:
                 openai_api_base=s.openai_api_base,
                 openai_api_key=openai_key,
                 openai_voice=s.openai_voice,
+                piper_voice_path=s.piper_voice_path,
             ),
             echo_guard_ms=s.echo_guard_ms,
+            inference_workers=s.inference_workers,
+            inference_queue=s.inference_queue,
         )
 
     def describe_parts(self) -> dict[str, str]:

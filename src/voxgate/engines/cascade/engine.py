@@ -5,9 +5,10 @@ tell which one it talks to. Every part is swappable by configuration (see `Casca
 
 Timeline of one spoken turn (server VAD):
 
-    audio frames -> VAD (inline, microseconds) -> pocketsphinx fed on its worker thread
-    silence hangover elapses -> user_speaking false -> STT final (~5 ms) -> user transcript
-    -> responder streams tokens -> sentence complete -> espeak-ng -> first AudioOut
+    audio frames -> VAD (inline, Silero ~0.3 ms a frame) -> recogniser fed (Whisper: partial
+    re-decodes on the shared inference pool) -> the user pauses: the final decode starts
+    silence hangover elapses -> user_speaking false -> STT final (usually ready) -> transcript
+    -> responder streams tokens -> sentence complete -> Piper -> first AudioOut
 
 Audio is emitted as fast as it is made (the client plays it, like OpenAI); the engine keeps the
 emitted duration per item so an interrupt or a barge-in knows what the listener heard.
@@ -40,10 +41,11 @@ from voxgate.engines.base import (
     UserSpeaking,
 )
 from voxgate.engines.cascade.config import CascadeConfig
+from voxgate.engines.cascade.models import InferenceBusy, inference_pool
 from voxgate.engines.cascade.responder import Message, Responder, ResponderError, make_responder
-from voxgate.engines.cascade.stt import Recognizer, SpeechToTextError, make_recognizer
+from voxgate.engines.cascade.stt import Recognizer, SpeechToTextError, open_recognizer
 from voxgate.engines.cascade.text import SentenceSplitter, SpokenSentence, heard_text, is_speakable
-from voxgate.engines.cascade.tts import Synthesizer, TextToSpeechError, make_synthesizer
+from voxgate.engines.cascade.tts import Synthesizer, TextToSpeechError, open_synthesizer
 from voxgate.engines.cascade.vad import VAD_RATE, TurnSegmenter, make_segmenter
 from voxgate.turns import text_delta
 
@@ -52,7 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("voxgate.cascade")
 
-INPUT_RATE = VAD_RATE  # webrtcvad and pocketsphinx both want 16 kHz
+INPUT_RATE = VAD_RATE  # every detector and recogniser here wants 16 kHz
 OUTPUT_RATE = 24000  # the default client rate: the common path needs no resampling at the gateway
 
 
@@ -173,7 +175,6 @@ class CascadeEngine(ConversationEngine):
         except BaseException:
             await self._close_parts()
             raise
-        self.parts = self.config.describe_parts()
         for part, why in self.parts.items():
             log.info("cascade %s: %s", part, why)
         self._system_prompt = options.system_prompt()
@@ -186,11 +187,17 @@ class CascadeEngine(ConversationEngine):
         """Build the parts in the order `CascadeConfig.problem` checks them, so the sentence a
         failing start raises is the one `/health` already showed."""
         config = self.config
-        self._tts = await make_synthesizer(config.tts, options.voice, OUTPUT_RATE)
-        self._segmenter = make_segmenter(config.vad, options.turn_detection)
-        self._stt = make_recognizer(config.stt)
-        await self._stt.prepare()
+        pool = inference_pool(config.inference_workers or None, config.inference_queue)
+        self._tts, self.parts["tts"] = await open_synthesizer(
+            config.tts, options.voice, OUTPUT_RATE, pool
+        )
+        # The first session of a process loads the shared Silero model: not on the loop.
+        self._segmenter, self.parts["vad"] = await asyncio.to_thread(
+            make_segmenter, config.vad, options.turn_detection
+        )
+        self._stt, self.parts["stt"] = await open_recognizer(config.stt, pool)
         self._responder = make_responder(config.responder)
+        self.parts["responder"] = config.responder.describe()
 
     async def stop(self) -> None:
         if self._stopped:
@@ -241,6 +248,9 @@ class CascadeEngine(ConversationEngine):
                     if self._segmenter.silent_ms > self.STT_TAIL_MS:
                         # Deep in the hangover: the recogniser needs no more silence, and a
                         # short queue on its thread is what makes the final result instant.
+                        # A pause is where the turn may end: start the final decode now.
+                        if not self._held and self._stt is not None:
+                            self._stt.prefetch()
                         self._held.append(ev.audio)
                         continue
                     if self._held:
@@ -454,6 +464,15 @@ class CascadeEngine(ConversationEngine):
         except SpeechToTextError as exc:
             await self.emit(EngineError("upstream_unavailable", f"speech-to-text failed: {exc}"))
             return ""
+        except InferenceBusy as exc:
+            await self.emit(
+                EngineError(
+                    "rate_limited",
+                    f"the server is too busy to recognise speech right now ({exc}): "
+                    "that turn was not heard, please say it again",
+                )
+            )
+            return ""
 
     # --- assistant response -----------------------------------------------------------------
     def _messages(self) -> list[Message]:
@@ -509,6 +528,15 @@ class CascadeEngine(ConversationEngine):
             await self._finish_response(resp, "completed")
         except ResponderError as exc:
             await self.emit(EngineError("upstream_unavailable", str(exc), fatal=False))
+            await self._finish_response(resp, "failed")
+        except InferenceBusy as exc:
+            await self.emit(
+                EngineError(
+                    "rate_limited",
+                    f"the server is too busy to speak the reply right now ({exc}): "
+                    "the reply stopped; ask again in a moment",
+                )
+            )
             await self._finish_response(resp, "failed")
         except TextToSpeechError as exc:
             code = "upstream_unavailable" if self.config.tts.kind == "openai" else "internal"

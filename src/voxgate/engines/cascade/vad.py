@@ -1,42 +1,62 @@
 """Voice activity detection: a per-frame speech classifier plus a turn segmenter.
 
-The classifier answers "is this frame speech?" (webrtcvad by default, Silero via onnxruntime as
-an option); the segmenter turns those answers into speech start / end events with hysteresis,
-prefix padding (so the first syllable reaches the recogniser) and a silence hangover (so a
-short pause inside a sentence does not end the turn). Per-frame work is a few microseconds for
-webrtcvad, so it runs inline on the event loop.
+The classifier answers "is this frame speech?" (Silero VAD's packaged ONNX model by default,
+webrtcvad as the fallback); the segmenter turns those answers into speech start / end events
+with hysteresis, prefix padding (so the first syllable reaches the recogniser) and a silence
+hangover (so a breath inside a sentence does not end the turn). Per-frame work is a few
+microseconds for webrtcvad and about a quarter of a millisecond for Silero (one 32 ms window
+through a tiny network), so both run inline on the event loop: handing every frame to a thread
+would cost more than the inference.
 """
 
 from __future__ import annotations
 
 import collections
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from voxgate.engines.base import EngineUnavailable, TurnDetectionOptions
+from voxgate.engines.cascade.models import (
+    ModelLoadError,
+    has_module,
+    packaged_silero_model,
+    shared_model,
+    warn_fallback,
+)
 
 if TYPE_CHECKING:
     from voxgate.config import VadKind
 
-#: The engine's native input rate: both webrtcvad and pocketsphinx's model want 16 kHz.
+#: The engine's native input rate: Silero, webrtcvad, Whisper and pocketsphinx all want 16 kHz.
 VAD_RATE = 16000
 
 _NO_ONNXRUNTIME = (
     "Silero VAD needs onnxruntime, which is not installed: run "
-    "`pip install 'voxgate[silero]'` (or set VOXGATE_VAD=webrtc)"
+    "`pip install 'voxgate[local]'` (or set VOXGATE_VAD=webrtc)"
+)
+_NO_PACKAGED_SILERO = (
+    "no Silero VAD model: the silero-vad package is not installed "
+    "(`pip install --no-deps silero-vad`, as scripts/setup.sh does) and VOXGATE_SILERO_MODEL "
+    "is unset"
 )
 
 
-def _no_silero_model(model_path: str | None) -> str:
+def _no_silero_model(model_path: str) -> str:
     return (
-        f"Silero VAD model file not found ({model_path or 'VOXGATE_SILERO_MODEL unset'}): "
-        "download silero_vad.onnx and set VOXGATE_SILERO_MODEL to its path "
-        "(or set VOXGATE_VAD=webrtc)"
+        f"the Silero VAD model file {model_path} does not exist: set VOXGATE_SILERO_MODEL to "
+        "silero_vad.onnx, or unset it for the packaged model (or set VOXGATE_VAD=webrtc)"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class VadChoice:
+    kind: str  # "silero" | "webrtc"
+    model: str | None
+    why: str
+    problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,24 +70,38 @@ class VadConfig:
     prefix_ms: int
     silero_model_path: str | None
 
-    def describe(self) -> str:
+    def _silero(self) -> tuple[str | None, str | None]:
+        if not has_module("onnxruntime"):
+            return None, _NO_ONNXRUNTIME
+        if self.silero_model_path:
+            if not Path(self.silero_model_path).is_file():
+                return None, _no_silero_model(self.silero_model_path)
+            return self.silero_model_path, None
+        packaged = packaged_silero_model()
+        return (str(packaged), None) if packaged else (None, _NO_PACKAGED_SILERO)
+
+    def choice(self) -> VadChoice:
+        """Cheap: nothing is imported or loaded."""
+        if self.kind == "webrtc":
+            return VadChoice("webrtc", None, "VOXGATE_VAD=webrtc")
+        model, reason = self._silero()
+        source = "VOXGATE_SILERO_MODEL" if self.silero_model_path else "packaged model"
         if self.kind == "silero":
-            return f"silero (VOXGATE_VAD=silero, model {self.silero_model_path or 'unset'})"
-        return (
-            f"webrtcvad (aggressiveness {self.aggressiveness}, "
-            f"hangover {self.silence_ms} ms, prefix {self.prefix_ms} ms)"
-        )
+            return VadChoice("silero", model, f"{source}, VOXGATE_VAD=silero", reason)
+        if model is None:
+            return VadChoice("webrtc", None, f"fallback: {reason}")
+        return VadChoice("silero", model, f"{source}, VOXGATE_VAD=auto")
+
+    def describe(self) -> str:
+        c = self.choice()
+        timing = f"hangover {self.silence_ms} ms, prefix {self.prefix_ms} ms"
+        if c.kind == "silero":
+            return f"silero {c.model} ({timing}; {c.why})"
+        return f"webrtcvad (aggressiveness {self.aggressiveness}, {timing}; {c.why})"
 
     def problem(self) -> str | None:
         """Why this detector cannot run here, or None. Cheap: nothing is imported or loaded."""
-        if self.kind != "silero":
-            return None
-        if importlib.util.find_spec("onnxruntime") is None:
-            return _NO_ONNXRUNTIME
-        path = self.silero_model_path
-        if not path or not Path(path).is_file():
-            return _no_silero_model(path)
-        return None
+        return self.choice().problem
 
 
 class FrameClassifier(Protocol):
@@ -115,44 +149,64 @@ class WebRtcClassifier:
         """webrtcvad keeps no state between frames worth dropping."""
 
 
+def _load_silero(path: str) -> Any:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    # One thread: a 32 ms window is far too small to split, and the loop runs it inline.
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(
+        path, sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    names = {i.name for i in session.get_inputs()}
+    if not {"input", "state", "sr"} <= names:
+        raise ValueError(f"not a Silero VAD v5+ model (its inputs are {sorted(names)})")
+    return session
+
+
 class SileroClassifier:
-    """Silero VAD (v5 ONNX) run with onnxruntime alone: the `silero-vad` package pulls torch,
-    which is far too heavy for an optional extra, but its ONNX file needs nothing else."""
+    """Silero VAD (v5/v6 ONNX) run with onnxruntime alone: the `silero-vad` package itself pulls
+    torch, far too heavy for a gateway, but its ONNX file needs nothing else. One loaded model
+    serves every session of the process (onnxruntime sessions are thread-safe and the
+    recurrent state is passed in, so each session keeps only its own 1 KB of state).
+
+    Hysteresis on the probability, as Silero's own iterator does: a frame starts counting as
+    speech at `threshold` and keeps counting until the probability drops below
+    `threshold - 0.15`, so a soft syllable inside a word is not a pause.
+    """
 
     name = "silero"
     _WINDOW = 512  # samples per call at 16 kHz (32 ms), fixed by the model
     _CONTEXT = 64  # v5 prepends the tail of the previous window
+    HYSTERESIS = 0.15
 
-    def __init__(self, model_path: str | None, threshold: float = 0.5) -> None:
-        try:
-            import onnxruntime
-        except ImportError as exc:
-            raise EngineUnavailable(_NO_ONNXRUNTIME, retryable=False) from exc
-        if not model_path or not Path(model_path).is_file():
-            raise EngineUnavailable(_no_silero_model(model_path), retryable=False)
-        options = onnxruntime.SessionOptions()
-        # One voice session must not eat every core of a shared machine.
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        self._session = onnxruntime.InferenceSession(
-            model_path, sess_options=options, providers=["CPUExecutionProvider"]
-        )
+    def __init__(self, model_path: str, threshold: float = 0.5) -> None:
+        self._session = shared_model("Silero VAD", model_path, lambda: _load_silero(model_path))
         self._threshold = threshold
+        self._low = max(0.01, threshold - self.HYSTERESIS)
+        self._sr = np.array(VAD_RATE, dtype=np.int64)
         self.frame_bytes = self._WINDOW * 2
+        self.last_probability = 0.0
         self.reset()
 
     def reset(self) -> None:
         self._state = np.zeros((2, 1, 128), dtype=np.float32)
-        self._context = np.zeros((1, self._CONTEXT), dtype=np.float32)
+        self._x = np.zeros((1, self._CONTEXT + self._WINDOW), dtype=np.float32)
+        self._speaking = False
 
     def is_speech(self, frame: bytes) -> bool:
-        x = (np.frombuffer(frame, dtype="<i2").astype(np.float32) / 32768.0).reshape(1, -1)
-        x = np.concatenate([self._context, x], axis=1)
+        x = self._x
+        x[0, : self._CONTEXT] = x[0, -self._CONTEXT :]  # the previous window's tail
+        x[0, self._CONTEXT :] = np.frombuffer(frame, dtype="<i2")
+        x[0, self._CONTEXT :] *= 1.0 / 32768.0
         out, self._state = self._session.run(
-            None, {"input": x, "state": self._state, "sr": np.array(VAD_RATE, dtype=np.int64)}
+            None, {"input": x, "state": self._state, "sr": self._sr}
         )
-        self._context = x[:, -self._CONTEXT :]
-        return float(out[0][0]) >= self._threshold
+        p = float(out[0][0])
+        self.last_probability = p
+        self._speaking = p >= (self._low if self._speaking else self._threshold)
+        return self._speaking
 
 
 @dataclass(slots=True)
@@ -228,12 +282,15 @@ class TurnSegmenter:
                     self._prefix.clear()
                     self._recent.clear()
             else:
-                events.append(VadEvent("speech", frame))
                 self._silent_run = 0 if voiced else self._silent_run + 1
                 if self._silent_run >= self.silence_frames:
+                    # The frame that completes the hangover is silence the recogniser does not
+                    # need (and `silent_ms` already reads 0 for the next turn).
                     self.in_speech = False
                     self._silent_run = 0
                     events.append(VadEvent("end"))
+                else:
+                    events.append(VadEvent("speech", frame))
         return events
 
     def force_end(self) -> None:
@@ -244,24 +301,45 @@ class TurnSegmenter:
         self._recent.clear()
 
 
-def make_classifier(config: VadConfig, threshold: float | None) -> FrameClassifier:
-    """The configured classifier; `threshold` (0..1, from `turnDetection`) maps onto webrtcvad's
-    aggressiveness 0..3 or Silero's probability threshold."""
-    if config.kind == "silero":
-        return SileroClassifier(
-            config.silero_model_path, threshold if threshold is not None else 0.5
-        )
+def make_classifier(config: VadConfig, threshold: float | None) -> tuple[FrameClassifier, str]:
+    """The configured classifier and the line saying which one runs and why; `threshold` (0..1,
+    from `turnDetection`) maps onto webrtcvad's aggressiveness 0..3 or Silero's probability
+    threshold. Blocking on the first call of a process (the model loads once)."""
+    choice = config.choice()
+    if choice.problem:
+        raise EngineUnavailable(choice.problem, retryable=False)
+    if choice.kind == "silero":
+        assert choice.model is not None
+        try:
+            silero = SileroClassifier(choice.model, threshold if threshold is not None else 0.5)
+            return silero, config.describe()
+        except ModelLoadError as exc:
+            if config.kind != "auto":
+                raise EngineUnavailable(
+                    f"{exc}: fix VOXGATE_SILERO_MODEL (or set VOXGATE_VAD=webrtc)",
+                    retryable=False,
+                ) from exc
+            fallback = f"{exc}; using webrtcvad instead"
+            warn_fallback("vad", fallback)
+            why = f"webrtcvad (aggressiveness {config.aggressiveness}; fallback: {fallback})"
+            return _webrtc(config, threshold), why
+    return _webrtc(config, threshold), config.describe()
+
+
+def _webrtc(config: VadConfig, threshold: float | None) -> WebRtcClassifier:
     aggressiveness = config.aggressiveness
     if threshold is not None:
         aggressiveness = min(3, max(0, round(threshold * 3)))
     return WebRtcClassifier(aggressiveness)
 
 
-def make_segmenter(config: VadConfig, turn: TurnDetectionOptions) -> TurnSegmenter:
+def make_segmenter(config: VadConfig, turn: TurnDetectionOptions) -> tuple[TurnSegmenter, str]:
     """The session's segmenter: the configured detector, with the session's own turn timings
     where its `turnDetection` gives them."""
-    return TurnSegmenter(
-        make_classifier(config, turn.threshold),
+    classifier, why = make_classifier(config, turn.threshold)
+    segmenter = TurnSegmenter(
+        classifier,
         silence_ms=turn.silence_ms if turn.silence_ms is not None else config.silence_ms,
         prefix_ms=turn.prefix_ms if turn.prefix_ms is not None else config.prefix_ms,
     )
+    return segmenter, why
