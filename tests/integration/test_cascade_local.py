@@ -38,7 +38,6 @@ from voxgate.engines.cascade.models import (
     InferencePool,
     inference_pool,
     packaged_piper_voice,
-    packaged_silero_model,
     packaged_whisper_model,
 )
 from voxgate.engines.cascade.stt import WhisperRecognizer
@@ -50,12 +49,6 @@ from .test_cascade import Recorder, done, final, speak, utterance
 
 IN_RATE = 16000
 SENTENCE = "hello, what is the weather like today"
-
-pytestmark = pytest.mark.skipif(
-    not (packaged_whisper_model() and packaged_piper_voice() and packaged_silero_model()),
-    reason="the `local` extra is not installed (scripts/setup.sh installs it)",
-)
-
 
 def words(text: str) -> list[str]:
     return re.findall(r"[a-z']+", text.lower())
@@ -113,20 +106,19 @@ async def test_defaults_are_the_packaged_models_and_hear_the_exact_words(engine_
     assert engine.parts["vad"].startswith("silero ") and "packaged model" in engine.parts["vad"]
     assert engine.parts["stt"].startswith("whisper ") and "packaged tiny.en" in engine.parts["stt"]
     assert engine.parts["tts"].startswith("piper ") and "en_US-joe-medium" in engine.parts["tts"]
-    # Real time, so partial transcripts appear while the words are still arriving.
-    await speak(engine, utterance(SENTENCE, tail_ms=1200), pace_s=0.02)
+    # The words in real time, and no pause yet: the user is still mid-turn, so a partial
+    # transcript that arrives now arrived while they spoke, however slow the decode is.
+    await speak(engine, silence(300, IN_RATE) + synthesize(SENTENCE, IN_RATE), pace_s=0.02)
+    partial = await rec.wait_for(
+        lambda e: isinstance(e, Transcript) and e.role == "user" and not e.final, timeout=60
+    )
+    assert not any(isinstance(e, UserSpeaking) and not e.is_speaking for e in rec.events)
+    assert isinstance(partial, Transcript) and partial.text
+    # The pause ends the turn with the exact words.
+    await speak(engine, silence(1200, IN_RATE), pace_s=0.02)
     user = await rec.wait_for(final("user"), timeout=60)
     assert isinstance(user, Transcript) and words(user.text) == words(SENTENCE), user.text
-    i_final = rec.events.index(user)
-    partials = [e for e in user_events(rec) if not e.final]
-    assert partials and rec.events.index(partials[0]) < i_final
-    # The first partial arrived while the user was still speaking.
-    i_quiet = next(
-        i for i, e in enumerate(rec.events) if isinstance(e, UserSpeaking) and not e.is_speaking
-    )
-    assert rec.events.index(partials[0]) < i_quiet
-    # The final reused the decode started at the pause: no decode after the turn ended.
-    assert isinstance(engine._stt, WhisperRecognizer) and engine._stt.final_reused
+    assert rec.events.index(partial) < rec.events.index(user)
 
     await rec.wait_for(done("completed"), timeout=60)
     reply = [e for e in rec.events if isinstance(e, Transcript) and e.role == "assistant"]
@@ -138,6 +130,32 @@ async def test_defaults_are_the_packaged_models_and_hear_the_exact_words(engine_
     assert isinstance(engine._tts, PiperSynthesizer) and engine._tts.sentences == 1
     again = b"".join([pcm async for pcm in engine._tts.speak(reply[-1].text)])
     assert abs(len(pcm) - len(again)) / len(again) < 0.15
+
+
+async def test_the_final_transcript_reuses_the_decode_started_at_the_pause() -> None:
+    """At the pause the recogniser starts decoding; at the end of the turn it takes that
+    decode instead of starting another, unless audio came after it."""
+    model = packaged_whisper_model()
+    assert model is not None
+    stt = WhisperRecognizer(str(model), inference_pool())
+    await stt.prepare()
+    spoken = espeak(SENTENCE, "en-us")
+    stt.begin()
+    stt.feed(spoken)
+    stt.prefetch()  # the pause
+    started = stt.decodes
+    text = await stt.finish()  # the end of the turn, before or after that decode completes
+    assert stt.final_reused and stt.decodes == started
+    assert words(text) == words(SENTENCE), text
+    # Audio after the pause: the pause's decode no longer covers the turn, so it is redone.
+    stt.begin()
+    stt.feed(spoken)
+    stt.prefetch()
+    stt.feed(silence(200, IN_RATE) + spoken)
+    started = stt.decodes
+    await stt.finish()
+    assert not stt.final_reused and stt.decodes == started + 1
+    stt.close()
 
 
 @pytest.mark.parametrize("rate", [8000, 44100, 48000])
