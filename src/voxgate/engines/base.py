@@ -290,6 +290,15 @@ class ConversationEngine(ABC):
         return cls.config_type.from_settings(settings).problem()
 
     @classmethod
+    async def warm_up(cls, settings: Settings) -> None:
+        """Load what every session of this engine shares (local models), once, at startup.
+
+        Without it the first session of a process pays the load while its user waits, and a
+        browser's early microphone audio may outlast its buffer. Default: nothing to load.
+        """
+        return None
+
+    @classmethod
     def describe(cls, settings: Settings) -> list[str]:
         """Lines `voxgate serve` logs about which parts of this engine run and why."""
         return []

@@ -14,6 +14,7 @@ from starlette.staticfiles import StaticFiles
 
 from voxgate import __version__
 from voxgate.config import Settings
+from voxgate.engines import engine_class
 from voxgate.engines.upstream import cancel_and_wait
 from voxgate.gateway.api_ops import router as ops_router
 from voxgate.gateway.limits import HeaderSizeLimit
@@ -69,12 +70,24 @@ def create_app(
     return app
 
 
+async def _warm_up_engines(settings: Settings) -> None:
+    """Load the engines' shared models before the server takes its first connection, so no
+    user waits for them; an engine that cannot warm up is logged and left to say why when a
+    session asks for it (its availability check already tells /health)."""
+    for name in settings.engines_allowed_for_clients():
+        try:
+            await engine_class(name).warm_up(settings)
+        except Exception as exc:
+            log.warning("engine %s: could not load its models at startup: %s", name, exc)
+
+
 def _lifespan(state: GatewayState) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     settings = state.settings
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.store.open()
+        await _warm_up_engines(settings)
         sweeper = None
         if settings.retention_days > 0:
             from voxgate.gateway.retention import retention_loop

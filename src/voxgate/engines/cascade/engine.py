@@ -183,6 +183,15 @@ class CascadeEngine(ConversationEngine):
         self._started = True
         await self.emit(StatusChanged("connected"))
 
+    @classmethod
+    async def warm_up(cls, settings: Settings) -> None:
+        """Build the parts once and drop them: the models they load stay shared in the process."""
+        engine = cls.from_settings(settings)
+        try:
+            await engine._make_parts(StartOptions())
+        finally:
+            await engine._close_parts()
+
     async def _make_parts(self, options: StartOptions) -> None:
         """Build the parts in the order `CascadeConfig.problem` checks them, so the sentence a
         failing start raises is the one `/health` already showed."""
