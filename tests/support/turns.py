@@ -2,7 +2,8 @@
 
 Every engine runs behind a real gateway on an ephemeral port and is driven by `VoxgateClient`
 over a real socket: OpenAI and ElevenLabs against their shipped simulators, the cascade with
-its offline parts (pocketsphinx constrained by a small grammar, so what it hears is exact).
+its offline parts (pocketsphinx constrained by a small grammar, so what it hears is exact;
+webrtcvad, which passes noise on for the arbiter to judge).
 """
 
 from __future__ import annotations
@@ -106,6 +107,10 @@ async def gateway_with(
             async with gateway_factory(settings) as gw:
                 yield gw, sim
     else:
+        # webrtcvad, not the default Silero: these tests are about the gateway's arbiter, so
+        # the VAD must pass a loud cough on as speech (Silero rightly hears none, and the
+        # arbiter would have nothing to filter) and must not find breaths inside a monologue.
+        overrides.setdefault("vad", "webrtc")
         settings = make_settings(engine="cascade", stt_grammar=grammar(tmp_path / "t.jsgf"),
                                  **overrides)  # fmt: skip
         async with gateway_factory(settings) as gw:
