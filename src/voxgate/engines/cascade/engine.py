@@ -191,6 +191,10 @@ class CascadeEngine(ConversationEngine):
             await engine._make_parts(StartOptions())
         finally:
             await engine._close_parts()
+        # What `voxgate serve` runs, and why, before any user connects (a fallback is visible
+        # at startup, not at the first complaint about recognition).
+        for part, why in engine.parts.items():
+            log.info("cascade %s: %s", part, why)
 
     async def _make_parts(self, options: StartOptions) -> None:
         """Build the parts in the order `CascadeConfig.problem` checks them, so the sentence a
