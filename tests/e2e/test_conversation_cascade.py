@@ -185,3 +185,38 @@ def test_cli_simulate_llm_gives_the_cascade_a_brain(tmp_path: Path) -> None:
         result = talk(f"ws://127.0.0.1:{gw_port}/ws", "--text", "what time is it", env=env)
     assert result.returncode == 0, result.stderr
     assert "assistant: It is always tea time." in result.stdout
+
+
+def test_cli_talk_with_the_defaults_hears_the_exact_words_and_piper_answers(tmp_path: Path) -> None:
+    """The offline default as a new user meets it: `voxgate serve` with no settings, and
+    `voxgate talk --wav` with espeak-ng saying the sentence from the issue that first heard
+    "look what is that went on": Whisper must give the exact words back, Piper must speak."""
+    import re
+    import subprocess
+    import wave
+
+    sentence = "hello, what is the weather like today"
+    wav, out = tmp_path / "hello.wav", tmp_path / "reply.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), "--", sentence], check=True, timeout=60)
+    port = free_port()
+    env = clean_env(
+        VOXGATE_PORT=str(port), VOXGATE_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/d.db"
+    )
+    with voxgate_processes(["serve"], env=env, logs=tmp_path):
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
+        result = talk(
+            f"ws://127.0.0.1:{port}/ws", "--wav", str(wav), "--out", str(out), env=env
+        )
+    log = (tmp_path / "0.log").read_text(errors="replace")
+    assert result.returncode == 0, (result.stdout, result.stderr, log[-3000:])
+    said = next(line for line in result.stdout.splitlines() if line.startswith("you: "))
+    assert re.findall(r"[a-z']+", said[5:].lower()) == re.findall(r"[a-z']+", sentence), said
+    assert "assistant: Echo: you said" in result.stdout
+    # The server said at startup which parts run: the packaged models, no fallback.
+    assert re.search(r"cascade stt: whisper .*packaged tiny\.en", log), log[-3000:]
+    assert re.search(r"cascade tts: piper .*en_US-joe-medium", log), log[-3000:]
+    assert re.search(r"cascade vad: silero .*packaged model", log), log[-3000:]
+    with wave.open(str(out)) as reply:
+        assert reply.getnframes() / reply.getframerate() > 1.0  # a spoken sentence, not a click
+        pcm = reply.readframes(reply.getnframes())
+    assert rms_dbfs(pcm) > -35.0

@@ -45,22 +45,34 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 
 
 @contextlib.contextmanager
-def voxgate_processes(*commands: list[str], env: dict[str, str]) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """`voxgate <command...>` for each command; SIGTERM on exit, SIGKILL if that is ignored."""
-    procs = [
-        subprocess.Popen([VOXGATE, *command], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for command in commands
-    ]
-    try:
-        yield procs
-    finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+def voxgate_processes(
+    *commands: list[str], env: dict[str, str], logs: Path | None = None
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """`voxgate <command...>` for each command; SIGTERM on exit, SIGKILL if that is ignored.
+    With `logs`, command i's output goes to `logs/i.log` (for tests that read what it said)."""
+    with contextlib.ExitStack() as files:
+        outputs = [
+            files.enter_context(open(logs / f"{i}.log", "wb")) if logs else subprocess.DEVNULL
+            for i in range(len(commands))
+        ]
+        procs = [
+            subprocess.Popen([VOXGATE, *command], env=env, stdout=out, stderr=subprocess.STDOUT)
+            for command, out in zip(commands, outputs, strict=True)
+        ]
+        try:
+            yield procs
+        finally:
+            _stop(procs)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def talk(url: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
