@@ -120,11 +120,13 @@ def test_wheel_installs_and_serves_without_the_repository(tmp_path: Path) -> Non
 
 
 def test_a_missing_system_tool_is_a_clear_message(tmp_path: Path) -> None:
-    """Without espeak-ng the cascade says so (health and session), and nothing crashes."""
+    """Without espeak-ng the cascade on espeak-ng says so (health and session), and nothing
+    crashes. (The default voice is Piper's; espeak-ng is its fallback and an explicit choice.)"""
     target = fresh_env(tmp_path, build_wheel(tmp_path))
     voxgate = str(target / "bin" / "voxgate")
     port = free_port()
-    env = run_env(tmp_path, VOXGATE_PORT=str(port), VOXGATE_ESPEAK_BIN="/nonexistent/espeak-ng")
+    env = run_env(tmp_path, VOXGATE_PORT=str(port), VOXGATE_TTS="espeak",
+                  VOXGATE_ESPEAK_BIN="/nonexistent/espeak-ng")  # fmt: skip
     (tmp_path / "voxgate.db").write_bytes(b"")  # what an older voxgate left in its directory
     server = subprocess.Popen([voxgate, "serve"], cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
