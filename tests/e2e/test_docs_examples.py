@@ -323,7 +323,7 @@ class PageRun:
                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         self.background[ready_url] = proc
         self.output = lambda: log.read_text(errors="replace")  # type: ignore[assignment]
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 150  # serve loads the offline models first
         while True:
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(ready_url, timeout=2.0).status_code < 500:

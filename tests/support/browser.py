@@ -157,7 +157,7 @@ def start_gateway(workdir: Path, env: dict[str, str], port: int = 0) -> ServerPr
     """`voxgate serve` on `port` (0 = ephemeral); returns once it accepts connections."""
     offset = len(_read(workdir / "gateway.log"))
     server = _spawn("gateway", [*_voxgate_command(), "serve", "--port", str(port)], env, workdir)
-    match = server.wait_for_line(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", timeout=45)
+    match = server.wait_for_line(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", timeout=120)
     # The log may hold an earlier run's lines (restart test): take the newest announcement.
     ports = re.findall(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", server.log()[offset:])
     server.port = int(ports[-1] if ports else match.group(1))

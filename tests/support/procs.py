@@ -32,7 +32,9 @@ def clean_env(**settings: str) -> dict[str, str]:
     return env
 
 
-def wait_http(url: str, timeout: float = 30.0) -> None:
+def wait_http(url: str, timeout: float = 120.0) -> None:
+    """Until `url` answers. Generous: `voxgate serve` loads the offline engine's models before
+    it listens, which takes seconds on a loaded machine."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

@@ -92,7 +92,7 @@ def spawn_app(name: str, command: list[str], cwd: Path, log_dir: Path, **env: st
     return ServerProcess(name, proc, log_path)
 
 
-def wait_http(server: ServerProcess, url: str, timeout: float = 60.0) -> None:
+def wait_http(server: ServerProcess, url: str, timeout: float = 150.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:

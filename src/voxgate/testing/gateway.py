@@ -53,7 +53,7 @@ async def running_gateway(settings: Settings) -> AsyncIterator[GatewayHandle]:
     server = _InLoopServer(uvicorn_config(app, settings, port=0))
     task = asyncio.create_task(server.serve(), name="voxgate-test-server")
     try:
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(120):  # the first gateway of a process loads the offline models
             while not server.started:
                 if task.done():
                     task.result()  # surfaces the startup error
