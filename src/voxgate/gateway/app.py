@@ -90,6 +90,7 @@ def _lifespan(state: GatewayState) -> Callable[[FastAPI], AbstractAsyncContextMa
             if sweeper is not None:
                 await cancel_and_wait([sweeper])
             await state.shutdown_sessions()
+            await state.tools.close()
             await state.store.close()
 
     return lifespan

@@ -98,8 +98,63 @@ def error_event(
     }
 
 
+@dataclass(frozen=True, slots=True)
+class ToolTrigger:
+    """A scripted function call: when the user's latest words contain `phrase`, the model
+    answers with a call of each `(name, arguments)` in `calls` (several: parallel calls)
+    instead of speaking; once every output is back it speaks them (`default_response`).
+
+    `arguments` may be a dict (sent as JSON) or a string sent as is, so a test can make the
+    model produce arguments that are not JSON. A call of a tool the session did not declare
+    is made only with `undeclared=True` (a model that invents a tool name)."""
+
+    phrase: str
+    calls: tuple[tuple[str, dict[str, Any] | str], ...]
+    undeclared: bool = False
+
+    @classmethod
+    def one(cls, phrase: str, name: str, arguments: dict[str, Any] | str | None = None,
+            undeclared: bool = False) -> ToolTrigger:  # fmt: skip
+        return cls(phrase, ((name, arguments if arguments is not None else {}),), undeclared)
+
+
+def scripted_calls(
+    triggers: Iterable[ToolTrigger], items: list[dict[str, Any]], declared: set[str]
+) -> list[tuple[str, str]]:
+    """The calls the model makes now: those of the first trigger the latest user words match,
+    unless the conversation already answered them (outputs after those words)."""
+    for item in reversed(items):
+        if item.get("type") == "function_call_output":
+            return []
+        if item.get("type") == "message" and item.get("role") == "user":
+            said = " ".join(
+                str(part.get("text") or part.get("transcript") or "")
+                for part in item.get("content") or []
+            ).lower()
+            for trigger in triggers:
+                names = {name for name, _ in trigger.calls}
+                if trigger.phrase.lower() in said and (trigger.undeclared or names <= declared):
+                    return [
+                        (name, args if isinstance(args, str) else orjson.dumps(args).decode())
+                        for name, args in trigger.calls
+                    ]
+            return []
+    return []
+
+
 def default_response(text: str | None = None, items: list[dict[str, Any]] | None = None) -> str:
-    """Default responder: a short deterministic reply mentioning the last user text."""
+    """Default responder: a short deterministic reply mentioning the last user text, or the
+    tool outputs the model just received."""
+    outputs: list[str] = []
+    for item in reversed(items or []):
+        if item.get("type") == "function_call_output":
+            outputs.insert(0, str(item.get("output", "")))
+        elif item.get("type") == "function_call":
+            continue
+        else:
+            break
+    if outputs:
+        return "The tools said: " + "; ".join(outputs) + "."
     for item in reversed(items or []):
         if item.get("type") == "message" and item.get("role") == "user":
             for part in item.get("content") or []:
@@ -694,6 +749,19 @@ class _Session:
                         event_id=eid,
                     )
                     return
+        if item["type"] == "function_call_output":
+            # The output must answer a call the conversation holds (the real service refuses
+            # an output whose call it does not know).
+            call_id = item.get("call_id")
+            calls = {i.get("call_id") for i in self.rec.items if i.get("type") == "function_call"}
+            if not isinstance(item.get("output"), str) or call_id not in calls:
+                await self.error(
+                    "invalid_value",
+                    f"No tool call found for function call output with call_id '{call_id}'.",
+                    param="item.call_id",
+                    event_id=eid,
+                )
+                return
         item = dict(item)
         item.setdefault("id", _id("item"))
         item["object"] = "realtime.item"
@@ -893,6 +961,11 @@ class _Session:
         for fut in list(self.transcripts.values()):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(fut), 30)
+        declared = {t.get("name") for t in session.get("tools") or [] if isinstance(t, dict)}
+        calls = scripted_calls(self.sim.tool_triggers, self.rec.items, declared)  # type: ignore[arg-type]
+        if calls:
+            await self._call_functions(resp, base, calls)
+            return
         text = await asyncio.to_thread(self.sim.responder, [dict(i) for i in self.rec.items])
         previous = self.rec.items[-1]["id"] if self.rec.items else None
         item: dict[str, Any] = {
@@ -1012,6 +1085,60 @@ class _Session:
         )  # fmt: skip
 
 
+    async def _call_functions(
+        self, resp: _Response, base: dict[str, Any], calls: list[tuple[str, str]]
+    ) -> None:
+        """A response whose output is function calls (the model's arguments streamed in two
+        deltas), ending with `response.done` that lists them."""
+        output: list[dict[str, Any]] = []
+        for index, (name, arguments) in enumerate(calls):
+            if resp.cancel_reason or self.closed:
+                break
+            previous = self.rec.items[-1]["id"] if self.rec.items else None
+            item_id = resp.item_id if index == 0 else _id("item")
+            item: dict[str, Any] = {
+                "id": item_id, "type": "function_call", "object": "realtime.item",
+                "status": "in_progress", "call_id": _id("call"), "name": name, "arguments": "",
+            }  # fmt: skip
+            self.rec.items.append(item)
+            ids = {"response_id": resp.id, "item_id": item_id, "output_index": index,
+                   "call_id": item["call_id"]}  # fmt: skip
+            await self.send({"type": "response.output_item.added", "response_id": resp.id,
+                             "output_index": index, "item": dict(item)})  # fmt: skip
+            await self.send({"type": "conversation.item.added", "item": dict(item),
+                             "previous_item_id": previous})  # fmt: skip
+            half = len(arguments) // 2
+            for delta in (arguments[:half], arguments[half:]):
+                await self.send({"type": "response.function_call_arguments.delta", **ids,
+                                 "delta": delta})  # fmt: skip
+                await asyncio.sleep(0.01 / self.sim.pace)
+            item["arguments"] = arguments
+            item["status"] = "completed"
+            await self.send({"type": "response.function_call_arguments.done", **ids,
+                             "name": name, "arguments": arguments})  # fmt: skip
+            await self.send({"type": "response.output_item.done", "response_id": resp.id,
+                             "output_index": index, "item": dict(item)})  # fmt: skip
+            await self.send({"type": "conversation.item.done", "item": dict(item),
+                             "previous_item_id": previous})  # fmt: skip
+            output.append(dict(item))
+        if self.closed:
+            return
+        cancelled = resp.cancel_reason is not None
+        tokens = 5 * max(1, len(output))
+        usage = {
+            "total_tokens": 20 + tokens, "input_tokens": 20, "output_tokens": tokens,
+            "input_token_details": {"text_tokens": 20, "audio_tokens": 0, "image_tokens": 0,
+                                    "cached_tokens": 0},
+            "output_token_details": {"text_tokens": tokens, "audio_tokens": 0},
+        }  # fmt: skip
+        status_details = {"type": "cancelled", "reason": resp.cancel_reason} if cancelled else None
+        self.response = None
+        await self.send({"type": "response.done", "response": {
+            **base, "status": "cancelled" if cancelled else "completed",
+            "status_details": status_details, "output": output, "usage": usage,
+        }})  # fmt: skip
+
+
 class _InLoopServer(uvicorn.Server):
     """uvicorn inside someone else's loop (tests): leave the process's signal handlers alone."""
 
@@ -1129,8 +1256,11 @@ class OpenAISimulator(SimulatorServer):
         chunk_ms: int = 100,
         record_audio: bool = True,
         faults: SimFaults | None = None,
+        tool_triggers: Iterable[ToolTrigger] = (),
     ) -> None:
         self.keys = set(keys)
+        #: Scripted function calls (see `ToolTrigger`).
+        self.tool_triggers = list(tool_triggers)
         self.host = host
         self.port = port
         self.pace = pace
