@@ -125,6 +125,7 @@ def load_file(path: str | Path) -> list[Tool]:
         except KeyError as exc:
             raise ValueError(f"{where}: '{exc.args[0]}' is required") from None
         where = f"VOXGATE_TOOLS_FILE {path.name}, tool {name!r}"
+        url = _expand(url, where)
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"{where}: url must start with http:// or https://")
         method = str(entry.get("method", "POST")).upper()
@@ -144,7 +145,7 @@ def load_file(path: str | Path) -> list[Tool]:
             ),
         )
         tools.append(HttpTool(
-            spec, _expand(url, where), method,
+            spec, url, method,
             {str(k): _expand(str(v), where) for k, v in headers.items()},
             float(timeout) if timeout is not None else None,
         ))  # fmt: skip
