@@ -43,6 +43,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from voxgate.testing.speech import synthesize
+from voxgate.testing.tooling import ToolTrigger, tool_answer, triggered_calls
 
 log = logging.getLogger("voxgate.testing.openai_sim")
 
@@ -98,26 +99,6 @@ def error_event(
     }
 
 
-@dataclass(frozen=True, slots=True)
-class ToolTrigger:
-    """A scripted function call: when the user's latest words contain `phrase`, the model
-    answers with a call of each `(name, arguments)` in `calls` (several: parallel calls)
-    instead of speaking; once every output is back it speaks them (`default_response`).
-
-    `arguments` may be a dict (sent as JSON) or a string sent as is, so a test can make the
-    model produce arguments that are not JSON. A call of a tool the session did not declare
-    is made only with `undeclared=True` (a model that invents a tool name)."""
-
-    phrase: str
-    calls: tuple[tuple[str, dict[str, Any] | str], ...]
-    undeclared: bool = False
-
-    @classmethod
-    def one(cls, phrase: str, name: str, arguments: dict[str, Any] | str | None = None,
-            undeclared: bool = False) -> ToolTrigger:  # fmt: skip
-        return cls(phrase, ((name, arguments if arguments is not None else {}),), undeclared)
-
-
 def scripted_calls(
     triggers: Iterable[ToolTrigger], items: list[dict[str, Any]], declared: set[str]
 ) -> list[tuple[str, str]]:
@@ -130,15 +111,8 @@ def scripted_calls(
             said = " ".join(
                 str(part.get("text") or part.get("transcript") or "")
                 for part in item.get("content") or []
-            ).lower()
-            for trigger in triggers:
-                names = {name for name, _ in trigger.calls}
-                if trigger.phrase.lower() in said and (trigger.undeclared or names <= declared):
-                    return [
-                        (name, args if isinstance(args, str) else orjson.dumps(args).decode())
-                        for name, args in trigger.calls
-                    ]
-            return []
+            )
+            return triggered_calls(triggers, said, declared)
     return []
 
 
@@ -154,7 +128,7 @@ def default_response(text: str | None = None, items: list[dict[str, Any]] | None
         else:
             break
     if outputs:
-        return "The tools said: " + "; ".join(outputs) + "."
+        return tool_answer(outputs)
     for item in reversed(items or []):
         if item.get("type") == "message" and item.get("role") == "user":
             for part in item.get("content") or []:
@@ -1529,6 +1503,7 @@ __all__ = [
     "OpenAISimulator",
     "SimConnection",
     "SimFaults",
+    "ToolTrigger",
     "default_responder",
     "error_event",
     "main",
