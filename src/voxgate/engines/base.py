@@ -369,10 +369,13 @@ class ConversationEngine(ABC):
         raise NotImplementedError(f"the {self.name} engine has no turn control")
 
     # --- tools (engines with `capabilities.tools`) -------------------------------------------
-    async def send_tool_result(self, call_id: str, output: str, *, respond: bool = True) -> None:
+    async def send_tool_result(
+        self, call_id: str, output: str, *, respond: bool = True, is_error: bool = False
+    ) -> None:
         """The result of a `ToolCall`: it joins the conversation, and once no call of that
         response is left unanswered the model goes on (unless `respond` is false: the calls
-        were cancelled by an interrupt, and the model must wait for the user)."""
+        were cancelled by an interrupt, and the model must wait for the user). `is_error`:
+        `output` says why the call failed (providers that mark failures get told)."""
         raise NotImplementedError(f"the {self.name} engine has no tools")
 
     # --- output ---------------------------------------------------------------------------

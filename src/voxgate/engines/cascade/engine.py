@@ -341,7 +341,9 @@ class CascadeEngine(ConversationEngine):
         )
         self._trim_history()
 
-    async def send_tool_result(self, call_id: str, output: str, *, respond: bool = True) -> None:
+    async def send_tool_result(
+        self, call_id: str, output: str, *, respond: bool = True, is_error: bool = False
+    ) -> None:
         """The result joins the history right after the call that asked for it (whatever was
         said meanwhile), and the reply waiting for it goes on."""
         for index, message in enumerate(self._history):

@@ -446,7 +446,9 @@ class OpenAIRealtimeEngine(ConversationEngine):
         if self._auto_respond:
             await self._respond_now()
 
-    async def send_tool_result(self, call_id: str, output: str, *, respond: bool = True) -> None:
+    async def send_tool_result(
+        self, call_id: str, output: str, *, respond: bool = True, is_error: bool = False
+    ) -> None:
         exchange = next(
             (t for t in reversed(self._turns) if isinstance(t, ToolExchange) and t.call_id == call_id),
             None,

@@ -193,7 +193,9 @@ class ToolCalls:
         exchange = ToolExchange(call.call_id, call.name, call.arguments, outcome.output)
         self.turns.store_tool(exchange, outcome.status, outcome.error)
         try:
-            await self.engine.send_tool_result(call.call_id, outcome.output, respond=respond)
+            await self.engine.send_tool_result(
+                call.call_id, outcome.output, respond=respond, is_error=outcome.error is not None
+            )
         except Exception:  # noqa: BLE001 - the engine reports its own failures as events
             log.warning("the engine could not take the result of %s", call.call_id, exc_info=True)
 
