@@ -230,6 +230,10 @@ class Settings(BaseSettings):
     tools: CsvList = Field(default_factory=list, validation_alias=_env("VOXGATE_TOOLS"))
     #: A YAML or JSON file of HTTP tools.
     tools_file: str | None = Field(None, validation_alias=_env("VOXGATE_TOOLS_FILE"))
+    #: MCP servers whose tools are server tools: stdio commands or streamable-HTTP URLs.
+    mcp_servers: CsvList = Field(
+        default_factory=list, validation_alias=_env("VOXGATE_MCP_SERVERS")
+    )
     #: How long a tool call may take (a tool's own `timeout_s` overrides it).
     tool_timeout_s: float = Field(
         10.0, gt=0, le=600, validation_alias=_env("VOXGATE_TOOL_TIMEOUT_S")
@@ -285,7 +289,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "allowed_engines", "allowed_origins", "admin_users", "allowed_models",
-        "turn_backchannels", "tools", mode="before",
+        "turn_backchannels", "tools", "mcp_servers", mode="before",
     )  # fmt: skip
     @classmethod
     def _split_csv(cls, value: object) -> object:

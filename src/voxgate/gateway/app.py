@@ -75,6 +75,7 @@ def _lifespan(state: GatewayState) -> Callable[[FastAPI], AbstractAsyncContextMa
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.store.open()
+        await state.tools.open(settings)
         sweeper = None
         if settings.retention_days > 0:
             from voxgate.gateway.retention import retention_loop

@@ -47,6 +47,7 @@ class ToolBox:
 
     def __init__(self, tools: list[Tool] | None = None) -> None:
         self.tools: dict[str, Tool] = {}
+        self._mcp: list[Any] = []
         for tool in tools or []:
             self.add(tool)
 
@@ -81,7 +82,19 @@ class ToolBox:
     def __len__(self) -> int:
         return len(self.tools)
 
+    async def open(self, settings: Settings) -> None:
+        """Connect the MCP servers (`VOXGATE_MCP_SERVERS`) and add their tools."""
+        if not settings.mcp_servers:
+            return
+        from voxgate.tools.mcp import connect_servers
+
+        self._mcp, tools = await connect_servers(list(settings.mcp_servers), settings.start_timeout_s)
+        for tool in tools:
+            self.add(tool)
+
     async def close(self) -> None:
+        for server in self._mcp:
+            await server.close()
         for tool in self.tools.values():
             try:
                 await tool.close()
