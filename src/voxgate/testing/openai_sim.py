@@ -1461,12 +1461,14 @@ def run_openai_sim(
     transcript: str | None = None,
     pocketsphinx: bool = False,
     grammar: str | None = None,
+    tool_triggers: Iterable[ToolTrigger] = (),
 ) -> None:
     """Run the simulator until interrupted (the `voxgate simulate openai` CLI verb)."""
 
     sim = OpenAISimulator(
         keys, host=host, port=port, pace=pace, transcript=transcript,
         pocketsphinx=pocketsphinx, grammar=grammar, record_audio=False,
+        tool_triggers=tool_triggers,
     )  # fmt: skip
 
     def ready(sim: OpenAISimulator) -> None:
@@ -1488,10 +1490,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--transcript", help="what the simulator hears for every utterance")
     parser.add_argument("--pocketsphinx", action="store_true", help="recognise speech for real")
     parser.add_argument("--grammar", help="JSGF grammar file for pocketsphinx")
+    parser.add_argument(
+        "--tool-trigger", action="append", default=[], metavar="PHRASE=NAME:JSON",
+        help="call the tool NAME with the JSON arguments when the user says PHRASE (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    triggers = []
+    for spec in args.tool_trigger:
+        phrase, _, call = spec.partition("=")
+        name, _, arguments = call.partition(":")
+        if not phrase or not name:
+            parser.error(f"--tool-trigger {spec!r}: expected PHRASE=NAME:JSON")
+        triggers.append(ToolTrigger.one(phrase, name, orjson.loads(arguments or "{}")))
     run_openai_sim(
         args.host, args.port, args.key or ["sk-test"], args.pace, args.transcript,
-        args.pocketsphinx or bool(args.grammar), args.grammar,
+        args.pocketsphinx or bool(args.grammar), args.grammar, triggers,
     )  # fmt: skip
 
 
