@@ -234,6 +234,9 @@ class Settings(BaseSettings):
     mcp_servers: CsvList = Field(
         default_factory=list, validation_alias=_env("VOXGATE_MCP_SERVERS")
     )
+    #: A tool call still running after this long makes the assistant say a short filler
+    #: (engines that can); 0 turns fillers off.
+    tool_filler_ms: int = Field(1500, ge=0, validation_alias=_env("VOXGATE_TOOL_FILLER_MS"))
     #: How long a tool call may take (a tool's own `timeout_s` overrides it).
     tool_timeout_s: float = Field(
         10.0, gt=0, le=600, validation_alias=_env("VOXGATE_TOOL_TIMEOUT_S")

@@ -34,7 +34,7 @@ async def test_a_two_tool_conversation_on_elevenlabs(make_settings: Any, gateway
         settings = make_settings(
             engine="elevenlabs", elevenlabs_api_key="xi-tools", elevenlabs_agent_id=AGENT,
             elevenlabs_api_base=sim.api_base, elevenlabs_url=sim.ws_url,
-            tools=["weather_tools", "tests.support.tools_faulty"],
+            tools=["weather_tools", "tests.support.tools_faulty"], tool_filler_ms=0,
         )  # fmt: skip
         async with gateway_factory(settings) as gw:
             async with VoxgateClient(gw.ws_url) as client:

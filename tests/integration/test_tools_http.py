@@ -109,7 +109,7 @@ async def test_http_tools_through_the_gateway(backend: tuple[Backend, Path], mak
     server, failing = backend
     async with OpenAISimulator(keys=[KEY], pace=8.0, tool_triggers=TRIGGERS) as sim:
         settings = make_settings(engine="openai", openai_api_key=KEY, openai_url=sim.url,
-                                 tools_file=str(failing))  # fmt: skip
+                                 tools_file=str(failing), tool_filler_ms=0)  # fmt: skip
         async with gateway_factory(settings) as gw:
             async with VoxgateClient(gw.ws_url) as client:
                 ready = await client.start()

@@ -36,7 +36,10 @@ TRIGGERS = [
 async def gateway(make_settings: Any, gateway_factory: Any, servers: list[str]) -> AsyncIterator[Any]:
     async with OpenAISimulator(keys=[KEY], pace=8.0, tool_triggers=TRIGGERS) as sim:
         settings = make_settings(engine="openai", openai_api_key=KEY, openai_url=sim.url,
-                                 mcp_servers=servers, start_timeout_s=30.0)  # fmt: skip
+                                 mcp_servers=servers, start_timeout_s=30.0,
+                                 # Starting a stdio server again takes a while on a loaded
+                                 # machine; no filler may come between a call and its answer.
+                                 tool_timeout_s=60.0, tool_filler_ms=0)  # fmt: skip
         async with gateway_factory(settings) as gw:
             yield gw
 

@@ -40,6 +40,7 @@ TRIGGERS = [
     ToolTrigger.one("explode now", "explode", {"reason": "test"}),
     ToolTrigger.one("hang now", "hang", {}),
     ToolTrigger.one("locate bad", "get_location", {"precise": "very"}),
+    ToolTrigger.one("take your time", "slow", {"seconds": 2}),
 ]
 
 
@@ -54,6 +55,8 @@ def tools_gateway(
 ) -> Callable[..., Any]:
     @asynccontextmanager
     async def run(**overrides: Any) -> AsyncIterator[tuple[Any, OpenAISimulator]]:
+        # No fillers unless a test asks: a loaded machine must not turn a quick call into one.
+        overrides.setdefault("tool_filler_ms", 0)
         async with OpenAISimulator(keys=[KEY], pace=8.0, tool_triggers=TRIGGERS) as sim:
             settings = make_settings(
                 engine="openai", openai_api_key=KEY, openai_url=sim.url,
@@ -121,7 +124,7 @@ async def test_server_and_client_tools_in_one_conversation(tools_gateway: Callab
 async def two_tool_turns(client: VoxgateClient) -> None:
     """A server tool, then a client tool, each answered in words that quote its result."""
     ready = await client.start()
-    assert ready["tools"] == ["get_weather", "save_note", "explode", "hang", "add", "get_location"]
+    assert ready["tools"] == ["get_weather", "save_note", "explode", "hang", "add", "slow", "get_location"]
     assert ready["capabilities"]["tools"] is True
     # A server tool: the model calls it, the gateway runs it, the model speaks its result.
     await client.user_message("what is the weather in paris")
@@ -349,3 +352,32 @@ async def test_bad_tool_declarations_are_refused_at_start(tools_gateway: Callabl
             assert sentence in error["message"], error
         ready = await client.start(tools=[{"name": "a"}])
         assert ready["tools"][-1] == "a"
+
+
+async def test_a_slow_tool_gets_a_filler_and_then_the_answer(tools_gateway: Callable[..., Any]) -> None:
+    async with tools_gateway(tool_filler_ms=300) as (gw, sim), VoxgateClient(gw.ws_url) as client:
+        await client.start()
+        await client.user_message("take your time")
+        filler = await client.collect_reply(timeout=30)
+        assert filler.assistant_text == "One moment, please." and filler.audio
+        answer = await client.collect_reply(timeout=30)
+        assert answer.assistant_text == "The tools said: slept 2 s."
+        statuses = [m["status"] for m in filler.tool_statuses + answer.tool_statuses]
+        assert statuses == ["running", "done"]
+        await client.stop()
+    conn = sim.accepted[-1]
+    oob = [e for e in conn.received if e.get("type") == "response.create" and e.get("response")]
+    assert len(oob) == 1 and oob[0]["response"]["conversation"] == "none"
+    # The filler joined no conversation: the model's items hold the call, its output, the answer.
+    kinds = [(i["type"], i.get("role")) for i in conn.items]
+    assert ("message", "assistant") in kinds and len([k for k in kinds if k == ("message", "assistant")]) == 1
+
+
+async def test_a_quick_tool_gets_no_filler(tools_gateway: Callable[..., Any]) -> None:
+    async with tools_gateway(tool_filler_ms=5000) as (gw, sim), VoxgateClient(gw.ws_url) as client:
+        await client.start()
+        await client.user_message("what is the weather in paris")
+        reply = await client.collect_reply(timeout=30)
+        assert "sunny" in reply.assistant_text and "One moment" not in reply.assistant_text
+        await client.stop()
+    assert not [e for e in sim.accepted[-1].received if e.get("type") == "response.create" and e.get("response")]

@@ -26,3 +26,10 @@ async def hang() -> str:
 def add(a: int, b: int) -> int:
     """Adds two integers."""
     return a + b
+
+
+@voxgate.tool
+async def slow(seconds: float = 1.0) -> str:
+    """Answers after `seconds`."""
+    await asyncio.sleep(seconds)
+    return f"slept {seconds:g} s"

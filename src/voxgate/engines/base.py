@@ -378,6 +378,12 @@ class ConversationEngine(ABC):
         `output` says why the call failed (providers that mark failures get told)."""
         raise NotImplementedError(f"the {self.name} engine has no tools")
 
+    async def say_filler(self, text: str) -> bool:
+        """Say `text` now ("One moment, please.") while tool calls run, so the user hears no
+        dead air; -> whether the engine could (a provider that decides what its agent says
+        cannot, and neither can an engine with no call waiting)."""
+        return False
+
     # --- output ---------------------------------------------------------------------------
     async def events(self) -> AsyncIterator[EngineEvent]:
         while True:

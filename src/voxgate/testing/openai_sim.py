@@ -935,12 +935,19 @@ class _Session:
         for fut in list(self.transcripts.values()):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(fut), 30)
+        # An out-of-band response (`conversation: "none"`) joins no conversation: its item is
+        # not added, and the simulated model says what its instructions ask for (the text after
+        # their last colon), calling no tools.
+        in_band = params.get("conversation", "auto") != "none"
         declared = {t.get("name") for t in session.get("tools") or [] if isinstance(t, dict)}
-        calls = scripted_calls(self.sim.tool_triggers, self.rec.items, declared)  # type: ignore[arg-type]
+        calls = scripted_calls(self.sim.tool_triggers, self.rec.items, declared) if in_band else []  # type: ignore[arg-type]
         if calls:
             await self._call_functions(resp, base, calls)
             return
-        text = await asyncio.to_thread(self.sim.responder, [dict(i) for i in self.rec.items])
+        if in_band or not str(params.get("instructions") or "").strip():
+            text = await asyncio.to_thread(self.sim.responder, [dict(i) for i in self.rec.items])
+        else:
+            text = str(params["instructions"]).rsplit(":", 1)[-1].strip()
         previous = self.rec.items[-1]["id"] if self.rec.items else None
         item: dict[str, Any] = {
             "id": resp.item_id,
@@ -950,7 +957,8 @@ class _Session:
             "role": "assistant",
             "content": [],
         }
-        self.rec.items.append(item)
+        if in_band:
+            self.rec.items.append(item)
         ids = {
             "response_id": resp.id,
             "item_id": resp.item_id,
@@ -959,8 +967,9 @@ class _Session:
         }
         await self.send({"type": "response.output_item.added", "response_id": resp.id,
                          "output_index": 0, "item": dict(item)})  # fmt: skip
-        await self.send({"type": "conversation.item.added", "item": dict(item),
-                         "previous_item_id": previous})  # fmt: skip
+        if in_band:
+            await self.send({"type": "conversation.item.added", "item": dict(item),
+                             "previous_item_id": previous})  # fmt: skip
         empty_part = (
             {"type": "audio", "transcript": ""} if audio_mode else {"type": "text", "text": ""}
         )
@@ -1030,8 +1039,9 @@ class _Session:
         item["content"] = content
         await self.send({"type": "response.output_item.done", "response_id": resp.id,
                          "output_index": 0, "item": dict(item)})  # fmt: skip
-        await self.send({"type": "conversation.item.done", "item": dict(item),
-                         "previous_item_id": previous})  # fmt: skip
+        if in_band:
+            await self.send({"type": "conversation.item.done", "item": dict(item),
+                             "previous_item_id": previous})  # fmt: skip
         out_tokens = max(1, len(spoken.split()))
         in_tokens = 10 + sum(
             len(str(p.get("text") or p.get("transcript") or "").split())

@@ -49,7 +49,7 @@ def tools_gateway(
         workdir, browser_assets["grammar"],
         VOXGATE_ENGINE="openai", OPENAI_API_KEY="sk-browser",
         VOXGATE_OPENAI_URL=f"ws://127.0.0.1:{tools_sim.port}/v1/realtime",
-        VOXGATE_TOOLS="weather_tools",
+        VOXGATE_TOOLS="weather_tools", VOXGATE_TOOL_FILLER_MS="0",
         PYTHONPATH=os.pathsep.join(filter(None, [str(EXAMPLES), os.environ.get("PYTHONPATH")])),
     )  # fmt: skip
     server = start_gateway(workdir, env)

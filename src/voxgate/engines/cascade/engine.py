@@ -168,6 +168,8 @@ class CascadeEngine(ConversationEngine):
         #: (call id -> whether the model may go on once it has them).
         self._tools: list[dict[str, Any]] = []
         self._tool_waits: dict[str, asyncio.Future[bool]] = {}
+        #: A filler the reply waiting for tools should say (`say_filler`).
+        self._filler: asyncio.Future[str] | None = None
 
     # --- operator view (`voxgate serve`, /health) -------------------------------------------
     @classmethod
@@ -574,12 +576,32 @@ class CascadeEngine(ConversationEngine):
             self._tool_waits[call.call_id] = waiting
         for call in calls:
             await self.emit(ToolCall(call.call_id, call.name, call.arguments))
+        answered: asyncio.Future[list[bool]] = asyncio.gather(*waits)
+        filler: asyncio.Future[str] = loop.create_future()
+        self._filler = filler
         try:
-            answers = await asyncio.gather(*waits)
+            # The filler is spoken here, by the reply itself: its audio never overlaps the
+            # answer that follows it.
+            either: set[asyncio.Future[Any]] = {answered, filler}
+            done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if filler in done and answered not in done:
+                await self._speak_sentence(resp, filler.result())
+                resp.round_start = len(resp.text)
+            answers = await answered
         finally:
+            self._filler = None
+            if not answered.done():
+                answered.cancel()
             for call in calls:
                 self._tool_waits.pop(call.call_id, None)
         return all(answers)
+
+    async def say_filler(self, text: str) -> bool:
+        filler = self._filler
+        if filler is None or filler.done():
+            return False
+        filler.set_result(text)
+        return True
 
     async def _run_round(self, resp: _Response) -> list[RequestedCall]:
         """One model round: its words spoken sentence by sentence; -> the calls it made."""

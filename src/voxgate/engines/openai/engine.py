@@ -85,6 +85,8 @@ _COMMIT_EVENT = '{"type":"input_audio_buffer.commit"}'
 FATAL_CODES = {"invalid_api_key", "insufficient_quota", "account_deactivated"}
 #: Upstream errors that are expected and harmless.
 HARMLESS_CODES = {"response_cancel_not_active"}
+#: How a filler is asked of the model (an out-of-band response's instructions).
+FILLER_INSTRUCTION = "Tools are still running. Say this to the user, and nothing else:"
 _STATUS_MAP = {"completed": "completed", "cancelled": "cancelled"}
 
 Event = dict[str, Any]
@@ -209,6 +211,8 @@ class OpenAIRealtimeEngine(ConversationEngine):
         #: asked the model to go on (cancelled calls do not).
         self._open_calls: set[str] = set()
         self._continue_after_tools = False
+        #: Out-of-band responses that only say a filler: kept out of the remembered turns.
+        self._filler_responses: set[str] = set()
         self._user_partial: dict[str, str] = {}
         self._response_id: str | None = None
         self._idle = asyncio.Event()
@@ -468,6 +472,17 @@ class OpenAIRealtimeEngine(ConversationEngine):
                 await _wait_event(self._idle, self.config.first_byte_timeout_s)
             await self._send({"type": "response.create"})
 
+    async def say_filler(self, text: str) -> bool:
+        """An out-of-band response (`conversation: "none"`: it joins no conversation) that
+        says `text`, while calls run and nothing else is being said."""
+        if not self._open_calls or self._response_id is not None or self._reconnecting:
+            return False
+        await self._send({"type": "response.create", "response": {
+            "conversation": "none", "output_modalities": ["audio"], "tool_choice": "none",
+            "instructions": f"{FILLER_INSTRUCTION} {text}", "metadata": {"voxgate": "filler"},
+        }})  # fmt: skip
+        return True
+
     async def send_context_update(self, payload: dict[str, Any]) -> None:
         text = "Context update (JSON): " + orjson.dumps(payload).decode()
         item = {
@@ -711,7 +726,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
         delta = text_delta(item.transcript, text, fallback="")
         item.transcript = text
         item.final = True
-        if text:
+        if text and item.response_id not in self._filler_responses:
             self._turns.append(("assistant", text))
         await self.emit(Transcript("assistant", item.id, text, delta, True))
 
@@ -769,7 +784,10 @@ class OpenAIRealtimeEngine(ConversationEngine):
 
     async def _on_response_created(self, event: Event) -> None:
         self._awaiting_response = False
-        self._response_id = (event.get("response") or {}).get("id")
+        response = event.get("response") or {}
+        self._response_id = response.get("id")
+        if (response.get("metadata") or {}).get("voxgate") == "filler":
+            self._filler_responses.add(str(self._response_id))
         self._idle.clear()
 
     async def _on_response_output_item_added(self, event: Event) -> None:

@@ -296,7 +296,7 @@ class NeutralSession(LiveSessionBase):
         options.tools = toolset.specs
         self.tool_calls = ToolCalls(
             toolset, engine, self.turns, state.metrics, self.outbox.put, self._tool_context,
-            self.settings.tool_timeout_s,
+            self.settings.tool_timeout_s, self.settings.tool_filler_ms,
         )  # fmt: skip
         self._arbitrate(msg, engine, options)
         engine.connect_observer = steps.connect_observer(state, breaker, engine_name)

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from voxgate.gateway.turnlog import TurnLog
 
 log = logging.getLogger("voxgate.tools")
+
+#: What the assistant says while a slow tool runs (`VOXGATE_TOOL_FILLER_MS`).
+FILLER = "One moment, please."
 
 _CALL_ID = re.compile(r'"callId"\s*:\s*"([^"\\]{1,128})"')
 #: Calls answered or cancelled recently, remembered so a second answer is told apart from a
@@ -96,6 +99,7 @@ class ToolCalls:
         say: Callable[[Mapping[str, Any]], None],
         context: Callable[[ToolCall], ToolContext],
         timeout_s: float,
+        filler_ms: int = 0,
     ) -> None:
         self.toolset = toolset
         self.engine = engine
@@ -104,6 +108,8 @@ class ToolCalls:
         self.say = say
         self.context = context
         self.timeout_s = timeout_s
+        self.filler_ms = filler_ms
+        self._filler: asyncio.Task[None] | None = None
         self.pending: dict[str, _Pending] = {}
         self._finished: dict[str, str] = {}  # call id -> how it ended
         self._group: asyncio.TaskGroup | None = None
@@ -122,11 +128,25 @@ class ToolCalls:
         pending = _Pending(call, time.monotonic())
         self.pending[call.call_id] = pending
         self.say(P.tool_status_message(call.call_id, call.name, "running", 0))
-        runner = self._run(pending)
+        pending.task = self._spawn(self._run(pending), f"tool-{call.name}")
+        if self.filler_ms > 0 and (self._filler is None or self._filler.done()):
+            self._filler = self._spawn(self._fill(), "tool-filler")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         if self._group is not None:
-            pending.task = self._group.create_task(runner, name=f"tool-{call.name}")
-        else:
-            pending.task = asyncio.create_task(runner, name=f"tool-{call.name}")
+            return self._group.create_task(coro, name=name)
+        return asyncio.create_task(coro, name=name)
+
+    async def _fill(self) -> None:
+        """Calls still running after `filler_ms`: the assistant says a short filler (once for
+        the calls running together), where the engine can."""
+        await asyncio.sleep(self.filler_ms / 1000)
+        if not self.pending:
+            return
+        try:
+            await self.engine.say_filler(FILLER)
+        except Exception:  # noqa: BLE001 - a filler that fails leaves only silence
+            log.warning("the engine could not say a filler", exc_info=True)
 
     async def _run(self, pending: _Pending) -> None:
         call = pending.call
