@@ -458,6 +458,14 @@ async def test_function_calls_on_a_scripted_trigger_parse_with_sdk_models() -> N
         # A tool the session did not declare is not called (the trigger says it may not).
         done = (await say("undeclared"))[-1]["response"]
         assert [o["type"] for o in done["output"]] == ["message"]
+        # An out-of-band response says what it is told and joins no conversation.
+        held = len(sim.connections[-1].items)
+        await _send(ws, {"type": "response.create", "response": {"conversation": "none",
+                         "instructions": "Say this, and nothing else: One moment."}})  # fmt: skip
+        spoken = (await _recv_until(ws, "response.output_audio_transcript.done"))[-1]
+        assert spoken["transcript"] == "One moment."
+        await _recv_until(ws, "response.done")
+        assert len(sim.connections[-1].items) == held
         await ws.close()
 
     classes = _event_classes()
