@@ -137,3 +137,25 @@ async def test_http_tools_through_the_gateway(backend: tuple[Backend, Path], mak
     assert sent["body"] == {"amount": 10, "from": "EUR", "to": "USD"}
     assert sent["headers"]["x-voxgate-user"] and sent["headers"]["x-voxgate-call"].startswith("call_")
     assert SECRET not in repr(sim.accepted[-1].received)
+
+
+@pytest.mark.parametrize(
+    ("env", "sentence"),
+    [
+        ({"VOXGATE_TOOLS": "no_such_tool_module"}, "VOXGATE_TOOLS: cannot import 'no_such_tool_module'"),
+        ({"VOXGATE_TOOLS_FILE": "/nonexistent/tools.yaml"}, "VOXGATE_TOOLS_FILE: cannot read"),
+    ],
+)
+def test_serve_refuses_tools_it_cannot_load(tmp_path: Path, env: dict[str, str], sentence: str) -> None:
+    import subprocess
+    import sys
+
+    from tests.support.procs import clean_env
+
+    result = subprocess.run(
+        [sys.executable, "-m", "voxgate", "serve", "--port", "0"],
+        env=clean_env(VOXGATE_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/v.db", **env),
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert sentence in result.stderr.replace("\n", " ")

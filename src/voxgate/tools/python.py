@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar, get_type_hints, overload
 
@@ -119,6 +121,10 @@ def tool(
 def load_modules(names: list[str]) -> list[Tool]:
     """Every function marked with `voxgate.tool` in these modules, in definition order."""
     tools: list[Tool] = []
+    if names and "" not in sys.path and os.getcwd() not in sys.path:
+        # Like uvicorn's app directory: a module next to where `voxgate serve` starts is found
+        # (the console script, unlike `python -m`, does not put it on the path).
+        sys.path.insert(0, os.getcwd())
     for module_name in names:
         try:
             module = importlib.import_module(module_name)
