@@ -148,6 +148,13 @@ def check_serve_settings(settings: Settings) -> str | None:
     for name in settings.engines_allowed_for_clients():
         if name not in ENGINES:
             return f"unknown engine '{name}'; known engines: {', '.join(ENGINES)}"
+    if settings.tools or settings.tools_file:
+        from voxgate.tools.box import ToolBox
+
+        try:
+            ToolBox.from_settings(settings)  # the modules and the file load, or say why not
+        except ValueError as exc:
+            return str(exc)
     return None
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from ssl import SSLContext
@@ -25,6 +26,9 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
 from voxgate.audio import StreamResampler, bytes_for_ms, read_wav
+
+#: A client tool: called with the arguments object; returns the output (sync or async).
+ToolHandler = Callable[[dict[str, Any]], Any]
 
 
 class ProtocolFailure(Exception):
@@ -45,6 +49,8 @@ class Reply:
     response_status: str | None = None
     interrupted: bool = False
     events: list[dict[str, Any]] = field(default_factory=list)
+    #: `tool_status` messages of this turn (running, then how each call ended).
+    tool_statuses: list[dict[str, Any]] = field(default_factory=list)
 
 
 class VoxgateClient:
@@ -77,6 +83,38 @@ class VoxgateClient:
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.subprotocol: str | None = None
+        #: Client tools (`register_tool`): offered in `start`, answered as calls arrive.
+        self.tools: dict[str, tuple[dict[str, Any], ToolHandler]] = {}
+        self._tool_tasks: set[asyncio.Task[None]] = set()
+
+    def register_tool(
+        self,
+        name: str,
+        handler: ToolHandler,
+        *,
+        description: str = "",
+        parameters: dict[str, Any] | None = None,
+    ) -> None:
+        """Offer a tool that runs here: `start` declares it, and each `tool_call` for it runs
+        `handler(arguments)` (sync or async) and sends its return value as the `tool_result`
+        (an exception is sent as the call's `error`). Register before `start`."""
+        declaration = {"name": name, "description": description,
+                       "parameters": parameters or {"type": "object", "properties": {}}}  # fmt: skip
+        self.tools[name] = (declaration, handler)
+
+    async def _answer_tool(self, message: dict[str, Any]) -> None:
+        _, handler = self.tools[message["name"]]
+        try:
+            result = handler(message.get("arguments") or {})
+            if asyncio.iscoroutine(result):
+                result = await result
+            answer: dict[str, Any] = {"output": result}
+        except Exception as exc:  # noqa: BLE001 - the tool's failure is the call's error
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        from websockets.exceptions import ConnectionClosed
+
+        with contextlib.suppress(ConnectionClosed, ProtocolFailure):
+            await self.send({"type": "tool_result", "callId": message["callId"], **answer})
 
     # --- connection -----------------------------------------------------------------------
 
@@ -151,6 +189,8 @@ class VoxgateClient:
     async def start(self, timeout: float = 30.0, **options: Any) -> dict[str, Any]:
         """Send `start` (camelCase options as in the protocol) and wait for `session_ready`."""
         message = {"type": "start", **options}
+        if self.tools and "tools" not in options:
+            message["tools"] = [declaration for declaration, _ in self.tools.values()]
         self.binary = bool(options.get("binary", False))
         await self.send(message)
         ready = await self.wait_for("session_ready", timeout=timeout)
@@ -260,6 +300,10 @@ class VoxgateClient:
                 self.current_item = message["itemId"]
             elif kind == "transcript" and message.get("role") == "assistant":
                 self.current_item = message.get("itemId", self.current_item)
+            elif kind == "tool_call" and message.get("name") in self.tools:
+                task = asyncio.create_task(self._answer_tool(message))
+                self._tool_tasks.add(task)
+                task.add_done_callback(self._tool_tasks.discard)
         self.received.append(message)
         if fatal_raises and message.get("type") == "error" and message.get("fatal"):
             await self._await_close()
@@ -312,7 +356,9 @@ class VoxgateClient:
                 raise ProtocolFailure(f"fatal error: {message.get('code')}: {message.get('message')}", message)
 
     async def collect_reply(self, timeout: float = 60.0) -> Reply:
-        """Gather one assistant turn: transcripts and audio until `response_done`."""
+        """Gather one assistant turn: transcripts and audio until `response_done`. A response
+        that only called tools is part of the turn: collecting goes on to the answer that
+        follows their results (the calls are in `Reply.tool_statuses`)."""
         reply = Reply()
         deadline = time.monotonic() + timeout
         while True:
@@ -333,6 +379,11 @@ class VoxgateClient:
                 reply.interrupted = True
             elif kind == "error" and message.get("fatal"):
                 raise ProtocolFailure(f"fatal error: {message.get('code')}: {message.get('message')}", message)
+            elif kind == "tool_status":
+                reply.tool_statuses.append(message)
             elif kind == "response_done":
                 reply.response_status = message.get("status")
+                calling = any(m["status"] == "running" for m in reply.tool_statuses)
+                if calling and not reply.assistant_text and not reply.audio:
+                    continue
                 return reply

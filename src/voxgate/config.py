@@ -236,6 +236,23 @@ class Settings(BaseSettings):
         600, ge=10, le=7200, validation_alias=_env("VOXGATE_CLIENT_SECRET_MAX_TTL_S")
     )
 
+    # --- tools the model may call --------------------------------------------------------------
+    #: Python modules whose `@voxgate.tool` functions are server tools.
+    tools: CsvList = Field(default_factory=list, validation_alias=_env("VOXGATE_TOOLS"))
+    #: A YAML or JSON file of HTTP tools.
+    tools_file: str | None = Field(None, validation_alias=_env("VOXGATE_TOOLS_FILE"))
+    #: MCP servers whose tools are server tools: stdio commands or streamable-HTTP URLs.
+    mcp_servers: CsvList = Field(
+        default_factory=list, validation_alias=_env("VOXGATE_MCP_SERVERS")
+    )
+    #: A tool call still running after this long makes the assistant say a short filler
+    #: (engines that can); 0 turns fillers off.
+    tool_filler_ms: int = Field(1500, ge=0, validation_alias=_env("VOXGATE_TOOL_FILLER_MS"))
+    #: How long a tool call may take (a tool's own `timeout_s` overrides it).
+    tool_timeout_s: float = Field(
+        10.0, gt=0, le=600, validation_alias=_env("VOXGATE_TOOL_TIMEOUT_S")
+    )
+
     # --- limits -------------------------------------------------------------------------------
     max_sessions: int = Field(500, validation_alias=_env("VOXGATE_MAX_SESSIONS"))
     max_sessions_per_user: int = Field(3, validation_alias=_env("VOXGATE_MAX_SESSIONS_PER_USER"))
@@ -286,7 +303,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "allowed_engines", "allowed_origins", "admin_users", "allowed_models",
-        "turn_backchannels", mode="before",
+        "turn_backchannels", "tools", "mcp_servers", mode="before",
     )  # fmt: skip
     @classmethod
     def _split_csv(cls, value: object) -> object:

@@ -169,6 +169,27 @@ def _json_within(value: dict[str, Any] | None, limit: int, what: str) -> dict[st
     return value
 
 
+#: Most tools one client may offer in `start.tools`, and the largest declaration of one.
+MAX_CLIENT_TOOLS = 64
+MAX_TOOL_DECLARATION_BYTES = 16_000
+
+
+class ClientTool(_Model):
+    """A tool the client offers (`start.tools`): it runs in the client, which answers each
+    `tool_call` with a `tool_result`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str = Field("", max_length=4000)
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
+
+    @field_validator("parameters")
+    @classmethod
+    def _bounded_parameters(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _json_within(value, MAX_TOOL_DECLARATION_BYTES, "parameters") or {}
+
+
 class StartMessage(_Model):
     type: Literal["start"] = "start"
     engine: str | None = None
@@ -184,6 +205,17 @@ class StartMessage(_Model):
     binary: bool = False
     conversation_id: str | None = Field(None, alias="conversationId", max_length=64)
     metadata: dict[str, Any] | None = None
+    tools: list[ClientTool] | None = Field(None, max_length=MAX_CLIENT_TOOLS)
+
+    @field_validator("tools")
+    @classmethod
+    def _unique_tools(cls, value: list[ClientTool] | None) -> list[ClientTool] | None:
+        if value is not None:
+            names = [tool.name for tool in value]
+            for name in names:
+                if names.count(name) > 1:
+                    raise ValueError(f"tools: the name '{name}' is declared twice")
+        return value
 
     @field_validator("metadata")
     @classmethod
@@ -237,6 +269,20 @@ class BargeInMessage(_Strict):
     played_ms: int | None = Field(None, alias="playedMs", ge=0)
 
 
+class ToolResultMessage(_Strict):
+    """The client's answer to a `tool_call`: `output` (any JSON) or `error` (a sentence)."""
+
+    type: Literal["tool_result"] = "tool_result"
+    call_id: str = Field(alias="callId", min_length=1, max_length=128)
+    output: Any = None
+    error: str | None = Field(None, max_length=4000)
+
+    def model_post_init(self, __context: Any) -> None:
+        given = self.model_fields_set
+        if ("output" in given) == ("error" in given):
+            raise ValueError("give exactly one of 'output' and 'error'")
+
+
 class PingMessage(_Model):
     type: Literal["ping"] = "ping"
     id: str | int | None = None
@@ -266,6 +312,7 @@ ClientMessage = (
     | HoldMessage
     | AllowNextMessage
     | BargeInMessage
+    | ToolResultMessage
     | PingMessage
     | SimpleMessage
     | AudioChunk
@@ -279,6 +326,7 @@ _CONTROL_MODELS: dict[str, type[BaseModel]] = {
     "hold": HoldMessage,
     "allow_next": AllowNextMessage,
     "barge_in": BargeInMessage,
+    "tool_result": ToolResultMessage,
     "ping": PingMessage,
     "commit": SimpleMessage,
     "stop": SimpleMessage,
@@ -377,6 +425,8 @@ class SessionReadyMessage(TypedDict):
     #: The turn arbiter's settings for this session (`start.turnDetection` over the
     #: operator's defaults), as the engine can follow them.
     turnTaking: NotRequired[dict[str, Any]]
+    #: Names of the tools the model may call in this session (server tools, then the client's).
+    tools: NotRequired[list[str]]
 
 
 class StatusMessage(TypedDict):
@@ -456,6 +506,27 @@ class TurnMessage(TypedDict):
     itemId: NotRequired[str]
 
 
+class ToolCallMessage(TypedDict):
+    type: Literal["tool_call"]
+    callId: str
+    name: str
+    arguments: Any
+
+
+ToolStatus = Literal["running", "done", "error", "cancelled"]
+
+
+class ToolStatusMessage(TypedDict):
+    type: Literal["tool_status"]
+    callId: str
+    name: str
+    status: ToolStatus
+    #: Milliseconds since the call started (0 for `running`).
+    ms: int
+    #: For `error` and `cancelled`: why, in a sentence.
+    error: NotRequired[str]
+
+
 #: Every server message but `audio`, which never exists as a dict (see `audio_frame`).
 ServerMessage = (
     SessionReadyMessage
@@ -469,6 +540,8 @@ ServerMessage = (
     | PongMessage
     | BackpressureMessage
     | TurnMessage
+    | ToolCallMessage
+    | ToolStatusMessage
 )
 
 
@@ -504,6 +577,7 @@ def session_ready(
     output_rate: int,
     binary: bool,
     turn_taking: dict[str, Any] | None = None,
+    tools: list[str] | None = None,
 ) -> SessionReadyMessage:
     msg: SessionReadyMessage = {
         "type": "session_ready",
@@ -518,6 +592,8 @@ def session_ready(
     }
     if turn_taking is not None:
         msg["turnTaking"] = turn_taking
+    if tools is not None:
+        msg["tools"] = tools
     return msg
 
 
@@ -591,6 +667,21 @@ def turn_message(
     return msg
 
 
+def tool_call_message(call_id: str, name: str, arguments: Any) -> ToolCallMessage:
+    return {"type": "tool_call", "callId": call_id, "name": name, "arguments": arguments}
+
+
+def tool_status_message(
+    call_id: str, name: str, status: ToolStatus, ms: int, error: str | None = None
+) -> ToolStatusMessage:
+    msg: ToolStatusMessage = {
+        "type": "tool_status", "callId": call_id, "name": name, "status": status, "ms": ms,
+    }  # fmt: skip
+    if error:
+        msg["error"] = error
+    return msg
+
+
 SERVER_TYPES = frozenset(
     [
         "session_ready",
@@ -605,5 +696,7 @@ SERVER_TYPES = frozenset(
         "pong",
         "backpressure",
         "turn",
+        "tool_call",
+        "tool_status",
     ]
 )

@@ -27,6 +27,7 @@ from voxgate.engines.base import (
     ResponseDone,
     StartOptions,
     StatusChanged,
+    ToolCall,
     Transcript,
 )
 from voxgate.engines.elevenlabs import ElevenLabsConfig, ElevenLabsEngine, fetch_signed_url
@@ -393,18 +394,20 @@ async def test_ping_is_answered_with_pong(started: Callable[..., Any], sim: Elev
         }
     ],
 )
-async def test_client_tool_call_gets_an_error_result(
+async def test_client_tool_call_becomes_a_tool_call_and_its_result_reaches_the_agent(
     started: Callable[..., Any], sim: ElevenLabsSim
 ) -> None:
     engine, rec = await started()
     await engine.send_user_message("what is the weather in Paris")
+    call = await rec.wait_for(lambda: next((e for e in rec.events if isinstance(e, ToolCall)), None))
+    assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "Paris"}
+    await engine.send_tool_result(call.call_id, '{"sky":"sunny"}')
     await rec.wait_for(lambda: rec.done("completed"))
     conv = sim.conversations[-1]
     (result,) = conv.tool_results
-    call = conv.sent_of_type("client_tool_call")[0]["client_tool_call"]
-    assert result["tool_call_id"] == call["tool_call_id"]
-    assert result["is_error"] is True and "get_weather" in result["result"]
-    assert rec.final("assistant")[-1].text.startswith("The get_weather tool failed")
+    assert result["tool_call_id"] == call.call_id
+    assert result["is_error"] is False and result["result"] == '{"sky":"sunny"}'
+    assert rec.final("assistant")[-1].text == 'The get_weather tool says: {"sky":"sunny"}'
 
 
 # --- audio formats ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from voxgate.engines.base import (
     ResponseDone,
     StartOptions,
     StatusChanged,
+    ToolCall,
+    ToolSpec,
     Transcript,
     UserSpeaking,
 )
@@ -292,3 +295,81 @@ async def test_turn_control_is_declared_and_holds_replies_until_asked(running) -
     await engine.set_turn_control(auto_respond=True, auto_interrupt=True)
     await engine.send_user_message("and now answer")
     await events.wait(lambda e: isinstance(e, ResponseDone) and e is not done)
+
+
+# --- tools -------------------------------------------------------------------------------------
+
+#: What `capabilities.tools` each engine declares (checked, never skipped). The cascade calls
+#: tools through its chat endpoint (none: it echoes, and has no tools). GPT-Live's client
+#: delegation names no tool and carries no arguments, so it has none here.
+TOOLS = {"cascade": True, "openai": True, "elevenlabs": True, "openai-live": False}
+CLOCK = ToolSpec("get_time", "The time now.", {"type": "object", "properties": {"zone": {"type": "string"}}})
+TIME_RESULT = '{"time":"ten past four"}'
+
+
+@contextlib.asynccontextmanager
+async def tool_settings(name: str, tmp_path: Path) -> AsyncIterator[Settings]:
+    """Settings for `name` whose model calls `get_time` when it hears PHRASE."""
+    from voxgate.testing.tooling import ToolTrigger
+
+    trigger = ToolTrigger.one("time", "get_time", {"zone": "UTC"})
+    base: dict[str, Any] = {"engine": name, "database_url": f"sqlite+aiosqlite:///{tmp_path}/c.db"}
+    if name == "cascade":
+        from voxgate.testing.llm_sim import LLMSimulator
+
+        grammar = tmp_path / "g.jsgf"
+        grammar.write_text(f"#JSGF V1.0;\ngrammar g;\npublic <p> = {PHRASE} | hello;\n")
+        async with LLMSimulator(tool_triggers=[trigger]) as llm:
+            yield Settings(_env_file=None, stt_grammar=str(grammar), llm_url=llm.base_url, **base)  # type: ignore[call-arg]
+    elif name == "openai":
+        from voxgate.testing.openai_sim import OpenAISimulator
+
+        async with OpenAISimulator(keys=["sk-conf"], pace=4.0, transcript=PHRASE, tool_triggers=[trigger]) as sim:
+            yield Settings(_env_file=None, openai_api_key="sk-conf", openai_url=sim.url, **base)  # type: ignore[call-arg]
+    else:
+        from voxgate.testing.elevenlabs_sim import ElevenLabsSim, SimAgent
+
+        agent = SimAgent(agent_id="agent_conf", tool_triggers={"time": ("get_time", {"zone": "UTC"})})
+        async with ElevenLabsSim(api_key="xi-conf", agents=[agent], pace=4.0, transcripts=[PHRASE] * 10) as sim:
+            yield Settings(  # type: ignore[call-arg]
+                _env_file=None, elevenlabs_api_key="xi-conf", elevenlabs_agent_id="agent_conf",
+                elevenlabs_api_base=sim.api_base, elevenlabs_url=sim.ws_url, **base,
+            )  # fmt: skip
+
+
+async def test_tools_are_declared(running) -> None:
+    engine, _ = running
+    echo = engine.name == "cascade" and not engine.config.responder.llm_url  # type: ignore[attr-defined]
+    assert engine.capabilities.tools is (TOOLS[engine.name] and not echo)
+    if not engine.capabilities.tools:
+        with pytest.raises(NotImplementedError):
+            await engine.send_tool_result("call_x", "{}")
+
+
+@pytest.mark.parametrize("name", [name for name, tools in TOOLS.items() if tools])
+async def test_a_spoken_turn_that_calls_a_tool_is_answered_with_its_result(name: str, tmp_path: Path) -> None:
+    """The model hears the user, calls the tool, and speaks an answer that uses its result."""
+    async with tool_settings(name, tmp_path) as settings:
+        engine = create_engine(name, settings)
+        await engine.start(StartOptions(tools=[CLOCK]))
+        events = Events(engine)
+        try:
+            rate = engine.capabilities.input_rate
+            pcm = silence(300, rate) + synthesize(PHRASE, rate) + silence(1200, rate)
+            step = rate // 50 * 2
+            for i in range(0, len(pcm), step):
+                await engine.send_audio(pcm[i : i + step])
+                await asyncio.sleep(0.005)
+            call = await events.wait(lambda e: isinstance(e, ToolCall))
+            assert call.name == "get_time" and json.loads(call.arguments) == {"zone": "UTC"}  # type: ignore[union-attr]
+            await engine.send_tool_result(call.call_id, TIME_RESULT)  # type: ignore[union-attr]
+            answer = await events.wait(
+                lambda e: isinstance(e, Transcript) and e.role == "assistant" and e.final
+                and "ten past four" in e.text
+            )  # fmt: skip
+            spoken = [e for e in events.since(call) if isinstance(e, AudioOut) and e.item_id == answer.item_id]  # type: ignore[union-attr]
+            assert spoken, "the answer is spoken"
+            assert not [e for e in events.items if isinstance(e, EngineError)]
+        finally:
+            await engine.stop()
+            await events.close()

@@ -21,7 +21,7 @@ from openai.types.realtime import RealtimeServerEvent
 from pydantic import TypeAdapter
 from websockets.asyncio.client import ClientConnection
 
-from voxgate.testing.openai_sim import OpenAISimulator
+from voxgate.testing.openai_sim import OpenAISimulator, ToolTrigger
 from voxgate.testing.speech import silence, synthesize
 
 KEY = "sk-sim-test-key-123456"
@@ -409,3 +409,67 @@ async def test_server_vad_honours_threshold_and_create_response(sim: OpenAISimul
     events = await _recv_until(ws, "input_audio_buffer.cleared")
     assert "response.created" not in [e["type"] for e in events]  # create_response: false
     await ws.close()
+
+
+async def test_function_calls_on_a_scripted_trigger_parse_with_sdk_models() -> None:
+    weather = {"type": "function", "name": "get_weather", "description": "Weather.",
+               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}  # fmt: skip
+    clock = {**weather, "name": "get_time", "description": "Time."}
+    triggers = [
+        ToolTrigger.one("weather", "get_weather", {"city": "Paris"}),
+        ToolTrigger("both", (("get_weather", {"city": "Oslo"}), ("get_time", {}))),
+        ToolTrigger.one("undeclared", "not_declared", {}),
+    ]
+    async with OpenAISimulator(keys={KEY}, pace=8.0, tool_triggers=triggers) as sim:
+        ws = await _open(sim)
+        await _recv_until(ws, "conversation.created")
+        await _send(ws, {"type": "session.update",
+                         "session": {"type": "realtime", "tools": [weather, clock]}})  # fmt: skip
+        await _recv_until(ws, "session.updated")
+
+        async def say(text: str) -> list[dict]:
+            await _send(ws, {"type": "conversation.item.create", "item": {"type": "message",
+                        "role": "user", "content": [{"type": "input_text", "text": text}]}})  # fmt: skip
+            await _send(ws, {"type": "response.create"})
+            return await _recv_until(ws, "response.done")
+
+        events = await say("what is the weather")
+        done = events[-1]["response"]
+        assert done["status"] == "completed" and len(done["output"]) == 1
+        call = done["output"][0]
+        assert call["type"] == "function_call" and call["name"] == "get_weather"
+        assert json.loads(call["arguments"]) == {"city": "Paris"}
+        arguments = [e for e in events if e["type"] == "response.function_call_arguments.delta"]
+        assert "".join(e["delta"] for e in arguments) == call["arguments"]
+        # An output for a call the conversation does not hold is refused.
+        await _send(ws, {"type": "conversation.item.create", "item": {
+            "type": "function_call_output", "call_id": "call_unknown", "output": "x"}})  # fmt: skip
+        error = (await _recv_until(ws, "error"))[-1]
+        assert error["error"]["param"] == "item.call_id"
+        await _send(ws, {"type": "conversation.item.create", "item": {
+            "type": "function_call_output", "call_id": call["call_id"], "output": "sunny"}})  # fmt: skip
+        await _send(ws, {"type": "response.create"})
+        spoken = (await _recv_until(ws, "response.output_audio_transcript.done"))[-1]
+        assert spoken["transcript"] == "The tools said: sunny."
+        await _recv_until(ws, "response.done")
+        # Parallel calls: two function_call items in one response.
+        done = (await say("both"))[-1]["response"]
+        assert [o["name"] for o in done["output"]] == ["get_weather", "get_time"]
+        # A tool the session did not declare is not called (the trigger says it may not).
+        done = (await say("undeclared"))[-1]["response"]
+        assert [o["type"] for o in done["output"]] == ["message"]
+        # An out-of-band response says what it is told and joins no conversation.
+        held = len(sim.connections[-1].items)
+        await _send(ws, {"type": "response.create", "response": {"conversation": "none",
+                         "instructions": "Say this, and nothing else: One moment."}})  # fmt: skip
+        spoken = (await _recv_until(ws, "response.output_audio_transcript.done"))[-1]
+        assert spoken["transcript"] == "One moment."
+        await _recv_until(ws, "response.done")
+        assert len(sim.connections[-1].items) == held
+        await ws.close()
+
+    classes = _event_classes()
+    for event in sim.connections[-1].sent:
+        classes[event["type"]].model_validate(event)
+    sent = {e["type"] for e in sim.connections[-1].sent}
+    assert {"response.function_call_arguments.delta", "response.function_call_arguments.done"} <= sent

@@ -22,6 +22,8 @@ import type {
   SessionReady,
   StartOptions,
   TokenSource,
+  ToolDefinition,
+  ToolHandler,
   TurnDetection,
   TurnMode,
   TurnTaking,
@@ -105,6 +107,8 @@ export class VoxgateClient implements ConversationEngine {
   private localPaused = false;
   /** Microphone frames captured before `session_ready`, sent once it arrives (people talk at once). */
   private earlyFrames: ArrayBuffer[] = [];
+  /** Page tools (`registerTool`), offered in every `start`. */
+  private readonly tools = new Map<string, { definition: ToolDefinition; handler: ToolHandler }>();
 
   constructor(options: ClientOptions = {}) {
     this.url = resolveSocketUrl(options.url);
@@ -343,6 +347,41 @@ export class VoxgateClient implements ConversationEngine {
     this.send({ type: "user_message", text: value });
   }
 
+  /**
+   * Offer the model a tool that runs in this page: every call of it runs `handler` with the
+   * model's arguments and sends back what it returns (or why it threw). Register before
+   * `start()`: the tools go out with it (a session already running gets them on its next
+   * start). Returns the function that removes the tool. A name the gateway already uses for a
+   * server tool makes `start()` fail with `bad_request`.
+   */
+  registerTool(name: string, definition: ToolDefinition, handler: ToolHandler): () => void {
+    if (!/^[A-Za-z0-9_-]{1,64}$/.test(String(name))) {
+      throw new VoxgateError("bad_request", "A tool name is 1-64 letters, digits, '_' or '-'.");
+    }
+    if (typeof handler !== "function") throw new VoxgateError("bad_request", "A tool needs a handler function.");
+    const entry = { definition: { ...definition }, handler };
+    this.tools.set(name, entry);
+    return () => {
+      if (this.tools.get(name) === entry) this.tools.delete(name);
+    };
+  }
+
+  private async runTool(msg: { callId: string; name: string; arguments: Record<string, unknown> }): Promise<void> {
+    const tool = this.tools.get(msg.name);
+    let answer: { output: unknown } | { error: string };
+    if (!tool) {
+      answer = { error: `this page has no tool named '${msg.name}'` };
+    } else {
+      try {
+        const output = await tool.handler(msg.arguments ?? {}, { callId: msg.callId, name: msg.name });
+        answer = { output: output === undefined ? null : output };
+      } catch (err) {
+        answer = { error: err instanceof Error ? err.message || err.name : String(err) };
+      }
+    }
+    if (this.connection.session) this.send({ type: "tool_result", callId: msg.callId, ...answer });
+  }
+
   /** Give the assistant structured context, without starting a turn. */
   sendContextUpdate(context: Record<string, unknown>): void {
     if (!context || typeof context !== "object" || Array.isArray(context)) {
@@ -499,6 +538,13 @@ export class VoxgateClient implements ConversationEngine {
     if (o.voice) msg.voice = o.voice;
     if (o.personality) msg.personality = o.personality;
     if (o.metadata) msg.metadata = o.metadata;
+    if (this.tools.size) {
+      msg.tools = [...this.tools].map(([name, { definition }]) => ({
+        name,
+        description: definition.description ?? "",
+        parameters: definition.parameters ?? { type: "object", properties: {} },
+      }));
+    }
     return msg;
   }
 
@@ -621,6 +667,13 @@ export class VoxgateClient implements ConversationEngine {
       case "backpressure":
         this.serverPaused = !!msg.paused;
         this.updateBackpressure();
+        break;
+      case "tool_call":
+        this.emit({ type: "tool_call", callId: msg.callId, name: msg.name, arguments: msg.arguments ?? {} });
+        void this.runTool(msg);
+        break;
+      case "tool_status":
+        this.emit({ ...msg });
         break;
       default:
         break;

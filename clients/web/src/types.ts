@@ -98,7 +98,27 @@ export interface SessionReady {
   binary: boolean;
   /** Absent from gateways older than the turn arbiter. */
   turnTaking?: TurnTaking;
+  /** The tools the model may call: the gateway's, then this page's (`registerTool`). */
+  tools?: string[];
 }
+
+/** A tool this page offers the model (`registerTool`). */
+export interface ToolDefinition {
+  /** What the tool does, for the model. */
+  description?: string;
+  /** JSON Schema of the arguments object. Default: no arguments. */
+  parameters?: Record<string, unknown>;
+}
+
+/** Runs one call of a page tool: gets the model's arguments (already checked against the
+ * schema), returns the result (any JSON value, or a promise of one). A throw is the call's
+ * error, which the model reads. */
+export type ToolHandler = (
+  args: Record<string, unknown>,
+  call: { callId: string; name: string },
+) => unknown;
+
+export type ToolStatus = "running" | "done" | "error" | "cancelled";
 
 export interface Personality {
   playfulness?: number;
@@ -333,6 +353,23 @@ export interface TurnEvent {
   /** The assistant is held (`hold()`) after this event. */
   held: boolean;
 }
+/** The model called one of this page's tools (its handler runs next). */
+export interface ToolCallEvent {
+  type: "tool_call";
+  callId: string;
+  name: string;
+  arguments: Record<string, unknown>;
+}
+/** How a tool call goes, server tools included: `running`, then `done`, `error` or `cancelled`. */
+export interface ToolStatusEvent {
+  type: "tool_status";
+  callId: string;
+  name: string;
+  status: ToolStatus;
+  /** Milliseconds since the call started. */
+  ms: number;
+  error?: string;
+}
 export interface PlaybackFlushedEvent {
   type: "playback_flushed";
   at: number;
@@ -358,6 +395,8 @@ export type VoxgateEvent =
   | TalkingEvent
   | PongEvent
   | TurnEvent
+  | ToolCallEvent
+  | ToolStatusEvent
   | PlaybackFlushedEvent;
 
 export type VoxgateEventType = VoxgateEvent["type"];
@@ -402,14 +441,16 @@ export type ServerMessage =
   | { type: "error"; code: ErrorCode; message: string; fatal?: boolean }
   | { type: "pong"; id?: string | number }
   | { type: "backpressure"; paused: boolean }
-  | { type: "turn"; event: TurnEventName; reason?: string; itemId?: string };
+  | { type: "turn"; event: TurnEventName; reason?: string; itemId?: string }
+  | { type: "tool_call"; callId: string; name: string; arguments: Record<string, unknown> }
+  | { type: "tool_status"; callId: string; name: string; status: ToolStatus; ms: number; error?: string };
 
 /** Messages the client sends (JSON text frames; audio goes as binary frames). */
 export type ClientMessage =
   | ({ type: "start"; binary: boolean; inputRate: number; outputRate: number; turnDetection: TurnDetection } & Pick<
       StartOptions,
       "engine" | "model" | "instructions" | "voice" | "personality" | "metadata" | "conversationId"
-    >)
+    > & { tools?: Array<{ name: string; description: string; parameters: Record<string, unknown> }> })
   | { type: "commit" }
   | { type: "user_message"; text: string }
   | { type: "context_update"; payload: Record<string, unknown> }
@@ -418,4 +459,5 @@ export type ClientMessage =
   | { type: "allow_next"; respond: boolean }
   | { type: "barge_in"; playedMs?: number }
   | { type: "stop" }
-  | { type: "ping"; id?: string | number };
+  | { type: "ping"; id?: string | number }
+  | { type: "tool_result"; callId: string; output?: unknown; error?: string };

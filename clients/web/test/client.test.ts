@@ -234,4 +234,46 @@ describe("VoxgateClient", () => {
     expect(client.status).toBe("connected");
     expect(client.conversationId).toBe("conv-1");
   });
+
+  it("offers registered tools in start, answers their calls and reports tool activity", async () => {
+    const { client, events } = makeClient();
+    const seen: unknown[] = [];
+    client.registerTool(
+      "get_location",
+      { description: "Where the user is.", parameters: { type: "object", properties: { precise: { type: "boolean" } } } },
+      async (args, call) => {
+        seen.push([args, call.callId]);
+        return { city: "Lyon" };
+      },
+    );
+    const remove = client.registerTool("fails", {}, () => {
+      throw new Error("no signal");
+    });
+    expect(() => client.registerTool("bad name", {}, () => 1)).toThrow(VoxgateError);
+    const socket = await startLive(client);
+    expect(socket.json[0]!.tools).toEqual([
+      { name: "get_location", description: "Where the user is.",
+        parameters: { type: "object", properties: { precise: { type: "boolean" } } } },
+      { name: "fails", description: "", parameters: { type: "object", properties: {} } },
+    ]);
+    socket.receive({ type: "tool_status", callId: "c1", name: "get_location", status: "running", ms: 0 });
+    socket.receive({ type: "tool_call", callId: "c1", name: "get_location", arguments: { precise: true } });
+    socket.receive({ type: "tool_call", callId: "c2", name: "fails", arguments: {} });
+    socket.receive({ type: "tool_call", callId: "c3", name: "unknown", arguments: {} });
+    await settle();
+    expect(seen).toEqual([[{ precise: true }, "c1"]]);
+    // Each answer goes out when its handler finishes (an async one later): order by call.
+    const results = socket.json
+      .filter((m) => m.type === "tool_result")
+      .sort((a, b) => String(a.callId).localeCompare(String(b.callId)));
+    expect(results).toEqual([
+      { type: "tool_result", callId: "c1", output: { city: "Lyon" } },
+      { type: "tool_result", callId: "c2", error: "no signal" },
+      { type: "tool_result", callId: "c3", error: "this page has no tool named 'unknown'" },
+    ]);
+    const activity = events.filter((e) => e.type === "tool_status" || e.type === "tool_call").map((e) => e.type);
+    expect(activity).toEqual(["tool_status", "tool_call", "tool_call", "tool_call"]);
+    remove();
+    await client.stop();
+  });
 });

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 EngineStatus = Literal["disconnected", "connecting", "connected", "reconnecting"]
 Role = Literal["user", "assistant"]
+#: Roles of the turns a conversation remembers: a tool call and its result are one `tool` turn.
+HistoryRole = Literal["user", "assistant", "tool"]
 #: How an engine honours `interrupt`: "exact" stops the provider's answer where the listener
 #: stopped hearing it; "advisory" stops what reaches the client and records the heard text,
 #: while the provider's model yields on its own (it cannot be told to stop).
@@ -72,12 +74,35 @@ class TurnDetectionOptions:
     auto_interrupt: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool the model may call: what `StartOptions.tools` lists for the engine to declare
+    in the provider's own shape."""
+
+    name: str
+    description: str
+    #: JSON Schema of the arguments object.
+    parameters: dict[str, Any]
+
+
+@dataclass(slots=True)
+class ToolExchange:
+    """One tool call and what the model was given back, as a conversation remembers it."""
+
+    call_id: str
+    name: str
+    arguments: str  # the JSON text the model produced
+    output: str | None = None  # None while the call runs
+
+
 @dataclass(slots=True)
 class HistoryTurn:
     """A prior turn replayed into an engine (resume, reconnect) so the assistant remembers."""
 
-    role: Role
+    role: HistoryRole
     text: str
+    #: For a `tool` turn: the call and its output (`text` is a readable summary of them).
+    tool: ToolExchange | None = None
 
 
 @dataclass(slots=True)
@@ -92,6 +117,9 @@ class StartOptions:
     history: list[HistoryTurn] = field(default_factory=list)
     metadata: dict[str, Any] | None = None
     session_id: str | None = None
+    #: Tools the model may call (engines with `Capabilities.tools`); each call arrives as a
+    #: `ToolCall` event and is answered with `send_tool_result`.
+    tools: list[ToolSpec] = field(default_factory=list)
 
     def system_prompt(self, default: str = "You are a helpful, concise voice assistant.") -> str:
         """Instructions plus the personality traits as plain sentences."""
@@ -192,6 +220,16 @@ class InputAudioDropped:
 
 
 @dataclass(slots=True)
+class ToolCall:
+    """The model calls a tool. The session runs it and answers with `send_tool_result`; the
+    engine asks the model to go on once every call of the response is answered."""
+
+    call_id: str
+    name: str
+    arguments: str  # JSON text, as the model produced it (it may not be valid JSON)
+
+
+@dataclass(slots=True)
 class EngineError:
     code: str  # a protocol ErrorCode value
     message: str
@@ -207,6 +245,7 @@ EngineEvent = (
     | ResponseDone
     | Interrupted
     | InputAudioDropped
+    | ToolCall
     | EngineError
 )
 
@@ -337,6 +376,22 @@ class ConversationEngine(ABC):
         """Answer now what the conversation holds (every user turn since the last reply); a
         reply still being generated is replaced, as after `commit`."""
         raise NotImplementedError(f"the {self.name} engine has no turn control")
+
+    # --- tools (engines with `capabilities.tools`) -------------------------------------------
+    async def send_tool_result(
+        self, call_id: str, output: str, *, respond: bool = True, is_error: bool = False
+    ) -> None:
+        """The result of a `ToolCall`: it joins the conversation, and once no call of that
+        response is left unanswered the model goes on (unless `respond` is false: the calls
+        were cancelled by an interrupt, and the model must wait for the user). `is_error`:
+        `output` says why the call failed (providers that mark failures get told)."""
+        raise NotImplementedError(f"the {self.name} engine has no tools")
+
+    async def say_filler(self, text: str) -> bool:
+        """Say `text` now ("One moment, please.") while tool calls run, so the user hears no
+        dead air; -> whether the engine could (a provider that decides what its agent says
+        cannot, and neither can an engine with no call waiting)."""
+        return False
 
     # --- output ---------------------------------------------------------------------------
     async def events(self) -> AsyncIterator[EngineEvent]:

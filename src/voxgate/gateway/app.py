@@ -88,6 +88,7 @@ def _lifespan(state: GatewayState) -> Callable[[FastAPI], AbstractAsyncContextMa
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.store.open()
         await _warm_up_engines(settings)
+        await state.tools.open(settings)
         sweeper = None
         if settings.retention_days > 0:
             from voxgate.gateway.retention import retention_loop
@@ -103,6 +104,7 @@ def _lifespan(state: GatewayState) -> Callable[[FastAPI], AbstractAsyncContextMa
             if sweeper is not None:
                 await cancel_and_wait([sweeper])
             await state.shutdown_sessions()
+            await state.tools.close()
             await state.store.close()
 
     return lifespan

@@ -73,6 +73,21 @@ class Metrics:
             registry=r,
         )
 
+        self.tool_calls_total = Counter(
+            "voxgate_tool_calls",
+            "Tool calls by tool (client tools share the label 'client') and how they ended "
+            "(done, error, cancelled)",
+            ["tool", "status"],
+            registry=r,
+        )
+        self.tool_seconds = Histogram(
+            "voxgate_tool_seconds",
+            "Tool call latency, from the model's call to its result",
+            ["tool"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
         self._upstream_counters(r)
 
     def _upstream_counters(self, r: CollectorRegistry) -> None:

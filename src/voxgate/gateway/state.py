@@ -15,6 +15,7 @@ from voxgate.gateway.limits import CircuitBreaker, KeyedTokenBuckets, SessionLim
 from voxgate.gateway.metrics import Metrics
 from voxgate.gateway.outbox import Outbox, OutboxFactory
 from voxgate.store.base import ConversationStore
+from voxgate.tools.box import ToolBox
 
 log = logging.getLogger("voxgate.gateway")
 
@@ -64,6 +65,8 @@ class GatewayState:
         self.metrics = Metrics()
         self.store: ConversationStore = store if store is not None else _default_store(settings)
         self.audio_log = _audio_log(settings)
+        #: The operator's server tools (`VOXGATE_TOOLS`, `VOXGATE_TOOLS_FILE`).
+        self.tools = ToolBox.from_settings(settings)
         self.sessions: dict[str, LiveSession] = {}
         self.websockets_open = 0
         self.shutting_down = False

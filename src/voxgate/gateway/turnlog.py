@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from voxgate.engines.base import Role
+from voxgate.engines.base import Role, ToolExchange
 from voxgate.gateway.metrics import Metrics
 from voxgate.gateway.writer import StoreWriter
 from voxgate.store.base import ConversationStore, TurnRecord
@@ -158,6 +158,24 @@ class TurnLog:
     def store_text(self, role: Role, item_id: str | None, text: str) -> None:
         """Store a turn that arrives whole (a typed message); it is not kept in the record."""
         self.store_turn(Turn(role, item_id, text=text))
+
+    def store_tool(self, exchange: ToolExchange, status: str, error: str | None = None) -> None:
+        """Store one tool call and its result as a `tool` turn (the call id is its item id)."""
+        from voxgate.tools.record import tool_turn_text
+
+        record = TurnRecord(
+            role="tool",
+            text=tool_turn_text(exchange, status, error),
+            item_id=exchange.call_id,
+            ended_at=now_utc(),
+        )
+        self.stored_count += 1
+        self.metrics.turns_total.labels("tool").inc()
+        self.writer.enqueue(lambda: self._write_record(record))
+
+    async def _write_record(self, record: TurnRecord) -> None:
+        if self.conversation_id is not None:
+            await self.store.add_turn(self.conversation_id, record)
 
     def cut_short(
         self, turn: Turn, played_ms: int, heard: str | None = None, *, store_now: bool = True

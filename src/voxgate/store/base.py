@@ -19,7 +19,9 @@ def _iso(value: datetime | None) -> str | None:
 
 @dataclass(slots=True)
 class TurnRecord:
-    role: Literal["user", "assistant"]
+    #: A `tool` turn is one tool call: `text` is a JSON object with `name`, `arguments`,
+    #: `output`, `status` and (when it failed) `error`; `item_id` is the call id.
+    role: Literal["user", "assistant", "tool"]
     text: str
     item_id: str | None = None
     started_at: datetime | None = None

@@ -87,6 +87,9 @@ def to_markdown(conv: ConversationRecord) -> str:
         lines.append(f"- Metadata: `{json.dumps(conv.metadata, ensure_ascii=False)}`")
     lines.append("")
     for turn in conv.turns:
+        if turn.role == "tool":
+            lines.extend([f"*Tool call:* `{_tool_line(turn.text)}`", ""])
+            continue
         speaker = "User" if turn.role == "user" else "Assistant"
         lines.append(f"**{speaker}:** {turn.text}")
         if turn.interrupted:
@@ -95,6 +98,17 @@ def to_markdown(conv: ConversationRecord) -> str:
             lines.append(f'*(interrupted{after}; heard: "{heard}")*')
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _tool_line(text: str) -> str:
+    """A stored tool call in one line: name(arguments) -> result (or how it failed)."""
+    from voxgate.tools.record import summary
+
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return text
+    return summary(record) if isinstance(record, dict) else text
 
 
 @conversations_app.command("list")

@@ -415,8 +415,8 @@ class SqlConversationStore(ConversationStore):
     # --- turns ------------------------------------------------------------------------------
 
     async def add_turn(self, conversation_id: str, turn: TurnRecord) -> TurnRecord:
-        if turn.role not in ("user", "assistant"):
-            raise ValueError(f"a turn's role is 'user' or 'assistant', not {turn.role!r}")
+        if turn.role not in ("user", "assistant", "tool"):
+            raise ValueError(f"a turn's role is 'user', 'assistant' or 'tool', not {turn.role!r}")
         ended_at = turn.ended_at or _now()
         async with self._begin() as conn:
             # The UPDATE comes first: it takes the write lock (SQLite) or the row lock

@@ -24,7 +24,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,6 +35,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from voxgate.audio import read_wav, resample, wav_bytes
+from voxgate.testing.tooling import ToolTrigger, tool_answer, triggered_calls
 
 Fault = Literal["http_500", "http_401", "slow"]
 
@@ -96,8 +97,12 @@ class LLMSimulator:
         transcript: str = "hello from the simulator",
         slow_s: float = 5.0,
         model: str = "sim-model",
+        tool_triggers: Iterable[ToolTrigger] = (),
     ) -> None:
         self.reply = reply
+        #: Scripted function calls (see `ToolTrigger`): the model calls tools the request
+        #: declares when the last user message matches, and quotes their outputs after.
+        self.tool_triggers = list(tool_triggers)
         self.token_delay_s = token_delay_s
         #: When set, requests without `Authorization: Bearer <api_key>` get 401.
         self.api_key = api_key
@@ -203,9 +208,35 @@ class LLMSimulator:
             )
         return None
 
-    def _tokens(self) -> list[str]:
-        words = self.reply.split(" ")
+    def _tokens(self, reply: str | None = None) -> list[str]:
+        words = (self.reply if reply is None else reply).split(" ")
         return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+    def _answer(self, body: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
+        """What the model says (text) or calls (name, arguments) for these messages."""
+        messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+        outputs: list[str] = []
+        for message in reversed(messages):
+            if message.get("role") != "tool":
+                break
+            outputs.insert(0, str(message.get("content") or ""))
+        if outputs:
+            return tool_answer(outputs), []
+        declared = {
+            str((t.get("function") or {}).get("name"))
+            for t in body.get("tools") or []
+            if isinstance(t, dict)
+        }
+        last = messages[-1] if messages else {}
+        if last.get("role") == "user" and self.tool_triggers:
+            content = last.get("content")
+            said = content if isinstance(content, str) else " ".join(
+                str(p.get("text", "")) for p in content or [] if isinstance(p, dict)
+            )  # fmt: skip
+            calls = triggered_calls(self.tool_triggers, said, declared)
+            if calls:
+                return "", calls
+        return self.reply, []
 
     async def _json_request(self, request: Request) -> dict[str, Any] | Response:
         """The common front of the JSON routes: parse, record, then apply the fault set for
@@ -248,6 +279,11 @@ class LLMSimulator:
         body = await self._json_request(request)
         if isinstance(body, Response):
             return body
+        problem = _tool_messages_problem(body.get("messages") or [])
+        if problem is not None:
+            return JSONResponse(_error_body(problem, "invalid_request_error", None), 400)
+        reply, calls = self._answer(body)
+        call_ids = [f"call_sim{len(self.requests)}x{i}" for i in range(len(calls))]
         model = body.get("model") or self.model
         created = int(time.time())
         cid = f"chatcmpl-sim{len(self.requests)}"
@@ -261,14 +297,22 @@ class LLMSimulator:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": self.reply},
-                            "finish_reason": "stop",
+                            "message": {
+                                "role": "assistant",
+                                "content": reply if not calls else None,
+                                **({"tool_calls": [
+                                    {"id": cid_, "type": "function",
+                                     "function": {"name": name, "arguments": args}}
+                                    for cid_, (name, args) in zip(call_ids, calls, strict=True)
+                                ]} if calls else {}),
+                            },
+                            "finish_reason": "tool_calls" if calls else "stop",
                         }
                     ],
                     "usage": {
                         "prompt_tokens": 0,
-                        "completion_tokens": len(self._tokens()),
-                        "total_tokens": len(self._tokens()),
+                        "completion_tokens": len(self._tokens(reply)),
+                        "total_tokens": len(self._tokens(reply)),
                     },
                 }
             )
@@ -286,10 +330,25 @@ class LLMSimulator:
             }
             return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
-        tokens = self._tokens()
+        tokens = self._tokens(reply)
         delay = self.token_delay_s
 
         async def events() -> AsyncIterator[bytes]:
+            if calls:
+                # The model's calls: each announced with its id and name, then its arguments
+                # in two pieces, as the real stream splits them.
+                yield chunk({"role": "assistant", "content": None}, None)
+                for index, (name, args) in enumerate(calls):
+                    yield chunk({"tool_calls": [{"index": index, "id": call_ids[index],
+                                 "type": "function", "function": {"name": name, "arguments": ""}}]},
+                                None)  # fmt: skip
+                    half = len(args) // 2
+                    for piece in (args[:half], args[half:]):
+                        yield chunk({"tool_calls": [{"index": index,
+                                     "function": {"arguments": piece}}]}, None)  # fmt: skip
+                yield chunk({}, "tool_calls")
+                yield b"data: [DONE]\n\n"
+                return
             yield chunk({"role": "assistant", "content": ""}, None)
             for token in tokens:
                 if delay:
@@ -344,6 +403,44 @@ class LLMSimulator:
         if fmt == "wav":
             return Response(wav_bytes(pcm, 24000), media_type="audio/wav")
         return Response(pcm, media_type="audio/pcm")
+
+
+def _tool_messages_problem(messages: list[Any]) -> str | None:
+    """What the real API refuses about tool messages: a `tool` message must answer a call of
+    the assistant message before it, and every such call must be answered before anything
+    else follows."""
+    open_calls: set[str] = set()
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        role = message.get("role")
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if call_id not in open_calls:
+                return (
+                    "Invalid parameter: messages with role 'tool' must be a response to a "
+                    "preceeding message with 'tool_calls'."
+                )
+            open_calls.discard(call_id)
+            continue
+        if open_calls:
+            return (
+                "An assistant message with 'tool_calls' must be followed by tool messages "
+                "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+                f"response messages: {', '.join(sorted(open_calls))}"
+            )
+        if role == "assistant":
+            open_calls = {
+                str(call.get("id")) for call in message.get("tool_calls") or []
+                if isinstance(call, dict)
+            }  # fmt: skip
+    if open_calls:
+        return (
+            "An assistant message with 'tool_calls' must be followed by tool messages "
+            "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+            f"response messages: {', '.join(sorted(open_calls))}"
+        )
+    return None
 
 
 def _espeak_pcm24k(text: str) -> bytes:

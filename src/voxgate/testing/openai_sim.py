@@ -43,6 +43,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from voxgate.testing.speech import synthesize
+from voxgate.testing.tooling import ToolTrigger, tool_answer, triggered_calls
 
 log = logging.getLogger("voxgate.testing.openai_sim")
 
@@ -98,8 +99,36 @@ def error_event(
     }
 
 
+def scripted_calls(
+    triggers: Iterable[ToolTrigger], items: list[dict[str, Any]], declared: set[str]
+) -> list[tuple[str, str]]:
+    """The calls the model makes now: those of the first trigger the latest user words match,
+    unless the conversation already answered them (outputs after those words)."""
+    for item in reversed(items):
+        if item.get("type") == "function_call_output":
+            return []
+        if item.get("type") == "message" and item.get("role") == "user":
+            said = " ".join(
+                str(part.get("text") or part.get("transcript") or "")
+                for part in item.get("content") or []
+            )
+            return triggered_calls(triggers, said, declared)
+    return []
+
+
 def default_response(text: str | None = None, items: list[dict[str, Any]] | None = None) -> str:
-    """Default responder: a short deterministic reply mentioning the last user text."""
+    """Default responder: a short deterministic reply mentioning the last user text, or the
+    tool outputs the model just received."""
+    outputs: list[str] = []
+    for item in reversed(items or []):
+        if item.get("type") == "function_call_output":
+            outputs.insert(0, str(item.get("output", "")))
+        elif item.get("type") == "function_call":
+            continue
+        else:
+            break
+    if outputs:
+        return tool_answer(outputs)
     for item in reversed(items or []):
         if item.get("type") == "message" and item.get("role") == "user":
             for part in item.get("content") or []:
@@ -694,6 +723,19 @@ class _Session:
                         event_id=eid,
                     )
                     return
+        if item["type"] == "function_call_output":
+            # The output must answer a call the conversation holds (the real service refuses
+            # an output whose call it does not know).
+            call_id = item.get("call_id")
+            calls = {i.get("call_id") for i in self.rec.items if i.get("type") == "function_call"}
+            if not isinstance(item.get("output"), str) or call_id not in calls:
+                await self.error(
+                    "invalid_value",
+                    f"No tool call found for function call output with call_id '{call_id}'.",
+                    param="item.call_id",
+                    event_id=eid,
+                )
+                return
         item = dict(item)
         item.setdefault("id", _id("item"))
         item["object"] = "realtime.item"
@@ -893,7 +935,19 @@ class _Session:
         for fut in list(self.transcripts.values()):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(fut), 30)
-        text = await asyncio.to_thread(self.sim.responder, [dict(i) for i in self.rec.items])
+        # An out-of-band response (`conversation: "none"`) joins no conversation: its item is
+        # not added, and the simulated model says what its instructions ask for (the text after
+        # their last colon), calling no tools.
+        in_band = params.get("conversation", "auto") != "none"
+        declared = {t.get("name") for t in session.get("tools") or [] if isinstance(t, dict)}
+        calls = scripted_calls(self.sim.tool_triggers, self.rec.items, declared) if in_band else []  # type: ignore[arg-type]
+        if calls:
+            await self._call_functions(resp, base, calls)
+            return
+        if in_band or not str(params.get("instructions") or "").strip():
+            text = await asyncio.to_thread(self.sim.responder, [dict(i) for i in self.rec.items])
+        else:
+            text = str(params["instructions"]).rsplit(":", 1)[-1].strip()
         previous = self.rec.items[-1]["id"] if self.rec.items else None
         item: dict[str, Any] = {
             "id": resp.item_id,
@@ -903,7 +957,8 @@ class _Session:
             "role": "assistant",
             "content": [],
         }
-        self.rec.items.append(item)
+        if in_band:
+            self.rec.items.append(item)
         ids = {
             "response_id": resp.id,
             "item_id": resp.item_id,
@@ -912,8 +967,9 @@ class _Session:
         }
         await self.send({"type": "response.output_item.added", "response_id": resp.id,
                          "output_index": 0, "item": dict(item)})  # fmt: skip
-        await self.send({"type": "conversation.item.added", "item": dict(item),
-                         "previous_item_id": previous})  # fmt: skip
+        if in_band:
+            await self.send({"type": "conversation.item.added", "item": dict(item),
+                             "previous_item_id": previous})  # fmt: skip
         empty_part = (
             {"type": "audio", "transcript": ""} if audio_mode else {"type": "text", "text": ""}
         )
@@ -983,8 +1039,9 @@ class _Session:
         item["content"] = content
         await self.send({"type": "response.output_item.done", "response_id": resp.id,
                          "output_index": 0, "item": dict(item)})  # fmt: skip
-        await self.send({"type": "conversation.item.done", "item": dict(item),
-                         "previous_item_id": previous})  # fmt: skip
+        if in_band:
+            await self.send({"type": "conversation.item.done", "item": dict(item),
+                             "previous_item_id": previous})  # fmt: skip
         out_tokens = max(1, len(spoken.split()))
         in_tokens = 10 + sum(
             len(str(p.get("text") or p.get("transcript") or "").split())
@@ -1010,6 +1067,60 @@ class _Session:
                              "usage": usage},
             }
         )  # fmt: skip
+
+
+    async def _call_functions(
+        self, resp: _Response, base: dict[str, Any], calls: list[tuple[str, str]]
+    ) -> None:
+        """A response whose output is function calls (the model's arguments streamed in two
+        deltas), ending with `response.done` that lists them."""
+        output: list[dict[str, Any]] = []
+        for index, (name, arguments) in enumerate(calls):
+            if resp.cancel_reason or self.closed:
+                break
+            previous = self.rec.items[-1]["id"] if self.rec.items else None
+            item_id = resp.item_id if index == 0 else _id("item")
+            item: dict[str, Any] = {
+                "id": item_id, "type": "function_call", "object": "realtime.item",
+                "status": "in_progress", "call_id": _id("call"), "name": name, "arguments": "",
+            }  # fmt: skip
+            self.rec.items.append(item)
+            ids = {"response_id": resp.id, "item_id": item_id, "output_index": index,
+                   "call_id": item["call_id"]}  # fmt: skip
+            await self.send({"type": "response.output_item.added", "response_id": resp.id,
+                             "output_index": index, "item": dict(item)})  # fmt: skip
+            await self.send({"type": "conversation.item.added", "item": dict(item),
+                             "previous_item_id": previous})  # fmt: skip
+            half = len(arguments) // 2
+            for delta in (arguments[:half], arguments[half:]):
+                await self.send({"type": "response.function_call_arguments.delta", **ids,
+                                 "delta": delta})  # fmt: skip
+                await asyncio.sleep(0.01 / self.sim.pace)
+            item["arguments"] = arguments
+            item["status"] = "completed"
+            await self.send({"type": "response.function_call_arguments.done", **ids,
+                             "name": name, "arguments": arguments})  # fmt: skip
+            await self.send({"type": "response.output_item.done", "response_id": resp.id,
+                             "output_index": index, "item": dict(item)})  # fmt: skip
+            await self.send({"type": "conversation.item.done", "item": dict(item),
+                             "previous_item_id": previous})  # fmt: skip
+            output.append(dict(item))
+        if self.closed:
+            return
+        cancelled = resp.cancel_reason is not None
+        tokens = 5 * max(1, len(output))
+        usage = {
+            "total_tokens": 20 + tokens, "input_tokens": 20, "output_tokens": tokens,
+            "input_token_details": {"text_tokens": 20, "audio_tokens": 0, "image_tokens": 0,
+                                    "cached_tokens": 0},
+            "output_token_details": {"text_tokens": tokens, "audio_tokens": 0},
+        }  # fmt: skip
+        status_details = {"type": "cancelled", "reason": resp.cancel_reason} if cancelled else None
+        self.response = None
+        await self.send({"type": "response.done", "response": {
+            **base, "status": "cancelled" if cancelled else "completed",
+            "status_details": status_details, "output": output, "usage": usage,
+        }})  # fmt: skip
 
 
 class _InLoopServer(uvicorn.Server):
@@ -1129,8 +1240,11 @@ class OpenAISimulator(SimulatorServer):
         chunk_ms: int = 100,
         record_audio: bool = True,
         faults: SimFaults | None = None,
+        tool_triggers: Iterable[ToolTrigger] = (),
     ) -> None:
         self.keys = set(keys)
+        #: Scripted function calls (see `ToolTrigger`).
+        self.tool_triggers = list(tool_triggers)
         self.host = host
         self.port = port
         self.pace = pace
@@ -1357,12 +1471,14 @@ def run_openai_sim(
     transcript: str | None = None,
     pocketsphinx: bool = False,
     grammar: str | None = None,
+    tool_triggers: Iterable[ToolTrigger] = (),
 ) -> None:
     """Run the simulator until interrupted (the `voxgate simulate openai` CLI verb)."""
 
     sim = OpenAISimulator(
         keys, host=host, port=port, pace=pace, transcript=transcript,
         pocketsphinx=pocketsphinx, grammar=grammar, record_audio=False,
+        tool_triggers=tool_triggers,
     )  # fmt: skip
 
     def ready(sim: OpenAISimulator) -> None:
@@ -1384,10 +1500,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--transcript", help="what the simulator hears for every utterance")
     parser.add_argument("--pocketsphinx", action="store_true", help="recognise speech for real")
     parser.add_argument("--grammar", help="JSGF grammar file for pocketsphinx")
+    parser.add_argument(
+        "--tool-trigger", action="append", default=[], metavar="PHRASE=NAME:JSON",
+        help="call the tool NAME with the JSON arguments when the user says PHRASE (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    triggers = []
+    for spec in args.tool_trigger:
+        phrase, _, call = spec.partition("=")
+        name, _, arguments = call.partition(":")
+        if not phrase or not name:
+            parser.error(f"--tool-trigger {spec!r}: expected PHRASE=NAME:JSON")
+        triggers.append(ToolTrigger.one(phrase, name, orjson.loads(arguments or "{}")))
     run_openai_sim(
         args.host, args.port, args.key or ["sk-test"], args.pace, args.transcript,
-        args.pocketsphinx or bool(args.grammar), args.grammar,
+        args.pocketsphinx or bool(args.grammar), args.grammar, triggers,
     )  # fmt: skip
 
 
@@ -1399,6 +1526,7 @@ __all__ = [
     "OpenAISimulator",
     "SimConnection",
     "SimFaults",
+    "ToolTrigger",
     "default_responder",
     "error_event",
     "main",

@@ -244,6 +244,9 @@ client.on((event) => {
     case "turn":
       renderFloor();
       break;
+    case "tool_status":
+      renderTool(event);
+      break;
     case "talking":
       els.talk.setAttribute("aria-pressed", String(event.active));
       els.talk.classList.toggle("is-active", event.active);
@@ -468,6 +471,25 @@ function renderTranscript(event) {
     turns.set(itemId, li);
   }
   if (text || final) setTurnText(li, text || li.querySelector(".text").textContent, final);
+}
+
+// Tool activity, as a line of the transcript: "Using get_weather…", then how it ended.
+function renderTool(event) {
+  const key = `tool:${event.callId}`;
+  let li = turns.get(key);
+  if (!li) {
+    li = newTurn("tool", key);
+    li.querySelector(".who").textContent = "Tool";
+    turns.set(key, li);
+  }
+  li.dataset.status = event.status;
+  const text = {
+    running: `Using ${event.name}…`,
+    done: `${event.name}: done (${event.ms} ms)`,
+    error: `${event.name} failed: ${event.error || "error"}`,
+    cancelled: `${event.name}: cancelled`,
+  }[event.status] || `${event.name}: ${event.status}`;
+  setTurnText(li, text, event.status !== "running");
 }
 
 function markInterrupted(itemId) {

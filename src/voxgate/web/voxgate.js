@@ -828,6 +828,8 @@ var VoxgateClient = class {
     this.localPaused = false;
     /** Microphone frames captured before `session_ready`, sent once it arrives (people talk at once). */
     this.earlyFrames = [];
+    /** Page tools (`registerTool`), offered in every `start`. */
+    this.tools = /* @__PURE__ */ new Map();
     this.lastSpeaking = false;
     this.url = resolveSocketUrl(options.url);
     this.reconnectPolicy = { attempts: 5, baseMs: 1e3, maxMs: 3e4, ...options.reconnect ?? {} };
@@ -1032,6 +1034,39 @@ var VoxgateClient = class {
     if (this.audio.state.playback.isPlaying) await this.interrupt();
     this.send({ type: "user_message", text: value });
   }
+  /**
+   * Offer the model a tool that runs in this page: every call of it runs `handler` with the
+   * model's arguments and sends back what it returns (or why it threw). Register before
+   * `start()`: the tools go out with it (a session already running gets them on its next
+   * start). Returns the function that removes the tool. A name the gateway already uses for a
+   * server tool makes `start()` fail with `bad_request`.
+   */
+  registerTool(name, definition, handler) {
+    if (!/^[A-Za-z0-9_-]{1,64}$/.test(String(name))) {
+      throw new VoxgateError("bad_request", "A tool name is 1-64 letters, digits, '_' or '-'.");
+    }
+    if (typeof handler !== "function") throw new VoxgateError("bad_request", "A tool needs a handler function.");
+    const entry = { definition: { ...definition }, handler };
+    this.tools.set(name, entry);
+    return () => {
+      if (this.tools.get(name) === entry) this.tools.delete(name);
+    };
+  }
+  async runTool(msg) {
+    const tool = this.tools.get(msg.name);
+    let answer;
+    if (!tool) {
+      answer = { error: `this page has no tool named '${msg.name}'` };
+    } else {
+      try {
+        const output = await tool.handler(msg.arguments ?? {}, { callId: msg.callId, name: msg.name });
+        answer = { output: output === void 0 ? null : output };
+      } catch (err) {
+        answer = { error: err instanceof Error ? err.message || err.name : String(err) };
+      }
+    }
+    if (this.connection.session) this.send({ type: "tool_result", callId: msg.callId, ...answer });
+  }
   /** Give the assistant structured context, without starting a turn. */
   sendContextUpdate(context) {
     if (!context || typeof context !== "object" || Array.isArray(context)) {
@@ -1171,6 +1206,13 @@ var VoxgateClient = class {
     if (o.voice) msg.voice = o.voice;
     if (o.personality) msg.personality = o.personality;
     if (o.metadata) msg.metadata = o.metadata;
+    if (this.tools.size) {
+      msg.tools = [...this.tools].map(([name, { definition }]) => ({
+        name,
+        description: definition.description ?? "",
+        parameters: definition.parameters ?? { type: "object", properties: {} }
+      }));
+    }
     return msg;
   }
   onSessionReady(msg) {
@@ -1278,6 +1320,13 @@ var VoxgateClient = class {
       case "backpressure":
         this.serverPaused = !!msg.paused;
         this.updateBackpressure();
+        break;
+      case "tool_call":
+        this.emit({ type: "tool_call", callId: msg.callId, name: msg.name, arguments: msg.arguments ?? {} });
+        void this.runTool(msg);
+        break;
+      case "tool_status":
+        this.emit({ ...msg });
         break;
       default:
         break;

@@ -37,12 +37,20 @@ from voxgate.engines.base import (
     ResponseDone,
     StartOptions,
     StatusChanged,
+    ToolCall,
+    ToolExchange,
     Transcript,
     UserSpeaking,
 )
 from voxgate.engines.cascade.config import CascadeConfig
 from voxgate.engines.cascade.models import InferenceBusy, inference_pool
-from voxgate.engines.cascade.responder import Message, Responder, ResponderError, make_responder
+from voxgate.engines.cascade.responder import (
+    Message,
+    RequestedCall,
+    Responder,
+    ResponderError,
+    make_responder,
+)
 from voxgate.engines.cascade.stt import Recognizer, SpeechToTextError, open_recognizer
 from voxgate.engines.cascade.text import SentenceSplitter, SpokenSentence, heard_text, is_speakable
 from voxgate.engines.cascade.tts import Synthesizer, TextToSpeechError, open_synthesizer
@@ -78,6 +86,9 @@ class _Response:
     interrupted: bool = False
     cancelling: bool = False
     history_index: int | None = None
+    #: Where the words of the current model round start in `text` (earlier rounds called
+    #: tools, and their words are in the history with those calls).
+    round_start: int = 0
 
     def emitted_ms(self) -> float:
         return duration_ms(self.emitted_bytes, OUTPUT_RATE)
@@ -118,8 +129,10 @@ class CascadeEngine(ConversationEngine):
         super().__init__()
         self.config = config
         self.capabilities = Capabilities(
-            input_rate=INPUT_RATE, output_rate=OUTPUT_RATE, turn_control=True
-        )
+            input_rate=INPUT_RATE, output_rate=OUTPUT_RATE, turn_control=True,
+            # Tools need a model that can call them: a chat endpoint, not the echo.
+            tools=bool(config.responder.llm_url),
+        )  # fmt: skip
         self.parts: dict[str, str] = {}
         self.timings = TurnTimings()
         self._options = StartOptions()
@@ -153,6 +166,12 @@ class CascadeEngine(ConversationEngine):
         self._response: _Response | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._chunk_bytes = bytes_for_ms(self.AUDIO_CHUNK_MS, OUTPUT_RATE)
+        #: Tools in the chat API's shape, and the calls of this reply waiting for results
+        #: (call id -> whether the model may go on once it has them).
+        self._tools: list[dict[str, Any]] = []
+        self._tool_waits: dict[str, asyncio.Future[bool]] = {}
+        #: A filler the reply waiting for tools should say (`say_filler`).
+        self._filler: asyncio.Future[str] | None = None
 
     # --- operator view (`voxgate serve`, /health) -------------------------------------------
     @classmethod
@@ -178,8 +197,16 @@ class CascadeEngine(ConversationEngine):
         for part, why in self.parts.items():
             log.info("cascade %s: %s", part, why)
         self._system_prompt = options.system_prompt()
+        self._tools = [
+            {"type": "function", "function": {"name": t.name, "description": t.description,
+                                              "parameters": t.parameters}}
+            for t in options.tools
+        ]  # fmt: skip
         for turn in options.history:
-            self._history.append({"role": turn.role, "content": turn.text})
+            if turn.tool is not None:
+                self._history.extend(_tool_messages(turn.tool))
+            else:
+                self._history.append({"role": turn.role, "content": turn.text})
         self._started = True
         await self.emit(StatusChanged("connected"))
 
@@ -339,6 +366,25 @@ class CascadeEngine(ConversationEngine):
         )
         self._trim_history()
 
+    async def send_tool_result(
+        self, call_id: str, output: str, *, respond: bool = True, is_error: bool = False
+    ) -> None:
+        """The result joins the history right after the call that asked for it (whatever was
+        said meanwhile), and the reply waiting for it goes on."""
+        if not self.capabilities.tools:
+            raise NotImplementedError("the cascade has tools only with a chat endpoint")
+        for index, message in enumerate(self._history):
+            ids = {c["id"] for c in message.get("tool_calls") or ()}
+            if call_id in ids:
+                at = index + 1
+                while at < len(self._history) and self._history[at]["role"] == "tool":
+                    at += 1
+                self._history.insert(at, {"role": "tool", "tool_call_id": call_id, "content": output})
+                break
+        waiting = self._tool_waits.pop(call_id, None)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(respond)
+
     async def interrupt(self, played_ms: int | None) -> None:
         if not self._started or self._stopped:
             return
@@ -489,10 +535,13 @@ class CascadeEngine(ConversationEngine):
 
     # --- assistant response -----------------------------------------------------------------
     def _messages(self) -> list[Message]:
-        return [{"role": "system", "content": self._system_prompt}, *self._history]
+        return [{"role": "system", "content": self._system_prompt}, *_answered(self._history)]
 
     def _trim_history(self) -> None:
         excess = len(self._history) - self.MAX_HISTORY
+        # Never start with a tool result whose call was cut off.
+        while excess < len(self._history) and excess > 0 and self._history[excess]["role"] == "tool":
+            excess += 1
         if excess > 0:
             del self._history[:excess]
             if self._response is not None and self._response.history_index is not None:
@@ -505,39 +554,29 @@ class CascadeEngine(ConversationEngine):
         self._response = resp
         resp.task = asyncio.create_task(self._run_response(resp))
 
+    #: Most model rounds of one reply (each round's calls answered before the next).
+    MAX_TOOL_ROUNDS = 8
+
     async def _run_response(self, resp: _Response) -> None:
-        assert self._responder is not None
-        messages = self._messages()
-        queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue(maxsize=32)
-        responder = self._responder
-
-        async def produce() -> None:
-            splitter = SentenceSplitter()
-            try:
-                async for piece in responder.stream(messages):
-                    if self.timings.first_token_t is None:
-                        self.timings.first_token_t = time.monotonic()
-                    for sentence in splitter.push(piece):
-                        await queue.put(sentence)
-                tail = splitter.flush()
-                if tail:
-                    await queue.put(tail)
-                await queue.put(None)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # handed to the consumer, which reports it
-                await queue.put(exc)
-
-        producer = asyncio.create_task(produce())
+        """Speak what the model writes; when it calls tools, hand the calls to the session,
+        wait for their results, and ask the model again, until it answers in words."""
         try:
-            while True:
-                item = await queue.get()
-                if item is None:
+            for _ in range(self.MAX_TOOL_ROUNDS):
+                calls = await self._run_round(resp)
+                if not calls:
                     break
-                if isinstance(item, BaseException):
-                    raise item
-                if is_speakable(item):
-                    await self._speak_sentence(resp, item)
+                if not await self._call_tools(resp, calls):
+                    # Cancelled (an interrupt): the model waits for the user.
+                    resp.done = True
+                    await self._stop_speaking(resp)
+                    await self.emit(ResponseDone(resp.response_id, "cancelled"))
+                    return
+            else:
+                await self.emit(EngineError(
+                    "upstream_error",
+                    f"the language model kept calling tools ({self.MAX_TOOL_ROUNDS} rounds); "
+                    "this reply stops here",
+                ))  # fmt: skip
             await self._finish_response(resp, "completed")
         except ResponderError as exc:
             await self.emit(EngineError("upstream_unavailable", str(exc), fatal=False))
@@ -561,6 +600,89 @@ class CascadeEngine(ConversationEngine):
             log.exception("cascade response %s failed", resp.response_id)
             await self.emit(EngineError("internal", f"the reply failed: {exc}", fatal=False))
             await self._finish_response(resp, "failed")
+
+    async def _call_tools(self, resp: _Response, calls: list[RequestedCall]) -> bool:
+        """The round's calls join the history (with the words said before them), go to the
+        session, and are waited for: -> whether the model may go on."""
+        said = resp.text[resp.round_start :].strip()
+        resp.round_start = len(resp.text)
+        self._history.append({
+            "role": "assistant", "content": said or None,
+            "tool_calls": [{"id": c.call_id, "type": "function",
+                            "function": {"name": c.name, "arguments": c.arguments}} for c in calls],
+        })  # fmt: skip
+        loop = asyncio.get_running_loop()
+        waits = [loop.create_future() for _ in calls]
+        for call, waiting in zip(calls, waits, strict=True):
+            self._tool_waits[call.call_id] = waiting
+        for call in calls:
+            await self.emit(ToolCall(call.call_id, call.name, call.arguments))
+        answered: asyncio.Future[list[bool]] = asyncio.gather(*waits)
+        filler: asyncio.Future[str] = loop.create_future()
+        self._filler = filler
+        try:
+            # The filler is spoken here, by the reply itself: its audio never overlaps the
+            # answer that follows it.
+            either: set[asyncio.Future[Any]] = {answered, filler}
+            done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if filler in done and answered not in done:
+                await self._speak_sentence(resp, filler.result())
+                resp.round_start = len(resp.text)
+            answers = await answered
+        finally:
+            self._filler = None
+            if not answered.done():
+                answered.cancel()
+            for call in calls:
+                self._tool_waits.pop(call.call_id, None)
+        return all(answers)
+
+    async def say_filler(self, text: str) -> bool:
+        filler = self._filler
+        if filler is None or filler.done():
+            return False
+        filler.set_result(text)
+        return True
+
+    async def _run_round(self, resp: _Response) -> list[RequestedCall]:
+        """One model round: its words spoken sentence by sentence; -> the calls it made."""
+        assert self._responder is not None
+        messages = self._messages()
+        queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue(maxsize=32)
+        responder = self._responder
+        calls: list[RequestedCall] = []
+
+        async def produce() -> None:
+            splitter = SentenceSplitter()
+            try:
+                async for piece in responder.stream(messages, self._tools or None):
+                    if isinstance(piece, RequestedCall):
+                        calls.append(piece)
+                        continue
+                    if self.timings.first_token_t is None:
+                        self.timings.first_token_t = time.monotonic()
+                    for sentence in splitter.push(piece):
+                        await queue.put(sentence)
+                tail = splitter.flush()
+                if tail:
+                    await queue.put(tail)
+                await queue.put(None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # handed to the consumer, which reports it
+                await queue.put(exc)
+
+        producer = asyncio.create_task(produce())
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                if is_speakable(item):
+                    await self._speak_sentence(resp, item)
+            return calls
         finally:
             if not producer.done():
                 producer.cancel()
@@ -617,8 +739,8 @@ class CascadeEngine(ConversationEngine):
         if resp.cancelling:
             return  # the canceller reports the end
         resp.done = True
-        if resp.text:
-            self._history.append({"role": "assistant", "content": resp.text})
+        if said := resp.text[resp.round_start :].strip():
+            self._history.append({"role": "assistant", "content": said})
             resp.history_index = len(self._history) - 1
             self._trim_history()
         if status == "completed" or resp.text:
@@ -704,6 +826,39 @@ class CascadeEngine(ConversationEngine):
 
     # --- introspection (tests, benchmark) ---------------------------------------------------
     @property
+    def tools(self) -> list[dict[str, Any]]:
+        return list(self._tools)
+
+    @property
     def history(self) -> list[Message]:
         """The conversation as the responder sees it (without the system prompt)."""
         return [dict(m) for m in self._history]
+
+
+def _tool_messages(exchange: ToolExchange) -> list[Message]:
+    """A remembered call as the chat API keeps it: the assistant's call, then its result."""
+    call = {"id": exchange.call_id, "type": "function",
+            "function": {"name": exchange.name, "arguments": exchange.arguments}}  # fmt: skip
+    messages: list[Message] = [{"role": "assistant", "content": None, "tool_calls": [call]}]
+    if exchange.output is not None:
+        messages.append({"role": "tool", "tool_call_id": exchange.call_id, "content": exchange.output})
+    return messages
+
+
+def _answered(history: list[Message]) -> list[Message]:
+    """The history without calls still waiting for results (a user who spoke while a tool
+    ran gets an answer; the chat API refuses a call whose results are not all there)."""
+    answered = {m["tool_call_id"] for m in history if m["role"] == "tool"}
+    out: list[Message] = []
+    skipping: set[str] = set()
+    for message in history:
+        ids = {c["id"] for c in message.get("tool_calls") or ()}
+        if ids and not ids <= answered:
+            skipping |= ids
+            if message.get("content"):
+                out.append({"role": "assistant", "content": message["content"]})
+            continue
+        if message["role"] == "tool" and message["tool_call_id"] in skipping:
+            continue
+        out.append(message)
+    return out

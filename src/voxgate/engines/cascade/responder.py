@@ -3,7 +3,8 @@ chat-completions endpoint (Ollama, llama.cpp server, vLLM, OpenAI) with streamed
 
 A responder takes the whole message list (system prompt, history, the new user turn) and yields
 text pieces as they come, so text-to-speech can start on the first sentence while the model is
-still writing the rest.
+still writing the rest. Given tools, a chat endpoint may instead (or after some words) call
+them: the calls come last, as `RequestedCall`s, once their streamed arguments are complete.
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ from typing import Any, Protocol
 
 import httpx
 
-Message = dict[str, str]
+Message = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedCall:
+    """A function call the model made (its arguments as the JSON text it wrote)."""
+
+    call_id: str
+    name: str
+    arguments: str
 
 ECHO_PREFIX = "Echo:"
 
@@ -43,7 +53,9 @@ class ResponderError(Exception):
 class Responder(Protocol):
     name: str
 
-    def stream(self, messages: list[Message]) -> AsyncIterator[str]: ...
+    def stream(
+        self, messages: list[Message], tools: list[dict[str, Any]] | None = None
+    ) -> AsyncIterator[str | RequestedCall]: ...
 
     async def aclose(self) -> None: ...
 
@@ -53,7 +65,9 @@ class EchoResponder:
 
     name = "echo"
 
-    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: list[Message], tools: list[dict[str, Any]] | None = None
+    ) -> AsyncIterator[str | RequestedCall]:
         heard = " ".join(_sentence(text) for text in _unanswered(messages))
         text = f"{ECHO_PREFIX} you said {heard}" if heard else f"{ECHO_PREFIX} I heard nothing."
         # Word by word, like a model would stream, so the pipeline behaves the same.
@@ -72,10 +86,10 @@ def _unanswered(messages: list[Message]) -> list[str]:
     for message in reversed(messages):
         if message["role"] == "assistant":
             break
-        if message["role"] == "user" and message["content"].strip():
-            said.append(message["content"].strip())
+        if message["role"] == "user" and str(message["content"]).strip():
+            said.append(str(message["content"]).strip())
     if not said:
-        last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        last = next((str(m["content"]) for m in reversed(messages) if m["role"] == "user"), "")
         said = [last.strip()] if last.strip() else []
     return said[::-1]
 
@@ -115,8 +129,14 @@ class ChatCompletionsResponder:
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
         )
 
-    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: list[Message], tools: list[dict[str, Any]] | None = None
+    ) -> AsyncIterator[str | RequestedCall]:
         body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True}
+        if tools:
+            body["tools"] = tools
+        #: Streamed calls by index: [id, name, arguments so far].
+        calls: dict[int, list[str]] = {}
         try:
             async with self._client.stream("POST", self.url, json=body) as resp:
                 if resp.status_code != 200:
@@ -129,13 +149,15 @@ class ChatCompletionsResponder:
                     text = _message_text(data)
                     if text:
                         yield text
+                    for call in _message_calls(data):
+                        yield call
                     return
                 async for line in resp.aiter_lines():
                     if not line.startswith("data:"):
                         continue
                     payload = line[5:].strip()
                     if payload == "[DONE]":
-                        return
+                        break
                     try:
                         chunk = json.loads(payload)
                     except ValueError:
@@ -146,9 +168,16 @@ class ChatCompletionsResponder:
                             f"{_error_message(chunk['error'])}"
                         )
                     for choice in chunk.get("choices") or ():
-                        piece = (choice.get("delta") or {}).get("content")
+                        delta = choice.get("delta") or {}
+                        piece = delta.get("content")
                         if piece:
                             yield piece
+                        for part in delta.get("tool_calls") or ():
+                            _gather_call(calls, part)
+            for index in sorted(calls):
+                call_id, name, arguments = calls[index]
+                if name:
+                    yield RequestedCall(call_id or f"call_{index}", name, arguments)
         except httpx.TimeoutException as exc:
             raise ResponderError(
                 f"the language model at {self.url} did not answer in time ({type(exc).__name__})"
@@ -176,6 +205,31 @@ def make_responder(config: ResponderConfig) -> Responder:
 def _message_text(data: dict[str, Any]) -> str:
     choices = data.get("choices") or [{}]
     return str((choices[0].get("message") or {}).get("content") or "")
+
+
+def _gather_call(calls: dict[int, list[str]], part: Any) -> None:
+    """One streamed piece of a tool call: the first names it, the rest add arguments."""
+    if not isinstance(part, dict):
+        return
+    index = part.get("index", 0)
+    call = calls.setdefault(index if isinstance(index, int) else 0, ["", "", ""])
+    if part.get("id"):
+        call[0] = str(part["id"])
+    function = part.get("function") or {}
+    if function.get("name"):
+        call[1] = str(function["name"])
+    if function.get("arguments"):
+        call[2] += str(function["arguments"])
+
+
+def _message_calls(data: dict[str, Any]) -> list[RequestedCall]:
+    choices = data.get("choices") or [{}]
+    calls = (choices[0].get("message") or {}).get("tool_calls") or []
+    return [
+        RequestedCall(str(c.get("id") or f"call_{i}"), str((c.get("function") or {}).get("name")),
+                      str((c.get("function") or {}).get("arguments") or ""))
+        for i, c in enumerate(calls) if isinstance(c, dict)
+    ]  # fmt: skip
 
 
 def _error_message(err: Any) -> str:

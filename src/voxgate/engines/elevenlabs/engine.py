@@ -69,6 +69,8 @@ from voxgate.engines.base import (
     ResponseDone,
     StartOptions,
     StatusChanged,
+    ToolCall,
+    ToolExchange,
     Transcript,
     UserSpeaking,
 )
@@ -86,7 +88,7 @@ from voxgate.engines.elevenlabs.wire import (
     init_message,
     int_field,
     str_field,
-    tool_refusal,
+    tool_result,
 )
 from voxgate.engines.upstream import (
     DialFailed,
@@ -187,7 +189,8 @@ class ElevenLabsEngine(ConversationEngine):
     def __init__(self, config: ElevenLabsConfig) -> None:
         super().__init__()
         self.config = config
-        self.capabilities = Capabilities(input_rate=16000, output_rate=16000)
+        # Tools: the agent's client tools, declared on the agent, run by the gateway by name.
+        self.capabilities = Capabilities(input_rate=16000, output_rate=16000, tools=True)
         self.conversation_id: str | None = None
         self.input_format = "pcm_16000"
         self.output_format = "pcm_16000"
@@ -683,9 +686,28 @@ class ElevenLabsEngine(ConversationEngine):
             await self._complete(self._turn)
 
     async def _on_client_tool_call(self, msg: Message) -> None:
+        """The agent calls a tool declared on it (ElevenLabs "client tools"): the session runs
+        the tool of that name and `send_tool_result` answers with `client_tool_result`."""
         call = msg["client_tool_call"]
         call_id = str_field(call["tool_call_id"])
-        await self._send(tool_refusal(call_id, str(call.get("tool_name", "unknown"))))
+        name = str(call.get("tool_name") or "")
+        parameters = call.get("parameters")
+        arguments = orjson.dumps(parameters if isinstance(parameters, dict) else {}).decode()
+        exchange = ToolExchange(call_id, name, arguments)
+        self._history.append(HistoryTurn("tool", f"{name}({arguments})", exchange))
+        await self.emit(ToolCall(call_id, name, arguments))
+
+    async def send_tool_result(
+        self, call_id: str, output: str, *, respond: bool = True, is_error: bool = False
+    ) -> None:
+        # ElevenLabs cannot be told to wait for the user: a cancelled call is answered too,
+        # and the agent says what it makes of the cancellation.
+        for turn in reversed(self._history):
+            if turn.tool is not None and turn.tool.call_id == call_id:
+                turn.tool.output = output
+                turn.text = f"{turn.tool.name}({turn.tool.arguments}) -> {output}"
+                break
+        await self._send(tool_result(call_id, output, is_error))
 
     async def _on_error(self, msg: Message) -> None:
         event = msg["error_event"]

@@ -137,16 +137,10 @@ def history_text(history: list[HistoryTurn], limit_chars: int = 6000) -> str:
     )
 
 
-def tool_refusal(call_id: str, name: str) -> dict[str, Any]:
-    """The answer to a `client_tool_call`: the gateway runs no client tools, and an agent left
-    waiting for a result would stall the conversation."""
-    return {
-        "type": "client_tool_result",
-        "tool_call_id": call_id,
-        "result": f"Client tool {name!r} is not available: this voxgate gateway does "
-        "not run client tools.",
-        "is_error": True,
-    }
+def tool_result(call_id: str, output: str, is_error: bool) -> dict[str, Any]:
+    """The answer to a `client_tool_call` (the agent waits for it before it goes on)."""
+    return {"type": "client_tool_result", "tool_call_id": call_id, "result": output,
+            "is_error": is_error}  # fmt: skip
 
 
 __all__ = [
@@ -161,5 +155,5 @@ __all__ = [
     "init_message",
     "int_field",
     "str_field",
-    "tool_refusal",
+    "tool_result",
 ]

@@ -54,6 +54,8 @@ from voxgate.engines.base import (
     ResponseDone,
     StartOptions,
     StatusChanged,
+    ToolCall,
+    ToolExchange,
     Transcript,
     TurnDetectionOptions,
     UserSpeaking,
@@ -83,6 +85,8 @@ _COMMIT_EVENT = '{"type":"input_audio_buffer.commit"}'
 FATAL_CODES = {"invalid_api_key", "insufficient_quota", "account_deactivated"}
 #: Upstream errors that are expected and harmless.
 HARMLESS_CODES = {"response_cancel_not_active"}
+#: How a filler is asked of the model (an out-of-band response's instructions).
+FILLER_INSTRUCTION = "Tools are still running. Say this to the user, and nothing else:"
 _STATUS_MAP = {"completed": "completed", "cancelled": "cancelled"}
 
 Event = dict[str, Any]
@@ -159,6 +163,25 @@ def _replay_item(role: str, text: str) -> str:
     return orjson.dumps({"type": "conversation.item.create", "item": item}).decode()
 
 
+def _replay_tool(exchange: ToolExchange) -> list[str]:
+    """The call (and its output, once there is one) restored into a new session."""
+    call = {"type": "function_call", "call_id": exchange.call_id, "name": exchange.name,
+            "arguments": exchange.arguments}  # fmt: skip
+    events = [orjson.dumps({"type": "conversation.item.create", "item": call}).decode()]
+    if exchange.output is not None:
+        events.append(_output_item(exchange.call_id, exchange.output))
+    return events
+
+
+def _output_item(call_id: str, output: str) -> str:
+    item = {"type": "function_call_output", "call_id": call_id, "output": output}
+    return orjson.dumps({"type": "conversation.item.create", "item": item}).decode()
+
+
+#: What the conversation remembers, in order: (role, text) turns and tool calls.
+_Remembered = tuple[str, str] | ToolExchange
+
+
 class OpenAIRealtimeEngine(ConversationEngine):
     """OpenAI Realtime GA over WebSocket; see the module docstring for the design."""
 
@@ -168,7 +191,9 @@ class OpenAIRealtimeEngine(ConversationEngine):
     def __init__(self, config: OpenAIConfig) -> None:
         super().__init__()
         self.config = config
-        self.capabilities = Capabilities(input_rate=RATE, output_rate=RATE, turn_control=True)
+        self.capabilities = Capabilities(
+            input_rate=RATE, output_rate=RATE, turn_control=True, tools=True
+        )
         self._url = realtime_url(config.url, {"model": config.model})
         self._handlers: dict[str, Handler] = {
             etype: getattr(self, method) for etype, method in _HANDLERS.items()
@@ -180,7 +205,14 @@ class OpenAIRealtimeEngine(ConversationEngine):
         self._stopping = False
         self._reconnecting = False
         #: Everything said so far, in order (role, text); roles include "system" for context.
-        self._turns: list[tuple[str, str]] = []
+        #: Tool calls are kept as `ToolExchange`s and replayed as call and output items.
+        self._turns: list[_Remembered] = []
+        #: Calls of the last response still waiting for their result, and whether any result
+        #: asked the model to go on (cancelled calls do not).
+        self._open_calls: set[str] = set()
+        self._continue_after_tools = False
+        #: Out-of-band responses that only say a filler: kept out of the remembered turns.
+        self._filler_responses: set[str] = set()
         self._user_partial: dict[str, str] = {}
         self._response_id: str | None = None
         self._idle = asyncio.Event()
@@ -211,7 +243,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
     # --- connection --------------------------------------------------------------------------
     def _session_config(self) -> dict[str, Any]:
         audio_format = {"type": "audio/pcm", "rate": RATE}
-        return {
+        config: dict[str, Any] = {
             "type": "realtime",
             "instructions": self._options.system_prompt(),
             "output_modalities": ["audio"],
@@ -227,6 +259,14 @@ class OpenAIRealtimeEngine(ConversationEngine):
                 },
             },
         }
+        if self._options.tools:
+            config["tools"] = [
+                {"type": "function", "name": t.name, "description": t.description,
+                 "parameters": t.parameters}
+                for t in self._options.tools
+            ]  # fmt: skip
+            config["tool_choice"] = "auto"
+        return config
 
     def _turn_detection_config(self) -> dict[str, Any] | None:
         return _turn_detection(
@@ -279,8 +319,12 @@ class OpenAIRealtimeEngine(ConversationEngine):
                     upstream=True,
                     retryable=code not in FATAL_CODES and code != "unknown_parameter",
                 )
-        for role, text in self._turns:
-            await ws.send(_replay_item(role, text))
+        for turn in self._turns:
+            if isinstance(turn, ToolExchange):
+                for event in _replay_tool(turn):
+                    await ws.send(event)
+            else:
+                await ws.send(_replay_item(*turn))
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self, options: StartOptions) -> None:
@@ -290,7 +334,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
         self._auto_interrupt = options.turn_detection.auto_interrupt
         # A manual turn is in progress until its commit: all of it stays replayable.
         self._held.speech(not self._server_vad)
-        self._turns = [(t.role, t.text) for t in options.history]
+        self._turns = [t.tool if t.tool else (t.role, t.text) for t in options.history]
         await self.emit(StatusChanged("connecting"))
         self._up = await self._open()
         self._ready.set()
@@ -405,6 +449,39 @@ class OpenAIRealtimeEngine(ConversationEngine):
         self._turns.append(("user", text))
         if self._auto_respond:
             await self._respond_now()
+
+    async def send_tool_result(
+        self, call_id: str, output: str, *, respond: bool = True, is_error: bool = False
+    ) -> None:
+        exchange = next(
+            (t for t in reversed(self._turns) if isinstance(t, ToolExchange) and t.call_id == call_id),
+            None,
+        )
+        if exchange is None:
+            log.warning("ignoring the result of an unknown tool call %s", call_id)
+            return
+        exchange.output = output
+        await self._send(orjson.loads(_output_item(call_id, output)))
+        self._open_calls.discard(call_id)
+        self._continue_after_tools |= respond
+        if not self._open_calls and self._continue_after_tools:
+            self._continue_after_tools = False
+            # The response that called is over, but a user turn may have started another:
+            # only one response at a time, so wait for it rather than cancel it.
+            if self._response_id is not None:
+                await _wait_event(self._idle, self.config.first_byte_timeout_s)
+            await self._send({"type": "response.create"})
+
+    async def say_filler(self, text: str) -> bool:
+        """An out-of-band response (`conversation: "none"`: it joins no conversation) that
+        says `text`, while calls run and nothing else is being said."""
+        if not self._open_calls or self._response_id is not None or self._reconnecting:
+            return False
+        await self._send({"type": "response.create", "response": {
+            "conversation": "none", "output_modalities": ["audio"], "tool_choice": "none",
+            "instructions": f"{FILLER_INSTRUCTION} {text}", "metadata": {"voxgate": "filler"},
+        }})  # fmt: skip
+        return True
 
     async def send_context_update(self, payload: dict[str, Any]) -> None:
         text = "Context update (JSON): " + orjson.dumps(payload).decode()
@@ -649,7 +726,7 @@ class OpenAIRealtimeEngine(ConversationEngine):
         delta = text_delta(item.transcript, text, fallback="")
         item.transcript = text
         item.final = True
-        if text:
+        if text and item.response_id not in self._filler_responses:
             self._turns.append(("assistant", text))
         await self.emit(Transcript("assistant", item.id, text, delta, True))
 
@@ -707,7 +784,10 @@ class OpenAIRealtimeEngine(ConversationEngine):
 
     async def _on_response_created(self, event: Event) -> None:
         self._awaiting_response = False
-        self._response_id = (event.get("response") or {}).get("id")
+        response = event.get("response") or {}
+        self._response_id = response.get("id")
+        if (response.get("metadata") or {}).get("voxgate") == "filler":
+            self._filler_responses.add(str(self._response_id))
         self._idle.clear()
 
     async def _on_response_output_item_added(self, event: Event) -> None:
@@ -724,7 +804,26 @@ class OpenAIRealtimeEngine(ConversationEngine):
         self._dropped_responses.discard(rid)
         if self.is_speaking:
             await self.emit(AssistantSpeaking(False))
+        if status == "completed":
+            # Before `ResponseDone`: a client reading the response's end knows of its calls.
+            await self._calls_of(response)
         await self.emit(ResponseDone(rid, status, response.get("usage")))  # type: ignore[arg-type]
+
+    async def _calls_of(self, response: Event) -> None:
+        """A completed response's function calls (several when the model calls in parallel):
+        each goes to the session, which answers with `send_tool_result`; the model goes on once
+        every one of them is answered."""
+        for item in response.get("output") or []:
+            if not isinstance(item, dict) or item.get("type") != "function_call":
+                continue
+            call_id, name = str(item.get("call_id") or ""), str(item.get("name") or "")
+            if not call_id or not name:
+                continue
+            arguments = item.get("arguments")
+            arguments = arguments if isinstance(arguments, str) else ""
+            self._turns.append(ToolExchange(call_id, name, arguments))
+            self._open_calls.add(call_id)
+            await self.emit(ToolCall(call_id, name, arguments))
 
     async def _on_error(self, event: Event) -> None:
         err = event.get("error") or {}

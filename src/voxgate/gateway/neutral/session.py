@@ -34,6 +34,7 @@ from voxgate.engines.base import (
     ResponseDone,
     StartOptions,
     StatusChanged,
+    ToolCall,
     Transcript,
     UserSpeaking,
 )
@@ -42,9 +43,11 @@ from voxgate.gateway.limits import AudioBudget, TokenBucket, WindowCounter
 from voxgate.gateway.live import Ending, LiveSessionBase, SessionEnded
 from voxgate.gateway.neutral import start as steps
 from voxgate.gateway.neutral.arbiter import TurnArbiter
+from voxgate.gateway.neutral.toolcalls import SessionToolset, ToolCalls
 from voxgate.gateway.outbox import Outbox, OutboxFactory, SlowClient
 from voxgate.gateway.state import GatewayState
 from voxgate.protocol import CloseCode, ErrorCode, ProtocolError
+from voxgate.tools import ToolBox, ToolContext
 
 log = logging.getLogger("voxgate.session")
 
@@ -90,6 +93,8 @@ class NeutralSession(LiveSessionBase):
         self._client_speaking = False
         self._last_status = "disconnected"
         self._seen_status_change = False
+        #: The session's tool calls (created with the engine, by `start`).
+        self.tool_calls: ToolCalls | None = None
 
     @property
     def status(self) -> str:
@@ -236,7 +241,8 @@ class NeutralSession(LiveSessionBase):
 
     async def _main(self, group: asyncio.TaskGroup) -> None:
         await self._wait_for_start()
-        assert self.arbiter is not None
+        assert self.arbiter is not None and self.tool_calls is not None
+        self.tool_calls.bind(group)
         group.create_task(self._emit_loop(), name="emit")
         group.create_task(self.arbiter.run(), name="turns")
         await self._receive_loop()
@@ -279,9 +285,19 @@ class NeutralSession(LiveSessionBase):
         engine_name = steps.choose_engine(self.settings, msg.engine, self.identity, saved.engine)
         model = steps.choose_model(self.settings, msg.model, self.identity, engine_name)
         resumed, history = await steps.resume(state, self.identity, msg.conversation_id)
+        toolset = SessionToolset.for_start(state.tools, msg.tools)
         breaker = steps.pass_breaker(state, engine_name)
-        options = steps.start_options(saved, self.id, msg, history)
         engine = create_engine(engine_name, steps.engine_settings(self.settings, model))
+        if not engine.capabilities.tools:
+            # Nothing to declare; the engine is not given calls it cannot replay either.
+            toolset = SessionToolset(ToolBox())
+            history = [turn for turn in history if turn.role != "tool"]
+        options = steps.start_options(saved, self.id, msg, history)
+        options.tools = toolset.specs
+        self.tool_calls = ToolCalls(
+            toolset, engine, self.turns, state.metrics, self.outbox.put, self._tool_context,
+            self.settings.tool_timeout_s, self.settings.tool_filler_ms,
+        )  # fmt: skip
         self._arbitrate(msg, engine, options)
         engine.connect_observer = steps.connect_observer(state, breaker, engine_name)
         engine.held_audio_observer = steps.held_audio_observer(state, engine_name)
@@ -298,6 +314,11 @@ class NeutralSession(LiveSessionBase):
         self._set_rates(msg, engine.capabilities)
         self._count_start()
         self._announce_ready(msg, engine.capabilities)
+        if msg.tools and not engine.capabilities.tools:
+            self._send_error(
+                ErrorCode.UNSUPPORTED,
+                f"the {engine_name} engine cannot call tools; the tools in 'start' are ignored",
+            )
         log.info(
             "session %s started: user=%s engine=%s conversation=%s%s",
             self.id, self.user_id, engine_name, self.conversation_id, " (resumed)" if resumed else "",
@@ -344,6 +365,7 @@ class NeutralSession(LiveSessionBase):
             output_rate=msg.output_rate,
             binary=msg.binary,
             turn_taking=self.arbiter.policy.to_wire(caps.turn_control) if self.arbiter else None,
+            tools=self.tool_calls.toolset.names if self.tool_calls else [],
         )
         self.outbox.put(ready)
         self.outbox.put(P.status_message("connected"))
@@ -376,7 +398,8 @@ class NeutralSession(LiveSessionBase):
             else:
                 text = message.get("text") or ""
                 if len(text) > max_frame // 4 and len(text.encode()) > max_frame:
-                    self._check_size(len(text.encode()))
+                    self._oversized_text(text)
+                    continue
                 try:
                     parsed = P.parse_client_text(text)
                 except ProtocolError as exc:
@@ -406,6 +429,22 @@ class NeutralSession(LiveSessionBase):
                 pcm = in_resampler.process(pcm)
             await send_audio(pcm)
 
+    def _oversized_text(self, text: str) -> None:
+        """A text frame over the limit ends the session, except a client tool's result: that
+        call fails with a sentence (the model hears why) and the conversation goes on."""
+        size, limit = len(text.encode()), self.settings.max_frame_bytes
+        if self.tool_calls is not None and self.tool_calls.oversized_result(text, limit):
+            self._client_error(P.invalid(
+                f"tool_result: the frame of {size} bytes exceeds the limit of {limit} bytes; "
+                "the tool call failed with an error result",
+                ErrorCode.PAYLOAD_TOO_LARGE,
+            ))  # fmt: skip
+            return
+        self._check_size(size)
+
+    def _tool_context(self, call: ToolCall) -> ToolContext:
+        return ToolContext(self.user_id, self.conversation_id, self.id, call.call_id, call.name)
+
     async def flush_pending_audio(self) -> None:
         """Send what tiny frames gathered: the turn ends, so nothing more will join it."""
         engine = self.engine
@@ -418,8 +457,8 @@ class NeutralSession(LiveSessionBase):
         await engine.send_audio(pcm)
 
     async def _control(self, msg: P.ClientMessage) -> None:
-        engine, arbiter = self.engine, self.arbiter
-        assert engine is not None and arbiter is not None
+        engine, arbiter, tools = self.engine, self.arbiter, self.tool_calls
+        assert engine is not None and arbiter is not None and tools is not None
         if not self._control_bucket.take():
             self._send_error(ErrorCode.RATE_LIMITED, self._rate_sentence())
             return
@@ -435,14 +474,22 @@ class NeutralSession(LiveSessionBase):
                 self.turns.mark()
                 await arbiter.commit()
             case P.SimpleMessage(type="stop"):
+                await tools.cancel_all("the user ended the conversation", tell_engine=False)
                 raise SessionEnded(CloseCode.NORMAL, "client stopped")
+            case P.ToolResultMessage():
+                try:
+                    tools.client_result(msg)
+                except ProtocolError as exc:
+                    self._client_error(exc)
             case P.HoldMessage():
                 await self._turn_request(arbiter.hold())
             case P.AllowNextMessage():
                 await self._turn_request(arbiter.allow_next(msg.respond))
             case P.BargeInMessage():
+                await tools.cancel_all("the user interrupted")
                 await self._turn_request(arbiter.barge_in(msg.played_ms))
             case P.InterruptMessage():
+                await tools.cancel_all("the user interrupted")
                 arbiter.client_interrupted()
                 if self._announced_item:
                     self.outbox.drop_audio(self._announced_item)
@@ -541,6 +588,9 @@ class NeutralSession(LiveSessionBase):
                     self._on_status(event)
                 case InputAudioDropped(kept_s=kept):
                     self._input_audio_dropped(kept)
+                case ToolCall():
+                    assert self.tool_calls is not None
+                    self.tool_calls.start(event)
                 case EngineError():
                     self._on_engine_error(event)
                 case _:

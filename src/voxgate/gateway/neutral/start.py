@@ -30,6 +30,7 @@ from voxgate.gateway.neutral.arbiter import TurnPolicy
 from voxgate.gateway.state import GatewayState
 from voxgate.protocol import CloseCode, ErrorCode, ProtocolError
 from voxgate.store.base import ConversationRecord, UserSettings
+from voxgate.tools.record import tool_history_turn
 
 
 def choose_engine(
@@ -107,9 +108,14 @@ async def resume(
     ):
         # Somebody else's conversation reads as a missing one: ids are not to be probed.
         raise P.invalid(f"start: conversation '{conversation_id}' was not found")
-    history = [
-        HistoryTurn(turn.role, text) for turn in record.turns if (text := turn.remembered_text)
-    ]
+    history: list[HistoryTurn] = []
+    for turn in record.turns:
+        if turn.role == "tool":
+            # A tool call and its output, given back to the model (engines with tools).
+            if (tool_turn := tool_history_turn(turn.item_id, turn.text)) is not None:
+                history.append(tool_turn)
+        elif text := turn.remembered_text:
+            history.append(HistoryTurn(turn.role, text))
     return record, history
 
 
