@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Self
 
+from voxgate.pcm_b64 import Base64PCM
+
 if TYPE_CHECKING:
     from voxgate.config import Settings
 
@@ -162,8 +164,15 @@ class Transcript:
 
 @dataclass(slots=True)
 class AudioOut:
-    pcm16: bytes  # at capabilities.output_rate
+    #: PCM16 at capabilities.output_rate: bytes, or the provider's base64 text kept as it came
+    #: (`Base64PCM`, for a JSON client to get without a decode and re-encode).
+    audio: bytes | Base64PCM
     item_id: str
+
+    @property
+    def pcm16(self) -> bytes:
+        audio = self.audio
+        return audio if isinstance(audio, bytes) else audio.pcm
 
 
 @dataclass(slots=True)
@@ -303,6 +312,11 @@ class ConversationEngine(ABC):
 
     @abstractmethod
     async def send_audio(self, pcm16: bytes) -> None: ...
+
+    async def send_audio_base64(self, audio: Base64PCM) -> None:
+        """`send_audio` for audio a JSON client sent as base64 at `capabilities.input_rate`.
+        Engines whose provider wants base64 too override it to pass the text on as it is."""
+        await self.send_audio(audio.pcm)
 
     @abstractmethod
     async def commit(self) -> None: ...
