@@ -123,7 +123,7 @@ def print_relay(result: dict[str, Any], title: str = "Relay overhead (round trip
             console,
             "Against the raw relay (ratio; added p99 = p99 minus the direct path's; CPU/frame vs "
             "node = against the Node ws relay; targets: CPU/frame <= 1.15x, at N <= 200 p50 <= "
-            "1.5x and p99 <= 2x, nothing lost or late)",
+            "1.5x and p99 <= 2x, nothing lost)",
             ["N", "path", "CPU", "CPU/frame", "p50", "p99", "added p99", "RSS", "lost",
              "CPU/frame vs node", "targets"],
             [[str(r["sessions"]), r["path"], f(r["cpu"], 2), f(r["cpu_per_frame"], 2),
