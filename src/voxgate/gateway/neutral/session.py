@@ -401,9 +401,9 @@ class NeutralSession(LiveSessionBase):
                 continue
             self.audio_in_bytes += n
             if audio is not None:
-                if log_audio or arbiter.listening:
+                if log_audio is not None or arbiter.listening:
                     pcm = audio.pcm  # decoded once, for whoever below needs the samples
-                if pending or n < min_chunk or in_resampler:
+                if pending or n < min_chunk or in_resampler is not None:
                     pcm, audio = audio.pcm, None
             if log_audio is not None:
                 log_audio(pcm)
