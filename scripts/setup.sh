@@ -43,11 +43,15 @@ if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); proce
 fi
 # `npm ci` from the committed lock, only when the lock changed since the last install.
 export NEXT_TELEMETRY_DISABLED=1
-stamp=clients/node_modules/.voxgate-ci-stamp  # the same stamp tests/support/node.py reads
-want="$(sha256sum clients/package-lock.json clients/package.json | sha256sum | cut -d' ' -f1)"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "setup: npm ci in clients/"
-  (cd clients && npm ci --no-audit --no-fund)
-  echo "$want" > "$stamp"
-fi
-echo "setup: ready ($VENV, clients/node_modules)"
+# clients/: the web packages; benchmarks/node_relay/: the Node `ws` relay `voxgate bench relay`
+# measures against.
+for dir in clients benchmarks/node_relay; do
+  stamp=$dir/node_modules/.voxgate-ci-stamp  # the same stamp tests/support/node.py reads
+  want="$(sha256sum $dir/package-lock.json $dir/package.json | sha256sum | cut -d' ' -f1)"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "setup: npm ci in $dir/"
+    (cd $dir && npm ci --no-audit --no-fund)
+    echo "$want" > "$stamp"
+  fi
+done
+echo "setup: ready ($VENV, clients/node_modules, benchmarks/node_relay/node_modules)"

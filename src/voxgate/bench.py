@@ -120,11 +120,16 @@ def print_relay(result: dict[str, Any], title: str = "Relay overhead (round trip
     ratios = result.get("ratios")
     if isinstance(ratios, list) and ratios:
         report.print_table(
-            console, "Against the raw relay (ratio; added p99 = p99 minus the direct path's)",
-            ["N", "path", "CPU", "CPU/frame", "p99", "added p99", "RSS", "lost"],
+            console,
+            "Against the raw relay (ratio; added p99 = p99 minus the direct path's; CPU/frame vs "
+            "node = against the Node ws relay; targets: CPU/frame <= 1.15x, at N <= 200 p50 <= "
+            "1.5x and p99 <= 2x, nothing lost)",
+            ["N", "path", "CPU", "CPU/frame", "p50", "p99", "added p99", "RSS", "lost",
+             "CPU/frame vs node", "targets"],
             [[str(r["sessions"]), r["path"], f(r["cpu"], 2), f(r["cpu_per_frame"], 2),
-              f(r["p99"], 2), f(r["added_p99"], 2),
-              f(r["rss"], 2), str(r["lost_frames"])] for r in ratios],
+              f(r.get("p50"), 2), f(r["p99"], 2), f(r["added_p99"], 2),
+              f(r["rss"], 2), str(r["lost_frames"]), f(r.get("cpu_vs_node"), 2),
+              r.get("targets", "")] for r in ratios],
         )  # fmt: skip
     for path, why in (result.get("skipped") or {}).items():
         console.print(f"[yellow]skipped {path}: {why}[/yellow]")
@@ -204,8 +209,12 @@ def _relay(
 def relay(
     sizes: Annotated[str, typer.Option(help="Session counts, comma-separated.")] = "50,200,400",
     paths: Annotated[
-        str, typer.Option(help="direct,raw,voxgate,compat; add asgi for the raw relay under uvicorn")
-    ] = "direct,raw,voxgate,compat",
+        str,
+        typer.Option(
+            help="direct,raw,voxgate,voxgate_json,compat,node; add asgi for the raw relay under "
+            "uvicorn"
+        ),
+    ] = "direct,raw,voxgate,voxgate_json,compat,node",
     duration: Duration = 10.0,
     warmup: Warmup = 2.0,
     drain: Drain = 3.0,
@@ -215,7 +224,8 @@ def relay(
     out_dir: OutDir = report.DEFAULT_RESULTS_DIR,
     no_save: NoSave = False,
 ) -> None:
-    """Relay overhead: direct vs raw relay vs voxgate (vs /v1/realtime) at each size."""
+    """Relay overhead at each size: direct, the raw Python relay, /ws with binary and with JSON
+    (base64) audio, /v1/realtime, and the Node ws relay, side by side."""
     _setup(loop, nice)
     result = {"benchmark": "relay", "machine": report.machine(),
               **_relay(sizes, paths, duration, warmup, drain, repeat)}  # fmt: skip

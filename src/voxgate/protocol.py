@@ -12,13 +12,14 @@ cheaply), except `audio`, which is assembled as text by `audio_frame`.
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Mapping
 from enum import IntEnum, StrEnum
 from typing import Any, Literal, NotRequired, TypedDict
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from voxgate.pcm_b64 import Base64PCM, check_base64
 
 PROTOCOL_VERSION = 1
 
@@ -295,13 +296,18 @@ class SimpleMessage(_Model):
 
 
 class AudioChunk:
-    """A decoded microphone chunk; plain class, no validation beyond what `parse` did."""
+    """A microphone chunk, still base64 (`audio`, checked by `parse`, decoded only on demand:
+    see `voxgate.pcm_b64`); plain class, no validation beyond what `parse` did."""
 
-    __slots__ = ("pcm16",)
+    __slots__ = ("audio",)
     type = "audio_chunk"
 
-    def __init__(self, pcm16: bytes) -> None:
-        self.pcm16 = pcm16
+    def __init__(self, audio: Base64PCM) -> None:
+        self.audio = audio
+
+    @property
+    def pcm16(self) -> bytes:
+        return self.audio.pcm
 
 
 ClientMessage = (
@@ -352,22 +358,17 @@ def _describe(error: ValidationError, msg_type: str) -> str:
     return f"{msg_type}: field '{field}' {first.get('msg', 'is invalid').lower()}"
 
 
-def decode_pcm16_base64(data: Any, field: str = "pcm16Base64") -> bytes:
-    """Decode base64 PCM16, refusing non-strings, bad base64 and odd byte counts."""
+def pcm16_base64(data: Any, field: str = "pcm16Base64") -> Base64PCM:
+    """Check base64 PCM16 without decoding it: what `base64.b64decode(validate=True)` refuses
+    is refused here too, and so is an odd byte count."""
     if not isinstance(data, str):
         raise invalid(f"audio_chunk: field '{field}' must be a base64 string")
-    try:
-        pcm = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise invalid(f"audio_chunk: field '{field}' is not valid base64") from None
-    check_pcm16(pcm)
-    return pcm
-
-
-def check_pcm16(pcm: bytes) -> bytes:
-    if len(pcm) % 2:
-        raise odd_pcm16(len(pcm))
-    return pcm
+    audio = check_base64(data)
+    if audio is None:
+        raise invalid(f"audio_chunk: field '{field}' is not valid base64")
+    if audio.nbytes & 1:
+        raise odd_pcm16(audio.nbytes)
+    return audio
 
 
 def odd_pcm16(nbytes: int) -> ProtocolError:
@@ -387,7 +388,7 @@ def parse_client_text(text: str | bytes) -> ClientMessage:
     if not isinstance(msg_type, str):
         raise invalid("a message must have a string 'type' field")
     if msg_type == "audio_chunk":
-        return AudioChunk(decode_pcm16_base64(data.get("pcm16Base64")))
+        return AudioChunk(pcm16_base64(data.get("pcm16Base64")))
     model = _CONTROL_MODELS.get(msg_type)
     if model is None:
         raise invalid(
@@ -556,6 +557,11 @@ _b64encode = base64.b64encode
 def audio_frame_tail(item_id: str) -> str:
     """The end of every JSON `audio` message of one item: build it once per item."""
     return '","itemId":' + orjson.dumps(item_id).decode() + "}"
+
+
+def audio_frame_base64(b64: str, tail: str) -> str:
+    """`audio_frame` for audio that is base64 already (checked: `voxgate.pcm_b64`)."""
+    return _AUDIO_HEAD + b64 + tail
 
 
 def audio_frame(pcm16: bytes, tail: str) -> str:

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from tests.support.node import npm_ci
 from voxgate.bench import bench_app
 from voxgate.benchmarking.cascade import find_script
-from voxgate.benchmarking.relay import compat_available
+from voxgate.benchmarking.relay import NODE_RELAY_DIR, compat_available, node_relay_missing
 
 runner = CliRunner()
 
@@ -33,14 +34,20 @@ def _saved(out_dir: Path, name: str) -> dict:
 
 
 def test_relay_every_path_round_trips_stamped_frames(tmp_path: Path) -> None:
+    npm_ci(NODE_RELAY_DIR)  # what scripts/setup.sh does, in case the lock changed since
     output = _invoke([
         "relay", "--sizes", "2", "--duration", "1", "--warmup", "0.2", "--drain", "3",
-        "--paths", "direct,raw,asgi,voxgate,compat", "--out-dir", str(tmp_path),
+        "--paths", "direct,raw,asgi,voxgate,voxgate_json,compat,node", "--out-dir", str(tmp_path),
     ])  # fmt: skip
     result = _saved(tmp_path, "relay")
     paths = {run["path"] for run in result["runs"]}
-    expected = {"direct", "raw", "asgi", "voxgate"} | ({"compat"} if compat_available() else set())
+    expected = {"direct", "raw", "asgi", "voxgate", "voxgate_json", "node"}
+    expected |= {"compat"} if compat_available() else set()
+    # The Node relay is part of the suite: scripts/setup.sh installs it.
+    assert node_relay_missing() is None and "node" not in result["skipped"]
     assert paths == expected
+    by = {run["path"]: run for run in result["runs"]}
+    assert by["voxgate_json"]["json_audio"] and not by["voxgate"]["json_audio"]
     for run in result["runs"]:
         assert run["connected"] == 2, run
         # ~50 frames a second per session over 1.2 s: every one came back with its stamp.
@@ -50,9 +57,16 @@ def test_relay_every_path_round_trips_stamped_frames(tmp_path: Path) -> None:
         assert run["rtt_ms"]["n"] > 0 and run["rtt_ms"]["p50"] > 0
         if run["path"] != "direct":
             assert run["target_cores"] > 0 and run["target_rss_bytes"] > 10 * 2**20
-    assert {r["path"] for r in result["ratios"]} >= {"voxgate"}
+    ratios = {r["path"]: r for r in result["ratios"]}
+    assert set(ratios) >= {"voxgate", "voxgate_json", "node"}
+    for path in ("voxgate", "voxgate_json"):
+        # CPU per frame against both baselines, and the targets judged (met or not: no speed
+        # is asserted here).
+        assert ratios[path]["cpu_per_frame"] > 0 and ratios[path]["cpu_vs_node"] > 0
+        assert ratios[path]["targets"] == "met" or ratios[path]["targets"].startswith("missed: ")
     assert result["machine"]["nproc"] >= 1
     assert "Relay overhead" in output and "Against the raw relay" in output
+    assert "voxgate_json" in output and "CPU/frame vs node" in output
 
 
 def test_frames_binary_and_json_audio(tmp_path: Path) -> None:

@@ -34,6 +34,9 @@ GC_FREEZE = os.environ.get("VOXGATE_BENCH_GC_FREEZE") == "1"
 GC_THRESHOLD = os.environ.get("VOXGATE_BENCH_GC_THRESHOLD")
 GC_STATS = os.environ.get("VOXGATE_BENCH_GC_STATS") == "1"
 FAST_OUTBOX = os.environ.get("VOXGATE_BENCH_FAST_OUTBOX") == "1"
+#: `VOXGATE_BENCH_WS=websockets|websockets-sansio|wsproto`: uvicorn's WebSocket implementation
+#: (default: what `voxgate serve` uses, uvicorn's `auto`, which is websockets-sansio).
+WS_IMPL = os.environ.get("VOXGATE_BENCH_WS")
 
 
 class _GcPauses:
@@ -85,6 +88,8 @@ def main() -> None:
     app = create_app(settings, tuning=_tuning())
     config = uvicorn_config(app, settings, port=0)
     config.backlog = 4096
+    if WS_IMPL:
+        config.ws = WS_IMPL
     server = _AnnouncingServer(config)
     pauses = _GcPauses()
     if GC_THRESHOLD:

@@ -60,14 +60,16 @@ def server_process(
     args: list[str] | None = None,
     env: Mapping[str, str] | None = None,
     startup_timeout: float = 60.0,
+    argv: list[str] | None = None,
 ) -> Iterator[ServerProcess]:
-    """Run `python -m <module> <args>` until it prints `PORT <n>`; stop it on exit."""
+    """Run `python -m <module> <args>` (or `argv`, a whole command line) until it prints
+    `PORT <n>`; stop it on exit."""
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     popen = subprocess.Popen(
-        [sys.executable, "-m", module, *(args or [])],
+        argv or [sys.executable, "-m", module, *(args or [])],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

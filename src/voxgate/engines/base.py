@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Self
 
+from voxgate.pcm_b64 import Base64PCM
+
 if TYPE_CHECKING:
     from voxgate.config import Settings
 
@@ -190,8 +192,15 @@ class Transcript:
 
 @dataclass(slots=True)
 class AudioOut:
-    pcm16: bytes  # at capabilities.output_rate
+    #: PCM16 at capabilities.output_rate: bytes, or the provider's base64 text kept as it came
+    #: (`Base64PCM`, for a JSON client to get without a decode and re-encode).
+    audio: bytes | Base64PCM
     item_id: str
+
+    @property
+    def pcm16(self) -> bytes:
+        audio = self.audio
+        return audio if isinstance(audio, bytes) else audio.pcm
 
 
 @dataclass(slots=True)
@@ -303,6 +312,11 @@ class ConversationEngine(ABC):
         self.capabilities = Capabilities()
         self._events: asyncio.Queue[EngineEvent | None] = asyncio.Queue(self.EVENT_QUEUE_SIZE)
         self._closed = False
+        #: Set by the consumer: takes each `AudioOut` at once, in the engine's own task, when
+        #: no earlier event is waiting in the queue (so the order is the same), saving the task
+        #: switch per frame that `events()` costs. Should it raise, the event goes through the
+        #: queue after all, and the consumer meets the failure there, as it would have.
+        self.audio_sink: Callable[[AudioOut], None] | None = None
         #: Set by the session: called with (ok, seconds) after each upstream connect attempt.
         self.connect_observer: Callable[[bool, float], None] | None = None
         #: Set by the session: called with (kind, seconds) about audio kept across reconnects.
@@ -351,6 +365,11 @@ class ConversationEngine(ABC):
 
     @abstractmethod
     async def send_audio(self, pcm16: bytes) -> None: ...
+
+    async def send_audio_base64(self, audio: Base64PCM) -> None:
+        """`send_audio` for audio a JSON client sent as base64 at `capabilities.input_rate`.
+        Engines whose provider wants base64 too override it to pass the text on as it is."""
+        await self.send_audio(audio.pcm)
 
     @abstractmethod
     async def commit(self) -> None: ...
@@ -404,7 +423,15 @@ class ConversationEngine(ABC):
     async def emit(self, event: EngineEvent) -> None:
         if self._closed:
             return
-        if isinstance(event, StatusChanged):
+        if type(event) is AudioOut:
+            sink = self.audio_sink
+            if sink is not None and self._events.empty():
+                try:
+                    sink(event)
+                    return
+                except Exception:
+                    self.audio_sink = None
+        elif isinstance(event, StatusChanged):
             self.status = event.status
         elif isinstance(event, AssistantSpeaking):
             self.is_speaking = event.is_speaking

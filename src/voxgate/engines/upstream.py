@@ -20,6 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
 from voxgate.engines.base import EngineUnavailable, HeldAudioKind
+from voxgate.pcm_b64 import Base64PCM
 
 if TYPE_CHECKING:
     from voxgate.config import Settings
@@ -203,7 +204,8 @@ class ReconnectAudioBuffer:
       with `next_held` in order, sending each, until none is left; new audio keeps arriving
       through `hold` meanwhile and is sent in turn, so order is kept without a lock.
 
-    Only positions and byte counts are tracked: the chunks are the engine's own `bytes`, never
+    Only positions and byte counts are tracked: the chunks are the engine's own `bytes` (or
+    `Base64PCM`, the client's base64 kept undecoded; `len` is its PCM bytes alike), never
     copied. Engines report through `report` (kind, seconds), once per reconnect and kind.
     """
 
@@ -214,7 +216,7 @@ class ReconnectAudioBuffer:
     def __init__(self, seconds: float, report: Callable[[HeldAudioKind, float], None]) -> None:
         self.seconds = max(0.0, seconds)
         self._report = report
-        self._chunks: deque[bytes | _Commit] = deque()
+        self._chunks: deque[bytes | Base64PCM | _Commit] = deque()
         self._size = 0  # audio bytes in `_chunks`
         self._base = 0  # upstream position (bytes since its session began) of the first chunk
         self._in_speech = False
@@ -225,7 +227,7 @@ class ReconnectAudioBuffer:
         # This reconnect: bytes that entered, dropped, replayed; whether the client was told.
         self._entered = self._dropped = 0
         self._told = False
-        self._replayed: deque[bytes] = deque()
+        self._replayed: deque[bytes | Base64PCM] = deque()
         self._replayed_size = 0
         self._replay_pos = 0
 
@@ -244,7 +246,7 @@ class ReconnectAudioBuffer:
         return self._size / self._bytes_per_s
 
     # --- connected ------------------------------------------------------------------------
-    def sent(self, pcm: bytes) -> None:
+    def sent(self, pcm: bytes | Base64PCM) -> None:
         """`pcm` went to the upstream (hot path: one append, one comparison)."""
         if not self._max:
             return
@@ -267,7 +269,7 @@ class ReconnectAudioBuffer:
         chunks = self._chunks
         while chunks:
             first = chunks[0]
-            n = len(first) if isinstance(first, bytes) else 0
+            n = 0 if isinstance(first, _Commit) else len(first)
             if position is not None and self._base + n > position:
                 return
             chunks.popleft()
@@ -293,7 +295,7 @@ class ReconnectAudioBuffer:
         self._replayed.clear()
         self._replayed_size = self._replay_pos = 0
 
-    def hold(self, pcm: bytes) -> bool:
+    def hold(self, pcm: bytes | Base64PCM) -> bool:
         """Keep `pcm` for the new upstream. True the first time this reconnect drops the oldest
         audio to stay within the limit: the engine tells the client, once."""
         self._chunks.append(pcm)
@@ -312,12 +314,12 @@ class ReconnectAudioBuffer:
         """The client ended its turn while the link was down: commit there when replaying."""
         self._chunks.append(COMMIT)
 
-    def next_held(self) -> bytes | _Commit | None:
+    def next_held(self) -> bytes | Base64PCM | _Commit | None:
         """The oldest held item, to send now; None when all of it has been taken."""
         if not self._chunks:
             return None
         item = self._chunks.popleft()
-        if isinstance(item, bytes):
+        if not isinstance(item, _Commit):
             n = len(item)
             self._size -= n
             self._replay_pos += n
@@ -371,7 +373,7 @@ class ReconnectAudioBuffer:
         chunks = self._chunks
         while self._size > limit and chunks:
             item = chunks.popleft()
-            if isinstance(item, bytes):
+            if not isinstance(item, _Commit):
                 n = len(item)
                 self._size -= n
                 self._base += n

@@ -84,6 +84,46 @@ class Ending(StrEnum):
     INTERNAL = "internal"  # a bug in the gateway
 
 
+class _Ticker:
+    """One timer for every live session on an event loop (with the same tick): each tick runs
+    every session's checks (`LiveSessionBase._tick`) in one callback, where a task per session
+    used to wake up every second, all in step (a task, a timer and a `wait_for` each)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick_s: float) -> None:
+        self.loop = loop
+        self.tick_s = tick_s
+        self.sessions: dict[LiveSessionBase, None] = {}  # an ordered set
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, session: LiveSessionBase) -> None:
+        self.sessions[session] = None
+        if self._timer is None:
+            self._timer = self.loop.call_later(self.tick_s, self._run)
+
+    def discard(self, session: LiveSessionBase) -> None:
+        self.sessions.pop(session, None)
+
+    def _run(self) -> None:
+        self._timer = None
+        for session in list(self.sessions):
+            session._tick()  # never raises: a failure ends that session only
+        if self.sessions:
+            self._timer = self.loop.call_later(self.tick_s, self._run)
+
+
+_tickers: dict[tuple[asyncio.AbstractEventLoop, float], _Ticker] = {}
+
+
+def _ticker(tick_s: float) -> _Ticker:
+    loop = asyncio.get_running_loop()
+    ticker = _tickers.get((loop, tick_s))
+    if ticker is None:
+        for key in [k for k in _tickers if k[0].is_closed()]:  # loops of finished tests/runs
+            del _tickers[key]
+        ticker = _tickers[(loop, tick_s)] = _Ticker(loop, tick_s)
+    return ticker
+
+
 class LiveSessionBase(ABC):
     """One client socket served until it ends: the part both endpoints share.
 
@@ -118,6 +158,8 @@ class LiveSessionBase(ABC):
         )
         self._shutdown = asyncio.Event()
         self.shutdown_reason = "server_shutdown"
+        #: Resolved (with an `Ending`, or a failure) when the watchdog must end the session.
+        self._doom: asyncio.Future[Ending] | None = None
 
     # --- what the registry reads ------------------------------------------------------------
 
@@ -146,6 +188,12 @@ class LiveSessionBase(ABC):
     def request_shutdown(self, reason: str = "server_shutdown") -> None:
         self.shutdown_reason = reason
         self._shutdown.set()
+        self._end_by(Ending.SHUTDOWN)
+
+    def _end_by(self, why: Ending) -> None:
+        doom = self._doom
+        if doom is not None and not doom.done():
+            doom.set_result(why)
 
     # --- what each endpoint supplies --------------------------------------------------------
 
@@ -203,28 +251,41 @@ class LiveSessionBase(ABC):
             await self._finish(ended)
 
     async def _watchdog(self) -> None:
-        """The one owner of every session timeout, and the once-a-second metrics flush."""
-        s = self.settings
-        shutdown = self._shutdown
-        tick = self.state.tuning.watchdog_tick_s
-        while True:
-            try:
-                await asyncio.wait_for(shutdown.wait(), tick)
-            except TimeoutError:
-                pass
+        """The one owner of every session timeout, and the once-a-second metrics flush: it
+        waits while the loop's shared `_Ticker` checks the session once a tick (`_tick`), and
+        ends the session for the reason found (a shutdown request: at once)."""
+        self._doom = doom = asyncio.get_running_loop().create_future()
+        if self._shutdown.is_set():
+            doom.set_result(Ending.SHUTDOWN)
+        ticker = _ticker(self.state.tuning.watchdog_tick_s)
+        ticker.add(self)
+        try:
+            why = await doom
+        finally:
+            ticker.discard(self)
+        self._flush_metrics()
+        raise self._ending(why)
+
+    def _tick(self) -> None:
+        """One tick's checks (from the shared `_Ticker`); never raises."""
+        doom = self._doom
+        if doom is None or doom.done():
+            return
+        try:
             self._flush_metrics()
-            if shutdown.is_set():
-                raise self._ending(Ending.SHUTDOWN)
+            s = self.settings
             if time.monotonic() - self.last_activity > s.idle_timeout_s:
-                raise self._ending(Ending.IDLE)
-            if self._stalled_s() > s.client_stall_timeout_s:
+                doom.set_result(Ending.IDLE)
+            elif self._stalled_s() > s.client_stall_timeout_s:
                 # Memory is bounded anyway (see Outbox); this frees the session and, through
                 # the abort in `_last_words`, the connection. The client will likely never read
                 # why, but the logs and metrics will.
                 log.warning("%s %s: the client stopped reading; closing", self.label, self.id)
-                raise self._ending(Ending.STALLED)
-            if time.time() - self.started_at > s.max_session_s:
-                raise self._ending(Ending.EXPIRED)
+                doom.set_result(Ending.STALLED)
+            elif time.time() - self.started_at > s.max_session_s:
+                doom.set_result(Ending.EXPIRED)
+        except Exception as exc:  # a bug: this session ends as `internal`, the others tick on
+            doom.set_exception(exc)
 
     def _flush_metrics(self) -> None:
         # Audio counters are summed locally per frame and flushed once a second: no lock and no

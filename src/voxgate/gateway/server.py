@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import h11
 import uvicorn
@@ -129,6 +130,55 @@ class BoundedH11Protocol(H11Protocol):
         self.transport.close()
 
 
+def batching_ws_protocol() -> type | str:
+    """uvicorn's sans-I/O WebSocket protocol, pausing reads only when the app falls behind.
+
+    uvicorn pauses reading the socket after every message it queues for the app and resumes
+    once the app has taken it: two `epoll_ctl` calls and selector bookkeeping per audio frame,
+    9 to 12% of the gateway's CPU (docs/benchmarks.md, benchmark 8). Here it pauses only
+    when more than `PAUSE_BYTES` or `PAUSE_MESSAGES` wait for the app (and resumes, as uvicorn
+    does, once the app has emptied the queue), so a client that keeps up costs no pausing and
+    one that floods is still held to a bounded queue. Falls back to uvicorn's own choice if its
+    protocol class is not the one this was written against.
+    """
+    try:
+        from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    except ImportError:  # pragma: no cover - uvicorn without the sans-I/O implementation
+        return "auto"
+    if not all(
+        hasattr(WebSocketsSansIOProtocol, name) for name in ("send_receive_event_to_app", "receive")
+    ):  # pragma: no cover
+        return "auto"
+
+    class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
+        PAUSE_BYTES = 64 * 1024
+        PAUSE_MESSAGES = 64
+        _queued_bytes = 0
+
+        def send_receive_event_to_app(self) -> None:
+            size = sum(map(len, self.frames))
+            paused = self.read_paused
+            self.read_paused = True  # so uvicorn's own pause after every message is skipped
+            try:
+                super().send_receive_event_to_app()
+            finally:
+                self.read_paused = paused
+            if self.close_sent or self.read_paused:
+                return  # past the close, reads stay on (uvicorn discards the message)
+            self._queued_bytes += size
+            if self._queued_bytes > self.PAUSE_BYTES or self.queue.qsize() >= self.PAUSE_MESSAGES:
+                self.read_paused = True
+                self.transport.pause_reading()
+
+        async def receive(self) -> Any:
+            message = await super().receive()  # resumes reading once the queue is empty
+            if self.queue.empty():
+                self._queued_bytes = 0
+            return message
+
+    return BatchingWebSocketProtocol
+
+
 def bounded_protocol(settings: Settings) -> type[BoundedH11Protocol]:
     """The HTTP protocol class with this server's bounds."""
     return type(
@@ -165,6 +215,7 @@ def uvicorn_config(app: FastAPI, settings: Settings, *, port: int | None = None)
         # first); only the HTTP handshake is parsed this way, WebSocket frames are not. The
         # subclass adds the header deadline and the connection cap.
         http=bounded_protocol(settings),
+        ws=batching_ws_protocol(),
         h11_max_incomplete_event_size=HEADER_LIMIT_BYTES,
         # Requests beyond this many connections or in-flight requests get 503.
         limit_concurrency=settings.max_connections,

@@ -5,7 +5,9 @@ Why it looks the way it does:
 - **GA only.** The beta interface is shut down: no `OpenAI-Beta` header, GA session shape, GA
   event names.
 - **Hot path.** `send_audio` is a base64 call and a byte concatenation into a pre-built JSON
-  template; no models, no dict building, no JSON encoder. Provider events reach their
+  template; no models, no dict building, no JSON encoder. A JSON client's base64 goes into the
+  template as it came (`send_audio_base64`), and an audio delta's base64 reaches the session
+  undecoded (`Base64PCM`): at 24 kHz both ways nothing is decoded or encoded at all. Provider events reach their
   `_on_<event>` handler through one dict lookup, built once per engine.
 - **The client knows what was heard.** `interrupt(played_ms)` truncates the assistant item to
   what was actually played (clamped to the audio received), and the engine drops every later
@@ -69,6 +71,7 @@ from voxgate.engines.upstream import (
     close_quietly,
     reconnect,
 )
+from voxgate.pcm_b64 import Base64PCM, check_base64
 from voxgate.turns import heard_prefix, text_delta
 
 if TYPE_CHECKING:
@@ -368,6 +371,18 @@ class OpenAIRealtimeEngine(ConversationEngine):
         with contextlib.suppress(ConnectionClosed):
             await up.ws.send(_APPEND_PREFIX + base64.b64encode(pcm16) + _APPEND_SUFFIX, text=True)
 
+    async def send_audio_base64(self, audio: Base64PCM) -> None:
+        up = self._up
+        if up is None:
+            return
+        if self._reconnecting:
+            if self._held.hold(audio):
+                await self.emit(InputAudioDropped(self._held.seconds))
+            return
+        self._held.sent(audio)
+        with contextlib.suppress(ConnectionClosed):
+            await up.ws.send(_APPEND_PREFIX + audio.b64 + _APPEND_SUFFIX, text=True)
+
     async def _send(self, event: dict[str, Any]) -> None:
         """Send a control event. Unlike audio, control events wait out a reconnect (bounded),
         so a message typed during a blip still gets its answer."""
@@ -630,6 +645,8 @@ class OpenAIRealtimeEngine(ConversationEngine):
                 elif isinstance(item, bytes):
                     await up.ws.send(_APPEND_PREFIX + base64.b64encode(item) + _APPEND_SUFFIX,
                                      text=True)  # fmt: skip
+                elif isinstance(item, Base64PCM):
+                    await up.ws.send(_APPEND_PREFIX + item.b64 + _APPEND_SUFFIX, text=True)
         held.finish()
         self._reconnecting = False
         self._ready.set()
@@ -702,11 +719,15 @@ class OpenAIRealtimeEngine(ConversationEngine):
         item = self._item
         if item is None or item.id != event.get("item_id"):
             item = self._item = _Item(event.get("item_id", ""), rid or "")
-        pcm = base64.b64decode(event.get("delta", ""))
-        item.audio_bytes += len(pcm)
+        delta = event.get("delta", "")
+        # Kept as base64 when it is clean (it nearly always is); anything else is decoded as
+        # leniently as before.
+        checked = check_base64(delta) if isinstance(delta, str) else None
+        audio = base64.b64decode(delta) if checked is None or checked.nbytes & 1 else checked
+        item.audio_bytes += len(audio)
         if not self.is_speaking:
             await self.emit(AssistantSpeaking(True))
-        await self.emit(AudioOut(pcm, item.id))
+        await self.emit(AudioOut(audio, item.id))
 
     async def _on_assistant_text_delta(self, event: Event) -> None:
         item = self._assistant_item(event)

@@ -46,6 +46,7 @@ from voxgate.gateway.neutral.arbiter import TurnArbiter
 from voxgate.gateway.neutral.toolcalls import SessionToolset, ToolCalls
 from voxgate.gateway.outbox import Outbox, OutboxFactory, SlowClient
 from voxgate.gateway.state import GatewayState
+from voxgate.pcm_b64 import Base64PCM
 from voxgate.protocol import CloseCode, ErrorCode, ProtocolError
 from voxgate.tools import ToolBox, ToolContext
 
@@ -385,15 +386,19 @@ class NeutralSession(LiveSessionBase):
         turns = self.turns
         log_audio = turns.log_user_audio if turns.audio_log is not None else None
         send_audio = engine.send_audio
+        send_base64 = engine.send_audio_base64
         while True:
             message = await self._receive()
-            pcm = message.get("bytes")
-            if pcm is not None:
+            data = message.get("bytes")
+            audio: Base64PCM | None = None
+            if data is not None:
                 # Hot path: a binary audio frame.
-                if len(pcm) > max_frame:
-                    self._check_size(len(pcm))
-                if len(pcm) & 1:
-                    self._client_error(P.odd_pcm16(len(pcm)))
+                pcm: bytes = data
+                n = len(pcm)
+                if n > max_frame:
+                    self._check_size(n)
+                if n & 1:
+                    self._client_error(P.odd_pcm16(n))
                     continue
             else:
                 text = message.get("text") or ""
@@ -408,18 +413,31 @@ class NeutralSession(LiveSessionBase):
                 if not isinstance(parsed, P.AudioChunk):
                     await self._control(parsed)
                     continue
-                pcm = parsed.pcm16
-            if not take_audio(len(pcm)):  # empty frames take a frame token too
+                # Hot path: a JSON audio frame, still base64; decoded below only if needed.
+                audio = parsed.audio
+                n = audio.nbytes
+                pcm = b""  # until someone needs the samples
+            if not take_audio(n):  # empty frames take a frame token too
                 self._audio_rate_error()
                 continue
-            if not pcm:
+            if not n:
                 continue
-            self.audio_in_bytes += len(pcm)
+            self.audio_in_bytes += n
+            if audio is not None:
+                if log_audio is not None or arbiter.listening:
+                    pcm = audio.pcm  # decoded once, for whoever below needs the samples
+                if pending or n < min_chunk or in_resampler is not None:
+                    pcm, audio = audio.pcm, None
             if log_audio is not None:
                 log_audio(pcm)
             if arbiter.listening and not arbiter.feed(pcm):
                 continue  # the rest of an utterance the turn arbiter ended
-            if pending or len(pcm) < min_chunk:
+            if audio is not None:
+                # The client's base64 at the engine's rate, in whole frames: passed on as it
+                # came, never re-encoded.
+                await send_base64(audio)
+                continue
+            if pending or n < min_chunk:
                 pending += pcm
                 if len(pending) < min_chunk:
                     continue
@@ -533,37 +551,25 @@ class NeutralSession(LiveSessionBase):
     # ----------------------------------------------------------------------------------------
 
     async def _emit_loop(self) -> None:
+        assert self.engine is not None
+        # Audio the engine emits while no earlier event waits comes straight to `_on_audio`,
+        # in the engine's task: one task switch less per frame (`ConversationEngine.audio_sink`).
+        self.engine.audio_sink = self._on_audio
+        try:
+            await self._emit_events()
+        finally:
+            self.engine.audio_sink = None
+
+    async def _emit_events(self) -> None:
         engine, arbiter = self.engine, self.arbiter
         assert engine is not None and arbiter is not None
         outbox = self.outbox
-        put_audio = outbox.put_audio
         turns = self.turns
-        by_item = turns.by_item
-        cancelled = self._cancelled_items
+        on_audio = self._on_audio
         async for event in engine.events():
             match event:
-                case AudioOut(pcm16=pcm, item_id=item_id):
-                    # Hot path: assistant audio, 50 frames a second.
-                    if item_id in cancelled:
-                        continue  # stale audio of an interrupted response
-                    turn = by_item.get(item_id) or turns.turn("assistant", item_id)
-                    turn.audio_bytes += len(pcm)
-                    if turn.audio is not None:
-                        turn.audio.extend(pcm)
-                    if self._out_resampler is not None:
-                        pcm = self._out_resampler.process(pcm)
-                        if not pcm:
-                            continue
-                    if item_id != self._announced_item or not self._client_speaking:
-                        self._announce_item(item_id)
-                    if turns.awaiting_audio:
-                        turns.first_audio()
-                    n = len(pcm)
-                    self.audio_out_bytes += n
-                    payload = pcm if self.binary else P.audio_frame(pcm, self._audio_tail)
-                    dropped = put_audio(payload, n, item_id)
-                    if dropped:
-                        self._audio_dropped(dropped)
+                case AudioOut():
+                    on_audio(event)
                 case Transcript():
                     self._on_transcript(event)
                 case UserSpeaking(is_speaking=speaking):
@@ -599,6 +605,44 @@ class NeutralSession(LiveSessionBase):
         raise SessionEnded(
             CloseCode.NORMAL, "engine finished", [P.status_message("disconnected", "engine_stopped")]
         )
+
+    def _on_audio(self, event: AudioOut) -> None:
+        """Hot path: assistant audio, 50 frames a second. Its `audio` may still be the
+        provider's base64 (`Base64PCM`): a JSON client at the engine's rate gets it as it came;
+        anything else decodes it, once."""
+        item_id = event.item_id
+        if item_id in self._cancelled_items:
+            return  # stale audio of an interrupted response
+        audio = event.audio
+        turns = self.turns
+        turn = turns.by_item.get(item_id) or turns.turn("assistant", item_id)
+        n = len(audio)
+        turn.audio_bytes += n
+        if turn.audio is not None:
+            turn.audio.extend(event.pcm16)
+        pcm = b""
+        if self._out_resampler is not None:
+            pcm = self._out_resampler.process(event.pcm16)
+            if not pcm:
+                return
+            n = len(pcm)
+        if item_id != self._announced_item or not self._client_speaking:
+            self._announce_item(item_id)
+        if turns.awaiting_audio:
+            turns.first_audio()
+        payload: str | bytes
+        if pcm:  # resampled
+            payload = pcm if self.binary else P.audio_frame(pcm, self._audio_tail)
+        elif self.binary:
+            payload = event.pcm16
+        elif isinstance(audio, bytes):
+            payload = P.audio_frame(audio, self._audio_tail)
+        else:
+            payload = P.audio_frame_base64(audio.text, self._audio_tail)
+        self.audio_out_bytes += n
+        dropped = self.outbox.put_audio(payload, n, item_id)
+        if dropped:
+            self._audio_dropped(dropped)
 
     def _announce_item(self, item_id: str) -> None:
         self._announced_item = item_id
