@@ -14,6 +14,7 @@ from voxgate.gateway.auth import Authenticator
 from voxgate.gateway.limits import CircuitBreaker, KeyedTokenBuckets, SessionLimiter
 from voxgate.gateway.metrics import Metrics
 from voxgate.gateway.outbox import Outbox, OutboxFactory
+from voxgate.gateway.shared import MemoryShared, SharedState
 from voxgate.store.base import ConversationStore
 
 log = logging.getLogger("voxgate.gateway")
@@ -61,6 +62,13 @@ class GatewayState:
         #: One per-user budget for every route that mints a credential (`/ws` session tokens,
         #: provider secrets from either token endpoint): two routes must not mean two budgets.
         self.token_buckets = KeyedTokenBuckets.per_minute(settings.token_requests_per_min)
+        #: What must hold across processes (tokens, caps, rate limits, the session directory,
+        #: breakers, the node registry): this process's memory, or Redis.
+        self.shared: SharedState = shared_state_for(settings, self.limiter, self.token_buckets)
+        self.shared.on_end_session = self._end_session
+        self.shared.on_breaker = self._remote_breaker
+        if self.shared.kind != "memory":
+            self.authenticator.session_tokens.shared = self.shared
         self.metrics = Metrics()
         self.store: ConversationStore = store if store is not None else _default_store(settings)
         self.audio_log = _audio_log(settings)
@@ -74,8 +82,20 @@ class GatewayState:
         b = self._breakers.get(engine)
         if b is None:
             b = CircuitBreaker(self.settings.breaker_failures, self.settings.breaker_cooldown_s)
+            if self.shared.kind != "memory":
+                shared = self.shared
+                b.on_change = lambda opened, after: shared.breaker_changed(engine, opened, after)
             self._breakers[engine] = b
         return b
+
+    def _remote_breaker(self, engine: str, opened: bool, retry_after_s: float) -> None:
+        self.breaker(engine).apply_remote(opened, retry_after_s)
+
+    def _end_session(self, session_id: str, reason: str) -> None:
+        session = self.sessions.get(session_id)
+        if session is not None:
+            log.info("ending session %s (%s)", session_id, reason)
+            session.request_shutdown(reason)
 
     def status(self) -> dict[str, Any]:
         started = [s for s in self.sessions.values() if s.started]
@@ -105,6 +125,23 @@ class GatewayState:
             async with asyncio.timeout(deadline):
                 while self.sessions:
                     await asyncio.sleep(0.05)
+
+
+def shared_state_for(
+    settings: Settings, limiter: SessionLimiter, buckets: KeyedTokenBuckets
+) -> SharedState:
+    """The shared state the settings ask for: Redis when `VOXGATE_REDIS_URL` is set."""
+    if settings.redis_url:
+        from voxgate.gateway.shared_redis import RedisShared
+
+        return RedisShared(
+            settings.redis_url,
+            max_sessions=settings.max_sessions,
+            max_per_user=settings.max_sessions_per_user,
+            fail_open=settings.redis_fail_open,
+            node_id=settings.node_name,
+        )
+    return MemoryShared(limiter, buckets, node_id=settings.node_name)
 
 
 def _default_store(settings: Settings) -> ConversationStore:
