@@ -282,3 +282,74 @@ async def _kill_and_resume(cluster: Cluster, sim: OpenAISimulator) -> None:
         assert reply.assistant_text == "You said: third question."
     finally:
         await again.close()
+
+
+@pytest.mark.parametrize("how", ["sigterm", "admin"])
+async def test_a_drained_node_sends_its_client_elsewhere_and_exits(
+    how: str, pg_server: PgServer, tmp_path: Path
+) -> None:
+    """SIGTERM, or an admin's drain call through the balancer: the node holding a live
+    conversation tells its client `server_shutdown` (close 1001), writes every finished turn,
+    and exits within its deadline; the client reconnects through the balancer with its
+    conversationId and the other node continues the conversation."""
+    async with OpenAISimulator(keys={OPENAI_KEY}, pace=8.0) as sim:
+        async with backing_services_async(pg_server) as (redis_url, database_url):
+            env = cluster_env(
+                redis_url, database_url,
+                VOXGATE_ENGINE="openai", OPENAI_API_KEY=OPENAI_KEY,
+                VOXGATE_OPENAI_URL=sim.url, VOXGATE_OPENAI_API_BASE=sim.api_base,
+            )  # fmt: skip
+            with running_cluster(tmp_path, 2, **env) as cluster:
+                await _drain_and_resume(cluster, sim, how)
+
+
+async def _drain_and_resume(cluster: Cluster, sim: OpenAISimulator, how: str) -> None:
+    lena = user_token("lena")
+    client = await VoxgateClient(cluster.ws_url, lena, open_timeout=30).connect()
+    try:
+        ready = await client.start(timeout=60)
+        conversation = ready["conversationId"]
+        await client.user_message("before the drain")
+        await client.collect_reply(timeout=60)
+        holder = next(s["node"] for s in await _sessions(cluster) if s["userId"] == "lena")
+        index = cluster.index_of(holder)
+        proc = cluster.nodes[index]
+        assert proc is not None
+        drained_at = time.monotonic()
+        if how == "sigterm":
+            proc.terminate()
+        else:
+            async with httpx.AsyncClient(base_url=cluster.url, timeout=15) as http:
+                reply = await http.post(
+                    f"/api/realtime/nodes/{holder}/drain", headers=bearer(user_token("root", True))
+                )
+                assert reply.status_code == 202, reply.text
+        status = await client.wait_for("status", timeout=30)
+        assert status["status"] == "disconnected" and status["reason"] == "server_shutdown"
+        with pytest.raises(ProtocolFailure):
+            while True:
+                await client.recv(30)
+        assert client.close_code == 1001
+    finally:
+        await client.close()
+    # The drained node exits within its deadline (5 s), with margin for a loaded machine.
+    code = await asyncio.to_thread(proc.wait, 30)
+    assert time.monotonic() - drained_at < 5 + 15, "the drained node did not exit in time"
+    assert code in (0, -15, 143), code  # uvicorn re-raises the SIGTERM it handled
+    cluster.nodes[index] = None
+
+    again = await VoxgateClient(cluster.ws_url, lena, open_timeout=30).connect()
+    try:
+        resumed = await again.start(timeout=60, conversationId=conversation)
+        assert resumed["conversationId"] == conversation
+        survivor = next(s["node"] for s in await _sessions(cluster) if s["userId"] == "lena")
+        assert survivor != holder
+        assert "You said: before the drain." in json.dumps(sim.accepted[-1].items)
+        await again.user_message("after the drain")
+        assert (await again.collect_reply(timeout=60)).assistant_text == "You said: after the drain."
+    finally:
+        await again.close()
+    async with httpx.AsyncClient(base_url=cluster.url, timeout=15) as http:
+        stored = (await http.get(f"/api/conversations/{conversation}", headers=bearer(lena))).json()
+    texts = [t["text"] for t in stored["turns"]]
+    assert texts[:2] == ["before the drain", "You said: before the drain."]

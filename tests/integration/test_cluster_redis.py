@@ -265,3 +265,39 @@ async def test_redis_away_refuses_new_sessions_keeps_live_ones_then_heals(
             assert (await live.wait_for("pong", timeout=15))["id"] == "after"
         finally:
             await live.close()
+
+
+async def test_an_admin_drains_another_node(cluster) -> None:
+    a, b = await cluster(2)
+    on_b = await VoxgateClient(b.ws_url, user_token("hugo")).connect()
+    admin = bearer(user_token("root", admin=True))
+    try:
+        await on_b.ping("h")
+        await on_b.wait_for("pong", timeout=15)
+        async with httpx.AsyncClient(base_url=a.http_url, timeout=15, headers=admin) as http:
+            unknown = await http.post("/api/realtime/nodes/no-such-node/drain")
+            assert unknown.status_code == 404
+            drained = await http.post("/api/realtime/nodes/node-1/drain")
+            assert drained.status_code == 202, drained.text
+            # b's client is told to reconnect elsewhere, as on SIGTERM.
+            status = await on_b.wait_for("status", timeout=20)
+            assert status["status"] == "disconnected" and status["reason"] == "server_shutdown"
+            with pytest.raises(Exception):  # noqa: B017 - the close, whichever form it takes
+                while True:
+                    await on_b.recv(15)
+            assert on_b.close_code == 1001
+            # b no longer admits and says so to the balancer; a still does.
+            assert (await http.get(b.http_url + "/health")).status_code == 503
+            error, code = await refusal(b.ws_url, user_token("hugo"))
+            assert code == 1001
+            async with VoxgateClient(a.ws_url, user_token("hugo")) as elsewhere:
+                await elsewhere.ping("e")
+                assert (await elsewhere.wait_for("pong", timeout=15))["id"] == "e"
+
+            async def b_marked_draining() -> bool:
+                nodes = (await http.get("/health")).json()["nodes"]
+                return any(n["node"] == "node-1" and n["draining"] for n in nodes)
+
+            await eventually(b_marked_draining)
+    finally:
+        await on_b.close()

@@ -168,6 +168,20 @@ async def end_session(
     return {"sessionId": session_id, "ending": True}
 
 
+@router.post("/api/realtime/nodes/{node}/drain", tags=["ops"], status_code=202)
+async def drain_node(node: str, request: Request, _: Identity = Depends(admin_identity)) -> dict[str, Any]:
+    """Drain one gateway process (a `node` from `/health`), as SIGTERM does: it stops
+    admitting, answers `/health` with 503, tells its clients to reconnect (they land on other
+    nodes and resume), finishes writing turns and exits."""
+    try:
+        found = await _state(request).shared.drain_node(node)
+    except SharedUnavailable as exc:
+        raise HTTPException(503, exc.message) from None
+    if not found:
+        raise HTTPException(404, "no live node with that name")
+    return {"node": node, "draining": True}
+
+
 @router.get("/api/realtime/metrics", tags=["ops"], dependencies=[Depends(operations_reader)])
 async def metrics_json(request: Request) -> dict[str, Any]:
     state = _state(request)

@@ -87,6 +87,8 @@ class SharedState(ABC):
         self.on_end_session: Callable[[str, str], None] | None = None
         #: Called with (engine, opened, retry_after_s) when another node's breaker changed.
         self.on_breaker: Callable[[str, bool, float], None] | None = None
+        #: Called when an admin asked this node to drain.
+        self.on_drain: Callable[[], None] | None = None
 
     async def start(self, state: GatewayState) -> None:
         """Begin background work (renewals, heartbeats, listening to other nodes)."""
@@ -147,6 +149,15 @@ class SharedState(ABC):
     @abstractmethod
     async def end_session(self, session_id: str, reason: str) -> bool:
         """Ask whichever node holds `session_id` to end it; False when no node does."""
+
+    async def drain_node(self, node: str) -> bool:
+        """Ask `node` to drain (stop admitting, send its clients elsewhere, exit); False when
+        no live node has that name."""
+        if node != self.node_id:
+            return False
+        if self.on_drain is not None:
+            self.on_drain()
+        return True
 
     # --- breakers and nodes -------------------------------------------------------------
     def breaker_changed(self, engine: str, opened: bool, retry_after_s: float) -> None:

@@ -416,6 +416,15 @@ class RedisShared(SharedState):
         receivers = await self._run(self._redis.publish(self.channel, orjson.dumps(message)))
         return int(receivers or 0) > 0
 
+    async def drain_node(self, node: str) -> bool:
+        if node == self.node_id:
+            return await super().drain_node(node)
+        if node not in {n.get("node") for n in await self.nodes()}:
+            return False
+        message = {"type": "drain", "node": node}
+        receivers = await self._run(self._redis.publish(self.channel, orjson.dumps(message)))
+        return int(receivers or 0) > 0
+
     # --- breakers -------------------------------------------------------------------------
     def breaker_changed(self, engine: str, opened: bool, retry_after_s: float) -> None:
         self._spawn(self._tell_breaker(engine, opened, retry_after_s))
@@ -551,6 +560,9 @@ class RedisShared(SharedState):
         if kind == "end" and event.get("node") == self.node_id:
             if self.on_end_session is not None:
                 self.on_end_session(str(event.get("session")), str(event.get("reason") or "admin"))
+        elif kind == "drain" and event.get("node") == self.node_id:
+            if self.on_drain is not None:
+                self.on_drain()
         elif kind == "breaker" and event.get("node") != self.node_id:
             if self.on_breaker is not None:
                 self.on_breaker(

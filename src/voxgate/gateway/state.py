@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -67,6 +68,8 @@ class GatewayState:
         self.shared: SharedState = shared_state_for(settings, self.limiter, self.token_buckets)
         self.shared.on_end_session = self._end_session
         self.shared.on_breaker = self._remote_breaker
+        self.shared.on_drain = self.drain
+        self._draining: asyncio.Task[None] | None = None
         if self.shared.kind != "memory":
             self.authenticator.session_tokens.shared = self.shared
         self.metrics = Metrics()
@@ -111,6 +114,21 @@ class GatewayState:
             "shuttingDown": self.shutting_down,
         }
 
+    def drain(self) -> None:
+        """An admin asked this node to drain: exactly what SIGTERM does. Under `voxgate serve`
+        the process signals itself, so uvicorn's graceful shutdown runs (stop admitting,
+        `/health` 503, clients told `server_shutdown` and closed 1001 so they reconnect
+        elsewhere, turns written, exit). A gateway embedded in another program (tests) has no
+        such handler: it only stops admitting and ends its sessions the same way."""
+        if self._draining is not None:
+            return
+        self.shutting_down = True
+        log.warning("draining: an admin asked this node to stop")
+        if _serving_under_uvicorn():
+            signal.raise_signal(signal.SIGTERM)
+            return
+        self._draining = asyncio.get_running_loop().create_task(self.shutdown_sessions())
+
     async def shutdown_sessions(self, reason: str = "server_shutdown") -> None:
         """Tell every client we are going away (1001), let sessions finish writing turns."""
         self.shutting_down = True
@@ -125,6 +143,13 @@ class GatewayState:
             async with asyncio.timeout(deadline):
                 while self.sessions:
                     await asyncio.sleep(0.05)
+
+
+def _serving_under_uvicorn() -> bool:
+    """Whether SIGTERM reaches uvicorn's graceful shutdown in this process."""
+    handler = signal.getsignal(signal.SIGTERM)
+    owner = getattr(handler, "__self__", None)
+    return owner is not None and type(owner).__module__.startswith(("uvicorn", "voxgate"))
 
 
 def shared_state_for(
