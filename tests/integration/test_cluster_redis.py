@@ -221,19 +221,44 @@ async def _gone(gw: Any, session_id: str) -> bool:
     return session_id not in gw.state.sessions
 
 
-async def test_redis_away_refuses_new_sessions_keeps_live_ones_then_heals(
-    tmp_path: Path, redis_factory: Callable[[], Any], gateway_factory: Callable[..., Any]
-) -> None:
-    server = redis_factory()
-    settings = Settings(  # type: ignore[call-arg]
+def _single(tmp_path: Path, redis_url: str, **extra: Any) -> Settings:
+    return Settings(  # type: ignore[call-arg]
         _env_file=None, host="127.0.0.1", port=0, shutdown_deadline_s=5.0,
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'one.db'}",
-        auth="jwt", jwt_secret=SECRET, redis_url=server.url, start_timeout_s=60.0,
+        auth="jwt", jwt_secret=SECRET, redis_url=redis_url, start_timeout_s=120.0,
+        max_sessions_per_user=30, **extra,
     )  # fmt: skip
-    async with gateway_factory(settings) as gw:
-        live = await VoxgateClient(gw.ws_url, user_token("fay")).connect()
+
+
+async def _all_talk(clients: list[VoxgateClient], tag: str) -> None:
+    for i, client in enumerate(clients):
+        await client.ping(f"{tag}{i}")
+    for i, client in enumerate(clients):
+        assert (await client.wait_for("pong", timeout=30))["id"] == f"{tag}{i}"
+
+
+async def _admits(gw: Any, user: str) -> bool:
+    try:
+        async with VoxgateClient(gw.ws_url, user_token(user)) as again:
+            await again.ping("g")
+            await again.wait_for("pong", timeout=15)
+            return True
+    except Exception:
+        return False
+
+
+async def test_redis_away_for_seconds_under_twenty_live_sessions(
+    tmp_path: Path, redis_factory: Callable[[], Any], gateway_factory: Callable[..., Any]
+) -> None:
+    """Redis stops for five seconds: none of twenty live sessions drops, new admissions get
+    the clear error (4503 / 503), and after Redis returns admissions work again, no restart."""
+    server = redis_factory()
+    async with gateway_factory(_single(tmp_path, server.url)) as gw:
+        live = [await VoxgateClient(gw.ws_url, user_token("fay")).connect() for _ in range(20)]
         try:
+            await _all_talk(live, "before")
             server.stop()
+            away_since = time.monotonic()
             error, code = await refusal(gw.ws_url, user_token("gus"))
             assert code == 4503 and "Redis" in error["message"]
             async with httpx.AsyncClient(base_url=gw.http_url, timeout=15) as http:
@@ -244,27 +269,33 @@ async def test_redis_away_refuses_new_sessions_keeps_live_ones_then_heals(
                 health = await http.get("/health")
                 assert health.status_code == 200  # still ready: live sessions need no Redis
                 assert health.json()["shared"]["status"] == "error"
-            # The live session keeps talking while Redis is away.
-            for i in range(3):
-                await live.ping(f"live{i}")
-                assert (await live.wait_for("pong", timeout=15))["id"] == f"live{i}"
-
+            # The live sessions keep talking while Redis is away.
+            while time.monotonic() - away_since < 5.0:
+                await _all_talk(live, "away")
+                await asyncio.sleep(0.5)
             server.start()
-
-            async def admits() -> bool:
-                try:
-                    async with VoxgateClient(gw.ws_url, user_token("gus")) as again:
-                        await again.ping("g")
-                        await again.wait_for("pong", timeout=15)
-                        return True
-                except Exception:
-                    return False
-
-            await eventually(admits, timeout=40)
-            await live.ping("after")
-            assert (await live.wait_for("pong", timeout=15))["id"] == "after"
+            await eventually(lambda: _admits(gw, "gus"), timeout=40)
+            await _all_talk(live, "after")
+            assert len(gw.state.sessions) == 20
         finally:
-            await live.close()
+            for client in live:
+                await client.close()
+
+
+async def test_fail_open_admits_while_redis_is_away(
+    tmp_path: Path, redis_factory: Callable[[], Any], gateway_factory: Callable[..., Any]
+) -> None:
+    server = redis_factory()
+    settings = _single(tmp_path, server.url, redis_fail_open=True)
+    async with gateway_factory(settings) as gw:
+        server.stop()
+        async with VoxgateClient(gw.ws_url, user_token("ola")) as client:
+            await client.ping("o")
+            assert (await client.wait_for("pong", timeout=15))["id"] == "o"
+        async with httpx.AsyncClient(base_url=gw.http_url, timeout=15) as http:
+            # A session token can never be known single-use without Redis: still refused.
+            minted = await http.post("/api/realtime/session", headers=bearer(user_token("ola")))
+            assert minted.status_code == 503
 
 
 async def test_an_admin_drains_another_node(cluster) -> None:
