@@ -262,3 +262,23 @@ async def test_fail_open_admits_while_redis_is_away(redis_factory) -> None:
         await eventually(counted, timeout=30)
     finally:
         await node.close()
+
+
+class _Session:
+    def __init__(self, sid: str) -> None:
+        self.id = sid
+
+    def info(self) -> dict[str, Any]:
+        return {"sessionId": self.id, "userId": "u-" + self.id, "started": True}
+
+
+async def test_the_directory_lists_thousands_of_sessions(nodes) -> None:
+    a = await nodes(max_sessions=5000, lease_s=30.0)
+    b = await nodes(max_sessions=5000, lease_s=30.0)
+    for i in range(1200):
+        await a.acquire(f"lease{i}", f"user{i}", per_user=False)
+        a.attach(f"lease{i}", _Session(f"s{i}"))  # type: ignore[arg-type]
+    await a._heartbeat()
+    listed = await b.sessions()
+    assert len(listed) == 1200 and {s["node"] for s in listed} == {a.node_id}
+    assert (await b.session("s7"))["userId"] == "u-s7"

@@ -151,10 +151,14 @@ local p = ARGV[1]
 local z = p .. ARGV[2]
 redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
 local ids = redis.call('ZRANGE', z, 0, -1)
-if #ids == 0 then return {} end
-local keys = {}
-for n, id in ipairs(ids) do keys[n] = p .. ARGV[3] .. id end
-return redis.call('MGET', unpack(keys))
+local out = {}
+-- MGET in chunks: unpack() of thousands of keys overflows Lua's stack.
+for first = 1, #ids, 500 do
+  local keys = {}
+  for n = first, math.min(first + 499, #ids) do keys[#keys + 1] = p .. ARGV[3] .. ids[n] end
+  for _, value in ipairs(redis.call('MGET', unpack(keys))) do out[#out + 1] = value end
+end
+return out
 """
 
 _ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError)
