@@ -59,7 +59,11 @@ def redis_server() -> Iterator[str]:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
-            _wait(lambda: socket.create_connection(("127.0.0.1", port), 1).close() is None, "redis")
+            def answers() -> bool:
+                with socket.create_connection(("127.0.0.1", port), 1):
+                    return True
+
+            _wait(answers, "redis")
             yield f"redis://127.0.0.1:{port}/0"
         finally:
             proc.kill()
