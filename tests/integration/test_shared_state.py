@@ -1,8 +1,9 @@
 """The shared-state seam on a real Redis: several `RedisShared` instances are several nodes.
 
 Each instance has its own connections and node id, exactly as separate gateway processes
-would; only the Redis server is shared. Lease times are shortened (a constructor argument, not
-a setting) so a dead node's leases lapse within the test's patience.
+would; only the Redis server is shared. Lease times are a constructor argument, not a setting:
+6 s here (renewed every 2 s, so a loaded machine that stalls the loop for a few seconds does
+not lose a live node's leases), 1.5 s for a node meant to die, so its leases lapse soon.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ async def nodes(redis_url: str) -> AsyncIterator[Callable[..., Awaitable[RedisSh
     made: list[RedisShared] = []
 
     async def make(*, start: bool = True, **kw: Any) -> RedisShared:
-        options: dict[str, Any] = {"max_sessions": 100, "max_per_user": 3, "lease_s": 1.5}
+        options: dict[str, Any] = {"max_sessions": 100, "max_per_user": 3, "lease_s": 6.0}
         options.update(kw)
         node = RedisShared(kw.pop("url", redis_url), **options)
         made.append(node)
@@ -115,7 +116,7 @@ async def test_provider_credential_holds_count_towards_the_cap(nodes) -> None:
 
 async def test_a_dead_nodes_leases_lapse_and_a_live_nodes_do_not(nodes) -> None:
     # `dead` never starts its heartbeat: like a node SIGKILLed right after admitting.
-    dead = await nodes(start=False)
+    dead = await nodes(start=False, lease_s=1.5)
     live = await nodes()
     await dead.acquire("x1", "erin", per_user=True)
     await dead.acquire("x2", "erin", per_user=True)
@@ -133,9 +134,9 @@ async def test_a_dead_nodes_leases_lapse_and_a_live_nodes_do_not(nodes) -> None:
 
     await eventually(freed)
     assert time.monotonic() - began < 15  # within the lease, not forever
-    # The live node's own lease (x3) was renewed past its 1.5 s lease: erin now holds x3 and
+    # The live node's own lease (x3) is renewed past its 6 s lease: erin still holds x3 and
     # x4, so one more fits and then the cap holds again.
-    await asyncio.sleep(2.0)
+    await asyncio.sleep(7.0)
     await live.acquire("x5", "erin", per_user=True)
     with pytest.raises(LimitExceeded):
         await live.acquire("x6", "erin", per_user=True)
@@ -174,7 +175,7 @@ async def test_an_opened_breaker_reaches_every_node(nodes) -> None:
     breakers["a"].record(False)
     await eventually(lambda: b_state("open"))
     late_breaker = CircuitBreaker(1, 30.0)
-    late = RedisShared(a.url, max_sessions=10, max_per_user=3, lease_s=1.5)
+    late = RedisShared(a.url, max_sessions=10, max_per_user=3, lease_s=6.0)
     late.on_breaker = lambda engine, opened, after: late_breaker.apply_remote(opened, after)
     try:
         await late.start(_FakeSessions())  # type: ignore[arg-type]
@@ -201,8 +202,8 @@ async def test_the_registry_lists_live_nodes_and_forgets_gone_ones(nodes) -> Non
 
 async def test_redis_outage_fails_closed_then_heals_without_a_restart(redis_factory) -> None:
     server = redis_factory()
-    node = RedisShared(server.url, max_sessions=10, max_per_user=3, lease_s=1.5)
-    other = RedisShared(server.url, max_sessions=10, max_per_user=3, lease_s=1.5)
+    node = RedisShared(server.url, max_sessions=10, max_per_user=3, lease_s=6.0)
+    other = RedisShared(server.url, max_sessions=10, max_per_user=3, lease_s=6.0)
     try:
         await node.start(_FakeSessions())  # type: ignore[arg-type]
         await other.start(_FakeSessions())  # type: ignore[arg-type]
@@ -243,7 +244,7 @@ async def test_redis_outage_fails_closed_then_heals_without_a_restart(redis_fact
 
 async def test_fail_open_admits_while_redis_is_away(redis_factory) -> None:
     server = redis_factory()
-    node = RedisShared(server.url, max_sessions=10, max_per_user=3, lease_s=1.5, fail_open=True)
+    node = RedisShared(server.url, max_sessions=10, max_per_user=3, lease_s=6.0, fail_open=True)
     try:
         await node.start(_FakeSessions())  # type: ignore[arg-type]
         server.stop()
