@@ -12,7 +12,7 @@ import pytest
 from voxgate.config import Settings
 
 #: Fixtures shared by several folders: a throwaway PostgreSQL server.
-pytest_plugins = ["tests.support.postgres"]
+pytest_plugins = ["tests.support.postgres", "tests.support.redis"]
 
 _ISOLATED_PREFIXES = ("VOXGATE_", "OPENAI_", "ELEVENLABS_")
 

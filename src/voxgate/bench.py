@@ -331,6 +331,54 @@ def cascade(
     print_cascade(result)
 
 
+@bench_app.command()
+def cluster(
+    sessions: Annotated[int, typer.Option(help="Concurrent relay sessions through HAProxy.")] = 200,
+    worker_counts: Annotated[str, typer.Option("--workers", help="Worker counts to compare.")] = "1,2",
+    duration: Duration = 10.0,
+    warmup: Warmup = 2.0,
+    drain: Drain = 3.0,
+    sequential: Annotated[int, typer.Option(help="Connections made one after another.")] = 30,
+    burst: Annotated[int, typer.Option(help="Connections made all at once.")] = 50,
+    loop: Loop = "asyncio",
+    nice: Nice = 0,
+    out_dir: OutDir = report.DEFAULT_RESULTS_DIR,
+    no_save: NoSave = False,
+) -> None:
+    """The relay load through HAProxy to N worker processes on Redis, and connect latency with
+    the memory shared state against Redis."""
+    from voxgate.benchmarking.cluster import cluster_benchmark
+
+    _setup(loop, nice)
+    data = cluster_benchmark(sessions, duration, warmup, drain, _ints(worker_counts), sequential, burst)
+    result = {"benchmark": "cluster", "machine": report.machine(), **data}
+    f = report.fmt
+    relay_table = [
+        [str(r["workers"]), str(r["sessions"]), f(r["rtt_ms"]["p50"], 2), f(r["rtt_ms"]["p99"], 2),
+         str(r["lost_frames"]), f(r["gateway_cores"], 2), f(r["gateway_us_per_frame"], 0),
+         f(r["haproxy_us_per_frame"], 0), f(r["machine_cores"], 2)]
+        for r in data["relay"]
+    ]  # fmt: skip
+    connect_table = [
+        [name, kind, f(c[kind]["p50"], 2), f(c[kind]["p99"], 2), str(c["failures"])]
+        for name, c in data["connect"].items() for kind in ("sequential", "burst")
+    ]  # fmt: skip
+    summary = {
+        "relay": [{k: v for k, v in r.items() if k != "run"} for r in data["relay"]],
+        "connect_p50_ms": {n: c["sequential"]["p50"] for n, c in data["connect"].items()},
+    }
+    _emit("cluster", result, summary, out_dir, no_save)
+    report.print_table(
+        console, "Relay through HAProxy to N workers on Redis (20 ms frames, round trip)",
+        ["workers", "N", "p50 ms", "p99 ms", "lost", "gateway cores", "gateway µs/frame",
+         "haproxy µs/frame", "machine cores"], relay_table,
+    )  # fmt: skip
+    report.print_table(
+        console, "Connect to session_ready, one process: memory shared state vs Redis",
+        ["state", "kind", "p50 ms", "p99 ms", "failures"], connect_table,
+    )  # fmt: skip
+
+
 @bench_app.command("all")
 def all_(
     sizes: Annotated[str, typer.Option(help="Relay session counts.")] = "50,200,400",

@@ -74,6 +74,13 @@ def serve(
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Allow VOXGATE_AUTH=none on a non-loopback host.")
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Gateway processes on the one port (SO_REUSEPORT); more than 1 needs "
+            "VOXGATE_REDIS_URL."
+        ),
+    ] = 1,
 ) -> None:
     """Run the gateway (browser client at http://HOST:PORT)."""
     from voxgate.gateway.server import serve as run_server
@@ -94,13 +101,17 @@ def serve(
     for secret in (settings.openai_api_key, settings.elevenlabs_api_key, settings.jwt_secret, settings.llm_api_key):
         if secret is not None:
             register_secret(secret.get_secret_value())
-    problem = check_serve_settings(settings)
+    from voxgate.gateway.workers import serve_workers, workers_refusal
+
+    problem = check_serve_settings(settings) or workers_refusal(settings, workers)
     if problem:
-        err.print(f"[red]voxgate: {problem}[/red]")
+        err.print(f"[red]voxgate: {escape(problem)}[/red]")
         raise typer.Exit(2)
     log.info("conversations stored in %s", _shown_url(settings.database_url))
     _warn_about_old_store(settings)
     describe_engines(settings)
+    if workers > 1:
+        raise typer.Exit(serve_workers(settings, workers))
     run_server(settings)
 
 

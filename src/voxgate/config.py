@@ -85,6 +85,17 @@ class Settings(BaseSettings):
         "127.0.0.1,::1", validation_alias=_env("VOXGATE_FORWARDED_ALLOW_IPS")
     )
 
+    # --- several gateway processes (shared state) ---------------------------------------------
+    #: Redis shared by every gateway process (`redis://host:6379/0`): session tokens, session
+    #: caps, rate limits, the session directory, circuit breakers and the node registry hold
+    #: across processes. Unset: all of it lives in this one process's memory.
+    redis_url: str | None = Field(None, validation_alias=_env("VOXGATE_REDIS_URL"))
+    #: While Redis is unreachable, admit new sessions without the shared caps and rate limits
+    #: (they still need Redis for session tokens). Off: new admissions are refused (503/4503).
+    redis_fail_open: bool = Field(False, validation_alias=_env("VOXGATE_REDIS_FAIL_OPEN"))
+    #: This process's name in the node registry and the session directory; unset: host:pid:random.
+    node_name: str | None = Field(None, max_length=128, validation_alias=_env("VOXGATE_NODE_NAME"))
+
     # --- OpenAI Realtime --------------------------------------------------------------------
     openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))
     openai_realtime_model: str = Field(

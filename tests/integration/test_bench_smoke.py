@@ -119,3 +119,22 @@ def test_cascade_latency_wired_in(tmp_path: Path) -> None:
     result = _saved(tmp_path, "cascade")
     assert result["utterances"] == 1
     assert "summary_ms" in result
+
+
+def test_cluster_relay_through_haproxy_to_workers_and_connect_on_redis(tmp_path: Path) -> None:
+    output = _invoke([
+        "cluster", "--sessions", "2", "--workers", "1,2", "--duration", "1", "--warmup", "0.2",
+        "--drain", "3", "--sequential", "2", "--burst", "2", "--out-dir", str(tmp_path),
+    ])  # fmt: skip
+    result = _saved(tmp_path, "cluster")
+    assert [r["workers"] for r in result["relay"]] == [1, 2]
+    for row in result["relay"]:
+        run = row["run"]
+        assert run["connected"] == 2 and run["frames_sent"] >= 2 * 40, run
+        assert row["lost_frames"] == 0 and row["errors"] == 0, run["error_samples"]
+        assert row["rtt_ms"]["p50"] > 0 and row["gateway_cores"] > 0
+    for state in ("memory", "redis"):
+        connect = result["connect"][state]
+        assert connect["failures"] == 0 and connect["sequential"]["n"] == 2, connect
+    said = " ".join(output.split())  # table titles wrap in a narrow terminal
+    assert "gateway µs/frame" in said and "│ redis │ burst │" in said, said

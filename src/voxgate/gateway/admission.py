@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -20,11 +21,12 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketState
 
 from voxgate import protocol as P
-from voxgate.gateway.auth import AuthError, Identity
+from voxgate.gateway.auth import SESSION_TOKEN_PREFIX, AuthError, Identity, extract_token
 from voxgate.gateway.limits import LimitExceeded
 from voxgate.gateway.live import LiveSessionBase, close_reason
 from voxgate.gateway.origins import origin_allowed
 from voxgate.gateway.retention import quota_refusal
+from voxgate.gateway.shared import SharedUnavailable
 from voxgate.gateway.state import GatewayState
 from voxgate.protocol import CloseCode
 
@@ -38,6 +40,8 @@ class Refusal(StrEnum):
     ORIGIN = "origin"
     UNAUTHORIZED = "unauthorized"
     LIMIT = "limit"
+    #: The shared state (Redis) cannot be reached, so the shared checks cannot run.
+    UNAVAILABLE = "unavailable"
 
 
 class Refused(Exception):
@@ -82,11 +86,14 @@ class Admitted:
     websocket: WebSocket
     identity: Identity
     subprotocol: str | None
+    #: The session slot this connection holds in the shared state.
+    lease_id: str = ""
 
     async def run(self, session: LiveSessionBase) -> None:
         """Serve `session`, registered as live for as long as it runs."""
         sessions = self.state.sessions
         sessions[session.id] = session
+        self.state.shared.attach(self.lease_id, session)
         try:
             await session.run()
         finally:
@@ -104,7 +111,7 @@ async def admit(state: GatewayState, websocket: WebSocket, door: Door, serve: Se
     admitted: Admitted | None = None
     try:
         try:
-            admitted = _check(state, websocket, door)
+            admitted = await _check(state, websocket, door)
             if not admitted.identity.anonymous:  # anonymous callers are new users every time
                 if (full := await quota_refusal(state, admitted.identity.user_id)) is not None:
                     raise door.refusal(Refusal.LIMIT, full)
@@ -117,12 +124,12 @@ async def admit(state: GatewayState, websocket: WebSocket, door: Door, serve: Se
             await websocket.close(CloseCode.INTERNAL)
     finally:
         if admitted is not None:
-            state.limiter.release(admitted.identity.user_id)
+            await state.shared.release(admitted.lease_id, admitted.identity.user_id)
         state.websockets_open -= 1
         metrics.websockets_open.dec()
 
 
-def _check(state: GatewayState, websocket: WebSocket, door: Door) -> Admitted:
+async def _check(state: GatewayState, websocket: WebSocket, door: Door) -> Admitted:
     if state.shutting_down:
         raise door.refusal(Refusal.SHUTDOWN, "the server is shutting down")
     if not origin_allowed(websocket, state.settings):
@@ -131,14 +138,38 @@ def _check(state: GatewayState, websocket: WebSocket, door: Door) -> Admitted:
             Refusal.ORIGIN, f"origin '{origin}' is not allowed (VOXGATE_ALLOWED_ORIGINS)"
         )
     try:
+        # A session token lives in the shared state: take it there first (one winner across
+        # every node), so the door's synchronous check finds it.
+        for token in _session_tokens(websocket):
+            await state.authenticator.session_tokens.claim(token)
         identity, subprotocol = door.identify(state, websocket)
     except AuthError as exc:
         raise door.refusal(Refusal.UNAUTHORIZED, exc.message) from None
+    except SharedUnavailable as exc:
+        raise door.refusal(Refusal.UNAVAILABLE, exc.message) from None
+    lease_id = uuid.uuid4().hex
     try:
-        state.limiter.acquire(identity.user_id, per_user=not identity.anonymous)
+        await state.shared.acquire(lease_id, identity.user_id, per_user=not identity.anonymous)
     except LimitExceeded as exc:
         raise door.refusal(Refusal.LIMIT, exc.message) from None
-    return Admitted(state, websocket, identity, subprotocol)
+    except SharedUnavailable as exc:
+        raise door.refusal(Refusal.UNAVAILABLE, exc.message) from None
+    return Admitted(state, websocket, identity, subprotocol, lease_id)
+
+
+def _session_tokens(websocket: WebSocket) -> list[str]:
+    """Every session token the handshake carries, wherever an endpoint may read it from (a
+    header, `?token=`, a subprotocol such as `voxgate.bearer.<t>` or OpenAI's key form)."""
+    found: list[str] = []
+    token, _ = extract_token(websocket)
+    if token and token.startswith(SESSION_TOKEN_PREFIX):
+        found.append(token)
+    marker = "." + SESSION_TOKEN_PREFIX
+    for proto in offered_subprotocols(websocket):
+        at = proto.find(marker)
+        if at >= 0 and proto[at + 1 :] not in found:
+            found.append(proto[at + 1 :])
+    return found[:3]
 
 
 async def _refuse(

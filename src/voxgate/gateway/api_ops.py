@@ -21,6 +21,8 @@ from voxgate.gateway.auth import (
 )
 from voxgate.gateway.choices import default_engine, engines_for
 from voxgate.gateway.compat.policy import COMPAT_ENGINE, models_for
+from voxgate.gateway.live import ENDED_BY_ADMIN
+from voxgate.gateway.shared import SharedUnavailable
 from voxgate.gateway.state import GatewayState
 
 router = APIRouter()
@@ -47,13 +49,24 @@ async def health(request: Request) -> JSONResponse:
             "available": _engine_available(name, settings) and breaker.state != "open",
             "breaker": breaker.state,
         }
+    shared = state.shared
+    try:
+        nodes = await shared.nodes()
+        shared_ok = True
+    except SharedUnavailable:
+        nodes, shared_ok = [], False
     ready = store_ok and not state.shutting_down
-    degraded = not all(e["available"] for e in engines.values())
+    degraded = not all(e["available"] for e in engines.values()) or not shared_ok
     body = {
         "status": "ok" if ready and not degraded else "degraded",
         "version": __version__,
         "engines": engines,
         "store": "ok" if store_ok else "error",
+        # Redis down is not "not ready": every node shares it, so a balancer that took them all
+        # out would cut live conversations that do not need it. New admissions say why instead.
+        "shared": {"kind": shared.kind, "status": "ok" if shared_ok else "error"},
+        "node": shared.node_id,
+        "nodes": nodes,
     }
     return JSONResponse(body, status_code=200 if ready else 503)
 
@@ -69,7 +82,22 @@ def _engine_available(name: str, settings: Settings) -> bool:
 
 @router.get("/ws/status", tags=["ops"], dependencies=[Depends(operations_reader)])
 async def ws_status(request: Request) -> dict[str, Any]:
-    return _state(request).status()
+    """This node's counts, and the whole cluster's under `cluster` (null when the shared state
+    cannot be reached)."""
+    state = _state(request)
+    body = state.status()
+    try:
+        nodes = await state.shared.nodes()
+        sessions = await state.shared.sessions()
+        body["cluster"] = {
+            "nodes": len(nodes),
+            "sessions": sum(1 for s in sessions if s.get("started")),
+            "pending": sum(1 for s in sessions if not s.get("started")),
+        }
+    except SharedUnavailable:
+        body["cluster"] = None
+    body["node"] = state.shared.node_id
+    return body
 
 
 @router.get("/api/config", tags=["client"])
@@ -101,17 +129,57 @@ async def client_config(request: Request) -> JSONResponse:
 
 @router.get("/api/realtime/sessions", tags=["ops"])
 async def list_sessions(request: Request, _: Identity = Depends(admin_identity)) -> dict[str, Any]:
-    return {"sessions": [s.info() for s in _state(request).sessions.values()]}
+    """Every live session of the cluster; each names the `node` that holds it."""
+    try:
+        return {"sessions": await _state(request).shared.sessions()}
+    except SharedUnavailable as exc:
+        raise HTTPException(503, exc.message) from None
 
 
 @router.get("/api/realtime/sessions/{session_id}", tags=["ops"])
 async def get_session(
     session_id: str, request: Request, _: Identity = Depends(admin_identity)
 ) -> dict[str, Any]:
-    session = _state(request).sessions.get(session_id)
-    if session is None:
+    state = _state(request)
+    local = state.sessions.get(session_id)
+    if local is not None:  # fresher than the directory, which is renewed every few seconds
+        return {**local.info(), "node": state.shared.node_id}
+    try:
+        info = await state.shared.session(session_id)
+    except SharedUnavailable as exc:
+        raise HTTPException(503, exc.message) from None
+    if info is None:
         raise HTTPException(404, "no live session with that id")
-    return session.info()
+    return info
+
+
+@router.delete("/api/realtime/sessions/{session_id}", tags=["ops"], status_code=202)
+async def end_session(
+    session_id: str, request: Request, _: Identity = Depends(admin_identity)
+) -> dict[str, Any]:
+    """End a live session on whichever node holds it. The client is told
+    `status: disconnected` with reason `ended_by_admin`, then the socket closes (1000)."""
+    try:
+        found = await _state(request).shared.end_session(session_id, ENDED_BY_ADMIN)
+    except SharedUnavailable as exc:
+        raise HTTPException(503, exc.message) from None
+    if not found:
+        raise HTTPException(404, "no live session with that id")
+    return {"sessionId": session_id, "ending": True}
+
+
+@router.post("/api/realtime/nodes/{node}/drain", tags=["ops"], status_code=202)
+async def drain_node(node: str, request: Request, _: Identity = Depends(admin_identity)) -> dict[str, Any]:
+    """Drain one gateway process (a `node` from `/health`), as SIGTERM does: it stops
+    admitting, answers `/health` with 503, tells its clients to reconnect (they land on other
+    nodes and resume), finishes writing turns and exits."""
+    try:
+        found = await _state(request).shared.drain_node(node)
+    except SharedUnavailable as exc:
+        raise HTTPException(503, exc.message) from None
+    if not found:
+        raise HTTPException(404, "no live node with that name")
+    return {"node": node, "draining": True}
 
 
 @router.get("/api/realtime/metrics", tags=["ops"], dependencies=[Depends(operations_reader)])

@@ -8,7 +8,7 @@
 
 Why the guards are in this order: the origin check first (a cross-site page must learn nothing),
 then authentication, then the per-user rate limit before any provider is called, so a
-looping script costs one dictionary lookup and not a provider request. Provider secrets spend the
+looping script costs one bucket lookup and not a provider request. Provider secrets spend the
 operator's money, so they need a real authenticated user: with `VOXGATE_AUTH=none` they are
 refused (403) while plain `/ws` tokens still work for the anonymous caller.
 
@@ -30,8 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from voxgate.config import Settings
 from voxgate.gateway.auth import Authenticator, AuthError, Identity
 from voxgate.gateway.compat.policy import Violation, default_model
-from voxgate.gateway.limits import KeyedTokenBuckets, LimitExceeded, SessionLimiter
+from voxgate.gateway.limits import LimitExceeded
 from voxgate.gateway.origins import origin_allowed
+from voxgate.gateway.shared import SharedState, SharedUnavailable
 from voxgate.protocol import ErrorCode
 from voxgate.secrets import scrub
 
@@ -99,7 +100,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (403, "Origin not allowed, or a direct credential asked for without authentication"),
         (429, "Too many requests from this user (or at the provider)"),
         (502, "The provider refused or could not be reached"),
-        (503, "The provider is not configured on this server"),
+        (503, "The provider is not configured on this server, or the gateway's shared state "
+         "(Redis) cannot be reached"),
     )
 }
 
@@ -133,10 +135,13 @@ async def mint_session_token(
             request, 401, ErrorCode.UNAUTHORIZED, exc.message, {"WWW-Authenticate": "Bearer"}
         )
 
-    buckets = _buckets(request, settings)
-    key = _rate_key(request, identity)
-    if not buckets.take(key):
-        retry = max(1, math.ceil(buckets.retry_after_s(key)))
+    shared: SharedState = request.app.state.gateway.shared
+    try:
+        wait = await shared.take_rate(_rate_key(request, identity), settings.token_requests_per_min)
+    except SharedUnavailable as exc:
+        return _refuse(request, 503, ErrorCode.UPSTREAM_UNAVAILABLE, exc.message)
+    if wait > 0:
+        retry = max(1, math.ceil(wait))
         return _refuse(
             request,
             429,
@@ -147,7 +152,10 @@ async def mint_session_token(
         )
 
     if request_.direct is None:
-        token, session_id, expires_at = authenticator.session_tokens.mint(identity)
+        try:
+            token, session_id, expires_at = await authenticator.session_tokens.mint_shared(identity)
+        except SharedUnavailable as exc:
+            return _refuse(request, 503, ErrorCode.UPSTREAM_UNAVAILABLE, exc.message)
         return _ok(
             request, SessionTokenResponse(token=token, sessionId=session_id, expiresAt=expires_at)
         )
@@ -205,18 +213,20 @@ async def _direct(
 ) -> Response:
     """A provider credential, counted as one of the user's sessions until it expires: the
     provider session it opens is one voxgate never sees, so this is the only place to cap it."""
-    limiter: SessionLimiter = request.app.state.gateway.limiter
+    shared: SharedState = request.app.state.gateway.shared
     ttl = openai_secret_ttl_s(settings) if body.direct == "openai" else _ELEVENLABS_SIGNED_URL_TTL_S
     try:
-        handle = limiter.hold(identity.user_id, ttl)
+        handle = await shared.hold(identity.user_id, ttl)
     except LimitExceeded as exc:
         return _refuse(request, 429, ErrorCode.SESSION_LIMIT, exc.message)
+    except SharedUnavailable as exc:
+        return _refuse(request, 503, ErrorCode.UPSTREAM_UNAVAILABLE, exc.message)
     if body.direct == "openai":
         answer = await _openai_direct(request, settings, identity, body)
     else:
         answer = await _elevenlabs_direct(request, settings, identity)
     if answer.status_code >= 400:
-        limiter.unhold(identity.user_id, handle)  # nothing was minted
+        await shared.unhold(identity.user_id, handle)  # nothing was minted
     return answer
 
 
@@ -310,12 +320,6 @@ async def _elevenlabs_direct(request: Request, settings: Settings, identity: Ide
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def _buckets(request: Request, settings: Settings) -> KeyedTokenBuckets:
-    """The gateway's one set of credential buckets (shared with the compatible endpoint)."""
-    buckets: KeyedTokenBuckets = request.app.state.gateway.token_buckets
-    return buckets
 
 
 def _rate_key(request: Request, identity: Identity) -> str:

@@ -89,14 +89,16 @@ def _lifespan(state: GatewayState) -> Callable[[FastAPI], AbstractAsyncContextMa
         await state.store.open()
         await _warm_up_engines(settings)
         await state.tools.open(settings)
+        await state.shared.start(state)
         sweeper = None
         if settings.retention_days > 0:
             from voxgate.gateway.retention import retention_loop
 
             sweeper = asyncio.create_task(retention_loop(state), name="voxgate-retention")
         log.info(
-            "voxgate %s ready: engine=%s auth=%s store=%s",
+            "voxgate %s ready: engine=%s auth=%s store=%s shared=%s node=%s",
             __version__, settings.engine, settings.auth, _redact_url(settings.database_url),
+            _redact_url(settings.redis_url or "memory"), state.shared.node_id,
         )  # fmt: skip
         try:
             yield
@@ -105,6 +107,7 @@ def _lifespan(state: GatewayState) -> Callable[[FastAPI], AbstractAsyncContextMa
                 await cancel_and_wait([sweeper])
             await state.shutdown_sessions()
             await state.tools.close()
+            await state.shared.close()
             await state.store.close()
 
     return lifespan

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import json
 import secrets
 import time
 import uuid
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,32 +95,68 @@ class AuthError(Exception):
         self.message = message
 
 
+#: Session tokens this task took from the shared state (`SessionTokens.claim`): token ->
+#: its payload, or None when no node had it. Per task, so concurrent handshakes never mix.
+_claimed: ContextVar[dict[str, str | None] | None] = ContextVar("voxgate_claimed", default=None)
+
+
 class SessionTokens:
-    """Single-use, short-lived tokens for `/ws`, kept in memory (one gateway process).
+    """Single-use, short-lived tokens for `/ws`.
 
     Why not JWTs: a session token must be usable once, which needs server-side state anyway;
     an opaque random string keeps that state the only source of truth.
+
+    One process keeps them in its memory (`mint`, `redeem`). With a shared state backend
+    (`shared`, set by the gateway when `VOXGATE_REDIS_URL` is), they live there instead:
+    `mint_shared` stores one for every node, and a handshake first `claim`s its token (taken
+    from the store in one step, so exactly one connection across all nodes wins it); the
+    synchronous `redeem` then reads what that claim found.
     """
 
     def __init__(self, ttl_s: int = 60) -> None:
         self.ttl_s = ttl_s
         self._tokens: dict[str, tuple[Identity, float]] = {}
+        #: The shared state holding tokens across processes; None: this process's memory.
+        self.shared: Any = None
 
     def mint(self, identity: Identity) -> tuple[str, str, int]:
-        """-> (token, session_id, expires_at epoch seconds)."""
+        """-> (token, session_id, expires_at epoch seconds), kept in this process."""
         self._expire()
-        session_id = uuid.uuid4().hex
-        token = SESSION_TOKEN_PREFIX + secrets.token_urlsafe(32)
-        expires_at = time.time() + self.ttl_s
-        bound = dataclasses.replace(identity, session_id=session_id)
+        token, bound, expires_at = self._new(identity)
         self._tokens[token] = (bound, expires_at)
-        return token, session_id, int(expires_at)
+        return token, bound.session_id or "", int(expires_at)
+
+    async def mint_shared(self, identity: Identity) -> tuple[str, str, int]:
+        """`mint`, in the shared state when there is one (raises `SharedUnavailable`)."""
+        if self.shared is None:
+            return self.mint(identity)
+        token, bound, expires_at = self._new(identity)
+        payload = json.dumps({"identity": dataclasses.asdict(bound), "expiresAt": expires_at})
+        await self.shared.put_token(token, payload, self.ttl_s)
+        return token, bound.session_id or "", int(expires_at)
+
+    def _new(self, identity: Identity) -> tuple[str, Identity, float]:
+        token = SESSION_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        bound = dataclasses.replace(identity, session_id=uuid.uuid4().hex)
+        return token, bound, time.time() + self.ttl_s
+
+    async def claim(self, token: str) -> None:
+        """Take `token` from the shared state for this handshake (no-op without one)."""
+        if self.shared is None:
+            return
+        claimed = dict(_claimed.get() or {})
+        claimed[token] = await self.shared.take_token(token)
+        _claimed.set(claimed)
 
     def __len__(self) -> int:
         return len(self._tokens)
 
     def redeem(self, token: str) -> Identity:
-        entry = self._tokens.pop(token, None)  # pop: a second use finds nothing
+        if self.shared is not None:
+            payload = (_claimed.get() or {}).pop(token, None)
+            entry = _from_payload(payload) if payload else None
+        else:
+            entry = self._tokens.pop(token, None)  # pop: a second use finds nothing
         if entry is None:
             raise AuthError("the session token is unknown or was already used; mint a new one")
         identity, expires_at = entry
@@ -130,6 +168,18 @@ class SessionTokens:
         now = time.time()
         for token in [t for t, (_, exp) in self._tokens.items() if exp < now]:
             del self._tokens[token]
+
+
+def _from_payload(payload: str) -> tuple[Identity, float] | None:
+    try:
+        data = json.loads(payload)
+        fields = data["identity"]
+        for name in ("engines", "models"):
+            if fields.get(name) is not None:
+                fields[name] = tuple(fields[name])
+        return Identity(**fields), float(data["expiresAt"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 class Authenticator:

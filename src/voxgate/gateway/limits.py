@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -278,11 +279,16 @@ class CircuitBreaker:
     fresh cooldown. While open, `allow()` is False and new sessions fail at once. A trial whose
     outcome is never recorded (its session was cancelled before the engine dialled) holds the
     breaker for one cooldown at most; then another trial may go.
+
+    In a cluster every node keeps its own breaker per engine and tells the others when it opens
+    or closes (`on_change(opened, retry_after_s)`); what they hear goes to `apply_remote`, which
+    does not call `on_change` again, so news never echoes around the nodes.
     """
 
     failures: int = 3
     cooldown_s: float = 30.0
     clock: object = time.monotonic
+    on_change: Callable[[bool, float], None] | None = None
     _consecutive: int = 0
     _opened_at: float | None = None
     _trial_in_flight: bool = False
@@ -312,11 +318,26 @@ class CircuitBreaker:
         self._trial_in_flight = False
         if ok:
             self._consecutive = 0
+            was_open = self._opened_at is not None
             self._opened_at = None
+            if was_open and self.on_change is not None:
+                self.on_change(False, 0.0)
             return
         self._consecutive += 1
         if self._opened_at is not None or self._consecutive >= self.failures:
             self._opened_at = self.clock()  # type: ignore[operator]
+            if self.on_change is not None:
+                self.on_change(True, self.cooldown_s)
+
+    def apply_remote(self, opened: bool, retry_after_s: float = 0.0) -> None:
+        """Another node's breaker for this engine opened (for `retry_after_s` more) or closed."""
+        if not opened:
+            self._consecutive = 0
+            self._opened_at = None
+            return
+        remaining = min(self.cooldown_s, max(0.0, retry_after_s))
+        self._consecutive = max(self._consecutive, self.failures)
+        self._opened_at = self.clock() - (self.cooldown_s - remaining)  # type: ignore[operator]
 
     def retry_after_s(self) -> float:
         if self._opened_at is None:

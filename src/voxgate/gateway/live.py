@@ -37,6 +37,9 @@ log = logging.getLogger("voxgate.session")
 
 #: How long a session's last words (and the close) may take before its connection is dropped.
 LAST_WORDS_S = 2.0
+#: The shutdown reason of a session an admin ended (`DELETE /api/realtime/sessions/{id}`):
+#: the client is told and the socket closes normally (1000), so clients do not reconnect.
+ENDED_BY_ADMIN = "ended_by_admin"
 
 
 def close_reason(text: str, limit: int = 123) -> str:
@@ -347,4 +350,4 @@ class LiveSessionBase(ABC):
             pass  # the client is gone; nothing left to tell it
 
 
-__all__ = ["Ending", "LiveSessionBase", "SessionEnded", "close_reason"]
+__all__ = ["ENDED_BY_ADMIN", "Ending", "LiveSessionBase", "SessionEnded", "close_reason"]

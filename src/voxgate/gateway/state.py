@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -14,6 +15,7 @@ from voxgate.gateway.auth import Authenticator
 from voxgate.gateway.limits import CircuitBreaker, KeyedTokenBuckets, SessionLimiter
 from voxgate.gateway.metrics import Metrics
 from voxgate.gateway.outbox import Outbox, OutboxFactory
+from voxgate.gateway.shared import MemoryShared, SharedState
 from voxgate.store.base import ConversationStore
 from voxgate.tools.box import ToolBox
 
@@ -62,6 +64,15 @@ class GatewayState:
         #: One per-user budget for every route that mints a credential (`/ws` session tokens,
         #: provider secrets from either token endpoint): two routes must not mean two budgets.
         self.token_buckets = KeyedTokenBuckets.per_minute(settings.token_requests_per_min)
+        #: What must hold across processes (tokens, caps, rate limits, the session directory,
+        #: breakers, the node registry): this process's memory, or Redis.
+        self.shared: SharedState = shared_state_for(settings, self.limiter, self.token_buckets)
+        self.shared.on_end_session = self._end_session
+        self.shared.on_breaker = self._remote_breaker
+        self.shared.on_drain = self.drain
+        self._draining: asyncio.Task[None] | None = None
+        if self.shared.kind != "memory":
+            self.authenticator.session_tokens.shared = self.shared
         self.metrics = Metrics()
         self.store: ConversationStore = store if store is not None else _default_store(settings)
         self.audio_log = _audio_log(settings)
@@ -77,8 +88,20 @@ class GatewayState:
         b = self._breakers.get(engine)
         if b is None:
             b = CircuitBreaker(self.settings.breaker_failures, self.settings.breaker_cooldown_s)
+            if self.shared.kind != "memory":
+                shared = self.shared
+                b.on_change = lambda opened, after: shared.breaker_changed(engine, opened, after)
             self._breakers[engine] = b
         return b
+
+    def _remote_breaker(self, engine: str, opened: bool, retry_after_s: float) -> None:
+        self.breaker(engine).apply_remote(opened, retry_after_s)
+
+    def _end_session(self, session_id: str, reason: str) -> None:
+        session = self.sessions.get(session_id)
+        if session is not None:
+            log.info("ending session %s (%s)", session_id, reason)
+            session.request_shutdown(reason)
 
     def status(self) -> dict[str, Any]:
         started = [s for s in self.sessions.values() if s.started]
@@ -94,6 +117,21 @@ class GatewayState:
             "shuttingDown": self.shutting_down,
         }
 
+    def drain(self) -> None:
+        """An admin asked this node to drain: exactly what SIGTERM does. Under `voxgate serve`
+        the process signals itself, so uvicorn's graceful shutdown runs (stop admitting,
+        `/health` 503, clients told `server_shutdown` and closed 1001 so they reconnect
+        elsewhere, turns written, exit). A gateway embedded in another program (tests) has no
+        such handler: it only stops admitting and ends its sessions the same way."""
+        if self._draining is not None:
+            return
+        self.shutting_down = True
+        log.warning("draining: an admin asked this node to stop")
+        if _serving_under_uvicorn():
+            signal.raise_signal(signal.SIGTERM)
+            return
+        self._draining = asyncio.get_running_loop().create_task(self.shutdown_sessions())
+
     async def shutdown_sessions(self, reason: str = "server_shutdown") -> None:
         """Tell every client we are going away (1001), let sessions finish writing turns."""
         self.shutting_down = True
@@ -108,6 +146,30 @@ class GatewayState:
             async with asyncio.timeout(deadline):
                 while self.sessions:
                     await asyncio.sleep(0.05)
+
+
+def _serving_under_uvicorn() -> bool:
+    """Whether SIGTERM reaches uvicorn's graceful shutdown in this process."""
+    handler = signal.getsignal(signal.SIGTERM)
+    owner = getattr(handler, "__self__", None)
+    return owner is not None and type(owner).__module__.startswith(("uvicorn", "voxgate"))
+
+
+def shared_state_for(
+    settings: Settings, limiter: SessionLimiter, buckets: KeyedTokenBuckets
+) -> SharedState:
+    """The shared state the settings ask for: Redis when `VOXGATE_REDIS_URL` is set."""
+    if settings.redis_url:
+        from voxgate.gateway.shared_redis import RedisShared
+
+        return RedisShared(
+            settings.redis_url,
+            max_sessions=settings.max_sessions,
+            max_per_user=settings.max_sessions_per_user,
+            fail_open=settings.redis_fail_open,
+            node_id=settings.node_name,
+        )
+    return MemoryShared(limiter, buckets, node_id=settings.node_name)
 
 
 def _default_store(settings: Settings) -> ConversationStore:

@@ -25,6 +25,7 @@ from voxgate.gateway.compat.policy import (
     user_engine_refusal,
 )
 from voxgate.gateway.limits import LimitExceeded
+from voxgate.gateway.shared import SharedUnavailable
 from voxgate.gateway.state import GatewayState
 
 log = logging.getLogger("voxgate.openai_compat")
@@ -73,19 +74,21 @@ async def client_secrets(request: Request) -> Response:
         return _http_error(400, payload.code, payload.message, param=payload.param)
     seconds = payload["expires_after"]["seconds"]
     try:
-        handle = state.limiter.hold(identity.user_id, seconds)
+        handle = await state.shared.hold(identity.user_id, seconds)
     except LimitExceeded as exc:
         state.metrics.errors_total.labels("session_limit").inc()
         return _http_error(429, "session_limit", exc.message)
+    except SharedUnavailable as exc:
+        return _http_error(503, "server_unavailable", exc.message, SERVER_ERROR)
     try:
         reply = await post_client_secret(
             settings.openai_api_base, key, orjson.dumps(payload), settings.start_timeout_s
         )
     except OpenAIRequestError as exc:
-        state.limiter.unhold(identity.user_id, handle)
+        await state.shared.unhold(identity.user_id, handle)
         return _http_error(502, "upstream_unavailable", exc.message, SERVER_ERROR)
     if reply.status >= 400:
-        state.limiter.unhold(identity.user_id, handle)
+        await state.shared.unhold(identity.user_id, handle)
     else:
         log.info("client secret minted for %s (%d s)", identity.user_id, seconds)
     return Response(reply.body, status_code=reply.status, media_type="application/json")
@@ -112,7 +115,11 @@ async def _admit(request: Request, state: GatewayState) -> Identity | Response:
             "provider client secrets need an authenticated user: enable VOXGATE_AUTH=jwt",
         )  # fmt: skip
     limit = state.settings.token_requests_per_min
-    if not state.token_buckets.take(f"user:{identity.user_id}"):
+    try:
+        wait = await state.shared.take_rate(f"user:{identity.user_id}", limit)
+    except SharedUnavailable as exc:
+        return _http_error(503, "server_unavailable", exc.message, SERVER_ERROR)
+    if wait > 0:
         state.metrics.errors_total.labels("rate_limited").inc()
         return _http_error(
             429, "rate_limited",

@@ -112,6 +112,7 @@ REFUSALS: dict[Refusal, tuple[str, int, str]] = {
     Refusal.ORIGIN: ("forbidden_origin", CloseCode.FORBIDDEN_ORIGIN, INVALID_REQUEST),
     Refusal.UNAUTHORIZED: ("unauthorized", CloseCode.UNAUTHORIZED, INVALID_REQUEST),
     Refusal.LIMIT: ("session_limit", CloseCode.LIMIT, INVALID_REQUEST),
+    Refusal.UNAVAILABLE: ("server_unavailable", CloseCode.ENGINE_UNAVAILABLE, SERVER_ERROR),
 }
 
 

@@ -32,7 +32,7 @@ from voxgate.gateway.auth import Identity
 from voxgate.gateway.compat.handshake import ENGINE_NAME, SERVER_ERROR, openai_error
 from voxgate.gateway.compat.policy import Violation, check_client_event
 from voxgate.gateway.limits import AudioBudget, TokenBucket
-from voxgate.gateway.live import Ending, LiveSessionBase, SessionEnded
+from voxgate.gateway.live import ENDED_BY_ADMIN, Ending, LiveSessionBase, SessionEnded
 from voxgate.gateway.state import GatewayState
 from voxgate.protocol import CloseCode
 
@@ -184,6 +184,10 @@ class CompatSession(LiveSessionBase):
         match why:
             case Ending.SHUTDOWN:
                 reason = self.shutdown_reason
+                if reason == ENDED_BY_ADMIN:
+                    return self._end(
+                        CloseCode.NORMAL, reason, reason, "an administrator ended this session"
+                    )
                 return self._end(
                     CloseCode.GOING_AWAY, reason, reason,
                     "the gateway is restarting; reconnect to continue", SERVER_ERROR,

@@ -19,6 +19,7 @@ _REFUSALS: dict[Refusal, tuple[ErrorCode, CloseCode]] = {
     Refusal.ORIGIN: (ErrorCode.FORBIDDEN_ORIGIN, CloseCode.FORBIDDEN_ORIGIN),
     Refusal.UNAUTHORIZED: (ErrorCode.UNAUTHORIZED, CloseCode.UNAUTHORIZED),
     Refusal.LIMIT: (ErrorCode.SESSION_LIMIT, CloseCode.LIMIT),
+    Refusal.UNAVAILABLE: (ErrorCode.UPSTREAM_UNAVAILABLE, CloseCode.ENGINE_UNAVAILABLE),
 }
 
 

@@ -40,7 +40,7 @@ from voxgate.engines.base import (
 )
 from voxgate.gateway.auth import Identity
 from voxgate.gateway.limits import AudioBudget, TokenBucket, WindowCounter
-from voxgate.gateway.live import Ending, LiveSessionBase, SessionEnded
+from voxgate.gateway.live import ENDED_BY_ADMIN, Ending, LiveSessionBase, SessionEnded
 from voxgate.gateway.neutral import start as steps
 from voxgate.gateway.neutral.arbiter import TurnArbiter
 from voxgate.gateway.neutral.toolcalls import SessionToolset, ToolCalls
@@ -114,9 +114,8 @@ class NeutralSession(LiveSessionBase):
         match why:
             case Ending.SHUTDOWN:
                 reason = self.shutdown_reason
-                return SessionEnded(
-                    CloseCode.GOING_AWAY, reason, [P.status_message("disconnected", reason)]
-                )
+                close = CloseCode.NORMAL if reason == ENDED_BY_ADMIN else CloseCode.GOING_AWAY
+                return SessionEnded(close, reason, [P.status_message("disconnected", reason)])
             case Ending.IDLE:
                 sentence = f"closing an idle session: nothing received for {s.idle_timeout_s:.0f} s"
             case Ending.STALLED:
