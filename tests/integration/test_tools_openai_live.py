@@ -1,6 +1,7 @@
 """Tools on the `openai-live` engine: GPT-Live's Responses delegation through the gateway (server
 tools, client tools over the protocol, parallel calls, a tool that raises, a tool name the
-backend invents, calls restored after a reconnect), and the simulator refusing what the real
+backend invents, an interrupt, a failed backend response, calls restored after a reconnect and
+on resume), and the simulator refusing what the real
 service refuses (a partial batch, an output for no call, `response.*` in client mode, unknown
 delegation fields, a delegation type changed mid-session).
 
@@ -13,6 +14,7 @@ models.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -40,6 +42,7 @@ TRIGGERS = [
     ToolTrigger("both please", (("get_weather", {"city": "London"}), ("get_location", {"precise": False}))),
     ToolTrigger.one("invent one", "no_such_tool", {}, undeclared=True),
     ToolTrigger.one("explode now", "explode", {"reason": "test"}),
+    ToolTrigger.one("take your time", "slow", {"seconds": 20}),
 ]
 SERVER_EVENT: TypeAdapter[Any] = TypeAdapter(ServerEvent)
 BACKEND_EVENT: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
@@ -180,8 +183,8 @@ async def test_a_tool_that_raises_and_a_tool_the_backend_invents_get_error_outpu
         assert "no tool named 'no_such_tool'" in unknown.assistant_text
         # The conversation goes on.
         await client.user_message("thanks")
-        after = await client.collect_reply(timeout=30)
-        assert after.assistant_text == "You said: thanks." and after.response_status == "completed"
+        after = await answer_with(client, "You said: thanks.")
+        assert after.response_status == "completed"
     conn = sim.accepted[-1]
     assert backend_types(conn).count("response.create") == 2
     assert not [e for e in conn.sent if e["type"] == "error"]
@@ -202,6 +205,71 @@ async def test_calls_are_restored_as_context_after_a_reconnect(live_gateway) -> 
     assert start["delegation"]["type"] == "responses"
     notes = [i["content"][0]["text"] for i in start["input"] if i["role"] == "developer"]
     assert any("get_weather" in n and '{"city":"Paris"}' in n and '"sky":"sunny"' in n for n in notes), notes
+
+
+async def test_an_interrupt_cancels_the_call_and_the_backend_still_gets_its_output(live_gateway) -> None:
+    """GPT-Live's delegated work survives an interrupt: the cancelled call is answered anyway,
+    or its backend response would wait for ever."""
+    async with live_gateway() as (gw, sim), VoxgateClient(gw.ws_url) as client:
+        await client.start()
+        await client.user_message("take your time")
+        running = await client.wait_for("tool_status", where=lambda m: m["status"] == "running", timeout=30)
+        await client.interrupt()
+        cancelled = await client.wait_for("tool_status", where=lambda m: m["status"] == "cancelled", timeout=10)
+        assert cancelled["callId"] == running["callId"]
+        conn = sim.accepted[-1]
+        async with asyncio.timeout(30):
+            while "response.create" not in backend_types(conn):
+                await asyncio.sleep(0.02)
+        output = received(conn, "response.item.create")[0]["item"]
+        assert output["call_id"] == running["callId"]
+        assert "the user interrupted" in json.loads(output["output"])["error"]
+        # The conversation goes on.
+        await client.user_message("thanks")
+        await answer_with(client, "You said: thanks.")
+    assert backend_types(sim.accepted[-1]) == ["response.item.create", "response.create"]
+
+
+async def test_the_calls_of_a_failed_backend_response_are_not_answered(live_gateway) -> None:
+    async with live_gateway() as (gw, sim), VoxgateClient(gw.ws_url) as client:
+        sim.faults.backend_fails = True
+        await client.start()
+        await client.user_message("what is the weather in paris")
+        error = await client.wait_for("error", timeout=30)
+        assert error["code"] == "upstream_error" and not error["fatal"]
+        assert "tool backend failed: The backend model failed." in error["message"]
+        sim.faults.backend_fails = False
+        await client.user_message("thanks")
+        await answer_with(client, "You said: thanks.")
+        # The tool ran all the same (its status may come before or after the error).
+        def done(m: dict[str, Any]) -> bool:
+            return m["type"] == "tool_status" and m["status"] == "done"
+
+        if not any(done(m) for m in client.received):
+            await client.wait_for("tool_status", where=lambda m: done(m), timeout=30)
+    conn = sim.accepted[-1]
+    # GPT-Live refuses a failed response's outputs: none were sent, and no error came back.
+    assert backend_types(conn) == []
+    assert not [e for e in conn.sent if e["type"] == "error"]
+    validate_all(conn)
+
+
+async def test_resume_gives_the_calls_back_as_context(live_gateway) -> None:
+    async with live_gateway() as (gw, sim):
+        async with VoxgateClient(gw.ws_url) as client:
+            ready = await client.start()
+            await client.user_message("what is the weather in paris")
+            await answer_with(client, "The tools said")
+            await client.stop()
+        await gw.wait_idle()
+        async with VoxgateClient(gw.ws_url) as client:
+            await client.start(conversationId=ready["conversationId"])
+            await client.stop()
+    start = received(sim.accepted[-1], "session.start")[0]["session"]
+    roles = [i["role"] for i in start["input"]]
+    notes = [i["content"][0]["text"] for i in start["input"] if i["role"] == "developer"]
+    assert roles[0] == "user" and "developer" in roles
+    assert any("get_weather" in n and '"sky":"sunny"' in n for n in notes), notes
 
 
 async def test_a_session_without_tools_keeps_client_delegation(make_settings, gateway_factory) -> None:
@@ -245,8 +313,6 @@ RESPONSES = {
 
 
 async def test_the_simulator_refuses_a_partial_batch_and_an_unknown_call_id() -> None:
-    import asyncio
-
     async with OpenAILiveSimulator(keys=[KEY], tool_triggers=TRIGGERS, transcript="both please") as sim:
         async with asyncio.timeout(60), sdk(sim).live.connect() as conn:
             await conn.session.start(session={"model": "gpt-live-1", "delegation": RESPONSES})

@@ -261,6 +261,9 @@ class SimFaults:
     drop_after_deltas: int = 3
     #: Fire `drop_mid_answer` once, then clear it.
     drop_once: bool = True
+    #: The Responses backend fails after making its function calls (`response.failed`): their
+    #: outputs are then refused, as GPT-Live refuses a failed response's.
+    backend_fails: bool = False
     #: Stop answering pings and stop sending events (a dead upstream).
     blackhole: bool = False
     #: End sessions after this much timeline with `session.closed{reason:"expired"}`.
@@ -834,6 +837,12 @@ class _Session:
             item = {"type": "function_call", "id": _id("fc"), "call_id": call_id, "name": name,
                     "arguments": arguments, "status": "completed"}  # fmt: skip
             await self._backend(delegation_id, None, {"type": "response.output_item.done", "output_index": index, "item": item})
+        if self.sim.faults.backend_fails:
+            self.calls.clear()
+            failed = {**_response(rid, "failed"),
+                      "error": {"code": "server_error", "message": "The backend model failed."}}  # fmt: skip
+            await self._backend(delegation_id, None, {"type": "response.failed", "response": failed})
+            return
         await self._backend(delegation_id, None, {"type": "response.completed", "response": _response(rid, "completed")})
 
     def _say(self, text: str, wait_ms: int) -> None:

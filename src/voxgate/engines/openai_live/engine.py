@@ -591,6 +591,10 @@ class OpenAILiveEngine(ConversationEngine):
         elif kind in ("response.failed", "response.incomplete"):
             # GPT-Live refuses the outputs of a failed response's calls: never send them.
             self._batches.pop(key, None)
+            if kind == "response.failed":
+                error = (nested.get("response") or {}).get("error") or {}
+                why = str(error.get("message") or "no reason given")
+                await self.emit(EngineError("upstream_error", f"GPT-Live's tool backend failed: {why}"))
 
     async def _on_closed(self, event: Event) -> None:
         """GPT-Live ended the session (asked to, or on its own): a clean end, never a
