@@ -355,13 +355,32 @@ def simulate_openai_live(
     delegate_on: Annotated[
         list[str] | None, typer.Option(help="A phrase that makes the model delegate (repeatable).")
     ] = None,
+    tool_trigger: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="PHRASE=NAME:JSON",
+            help="Under Responses delegation, the backend calls NAME with the JSON arguments when "
+            "the user says PHRASE (repeatable).",
+        ),
+    ] = None,
 ) -> None:
     """An OpenAI GPT-Live simulator at ws://HOST:PORT/v1/live/sessions."""
-    from voxgate.testing.openai_live_sim import run_openai_live_sim
+    import orjson
 
+    from voxgate.testing.openai_live_sim import run_openai_live_sim
+    from voxgate.testing.tooling import ToolTrigger
+
+    triggers = []
+    for spec in tool_trigger or []:
+        phrase, _, call = spec.partition("=")
+        name, _, arguments = call.partition(":")
+        if not phrase or not name:
+            err.print(f"[red]--tool-trigger {spec!r}: expected PHRASE=NAME:JSON[/red]")
+            raise typer.Exit(2)
+        triggers.append(ToolTrigger.one(phrase, name, orjson.loads(arguments or "{}")))
     run_openai_live_sim(
         host=host, port=port, keys=key or ["sk-test"], transcript=transcript,
-        pocketsphinx=pocketsphinx, delegate_on=delegate_on or (),
+        pocketsphinx=pocketsphinx, delegate_on=delegate_on or (), tool_triggers=triggers,
     )  # fmt: skip
 
 

@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     openai_live_url: str = Field(
         "wss://api.openai.com/v1/live/sessions", validation_alias=_env("VOXGATE_OPENAI_LIVE_URL")
     )
+    #: The Responses model GPT-Live delegates to when the session has tools.
+    openai_live_tools_model: str = Field(
+        "gpt-5-mini", validation_alias=_env("VOXGATE_OPENAI_LIVE_TOOLS_MODEL")
+    )
 
     # --- ElevenLabs -------------------------------------------------------------------------
     elevenlabs_api_key: SecretStr | None = Field(None, validation_alias=_env("ELEVENLABS_API_KEY"))

@@ -300,9 +300,9 @@ async def test_turn_control_is_declared_and_holds_replies_until_asked(running) -
 # --- tools -------------------------------------------------------------------------------------
 
 #: What `capabilities.tools` each engine declares (checked, never skipped). The cascade calls
-#: tools through its chat endpoint (none: it echoes, and has no tools). GPT-Live's client
-#: delegation names no tool and carries no arguments, so it has none here.
-TOOLS = {"cascade": True, "openai": True, "elevenlabs": True, "openai-live": False}
+#: tools through its chat endpoint (none: it echoes, and has no tools). GPT-Live calls them
+#: through its Responses backend.
+TOOLS = {"cascade": True, "openai": True, "elevenlabs": True, "openai-live": True}
 CLOCK = ToolSpec("get_time", "The time now.", {"type": "object", "properties": {"zone": {"type": "string"}}})
 TIME_RESULT = '{"time":"ten past four"}'
 
@@ -326,6 +326,11 @@ async def tool_settings(name: str, tmp_path: Path) -> AsyncIterator[Settings]:
 
         async with OpenAISimulator(keys=["sk-conf"], pace=4.0, transcript=PHRASE, tool_triggers=[trigger]) as sim:
             yield Settings(_env_file=None, openai_api_key="sk-conf", openai_url=sim.url, **base)  # type: ignore[call-arg]
+    elif name == "openai-live":
+        from voxgate.testing.openai_live_sim import OpenAILiveSimulator
+
+        async with OpenAILiveSimulator(keys=["sk-conf"], transcript=PHRASE, tool_triggers=[trigger]) as sim:
+            yield Settings(_env_file=None, openai_api_key="sk-conf", openai_live_url=sim.url, **base)  # type: ignore[call-arg]
     else:
         from voxgate.testing.elevenlabs_sim import ElevenLabsSim, SimAgent
 
@@ -347,8 +352,14 @@ async def test_tools_are_declared(running) -> None:
 
 
 @pytest.mark.parametrize("name", [name for name, tools in TOOLS.items() if tools])
-async def test_a_spoken_turn_that_calls_a_tool_is_answered_with_its_result(name: str, tmp_path: Path) -> None:
+async def test_a_spoken_turn_that_calls_a_tool_is_answered_with_its_result(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The model hears the user, calls the tool, and speaks an answer that uses its result."""
+    if name == "openai-live":
+        from voxgate.engines.openai_live.engine import OpenAILiveEngine
+
+        monkeypatch.setattr(OpenAILiveEngine, "timeline_pace", 4.0)  # as in `running`
     async with tool_settings(name, tmp_path) as settings:
         engine = create_engine(name, settings)
         await engine.start(StartOptions(tools=[CLOCK]))

@@ -23,6 +23,16 @@ What it models, and how:
 - **Client delegation.** When the user says one of the `delegate_on` phrases the model emits
   `session.delegation.created` (no task text), says a short acknowledgement, and speaks the
   commentary appended with that `delegation_id`.
+- **Responses delegation.** A session started with `delegation: {type: "responses"}` (checked
+  like the strict service: unknown fields are refused, the type is immutable) calls its
+  function tools when the user's words match one of the `tool_triggers`: it emits
+  `session.delegation.created{target: "responses", response_id}`, says a short
+  acknowledgement, and streams the backend's `response.created`, one
+  `response.output_item.done` per `function_call` and `response.completed` as `response.event`s.
+  `response.item.create` answers a call (an unknown call id is refused); `response.create`
+  before every open call has an output is refused with `function_call_outputs_required`;
+  after it the backend streams its text (`tool_answer` of the outputs) and the voice model
+  says it. `response.*` in client mode is refused.
 - **Usage** is cumulative whole seconds of timeline, every `usage_interval_s`; `session.close`
   answers with the final usage in `session.closed{reason:"close_requested"}`, then close 1000.
 - **Faults on request** (`SimFaults`): refused handshakes, revoked keys, an admission `error`
@@ -69,6 +79,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from voxgate.audio import StreamResampler, pcm16_to_ulaw, resample, ulaw_to_pcm16
 from voxgate.testing.openai_sim import SimulatorServer, pocketsphinx_transcriber
 from voxgate.testing.speech import synthesize
+from voxgate.testing.tooling import ToolTrigger, tool_answer, triggered_calls
 
 log = logging.getLogger("voxgate.testing.openai_live_sim")
 
@@ -250,6 +261,9 @@ class SimFaults:
     drop_after_deltas: int = 3
     #: Fire `drop_mid_answer` once, then clear it.
     drop_once: bool = True
+    #: The Responses backend fails after making its function calls (`response.failed`): their
+    #: outputs are then refused, as GPT-Live refuses a failed response's.
+    backend_fails: bool = False
     #: Stop answering pings and stop sending events (a dead upstream).
     blackhole: bool = False
     #: End sessions after this much timeline with `session.closed{reason:"expired"}`.
@@ -353,7 +367,12 @@ class _Session:
         # Appends waiting for the timeline: (kind, ack type, content, client event id, delegation).
         self.pending: list[tuple[str, str, str, str | None, str | None]] = []
         self.delegations: set[str] = set()
+        #: Responses delegation: open backend calls (call id -> output, None until answered)
+        #: and the delegation they belong to.
+        self.calls: dict[str, str | None] = {}
+        self.backend_delegation: str | None = None
         self.next_usage_s = sim.usage_interval_s
+        self.backend_seq = 0
 
     # --- plumbing ----------------------------------------------------------------------------
     @property
@@ -537,6 +556,11 @@ class _Session:
             await self.error("missing_required_parameter", "Missing required parameter: 'session'.",
                              eid, param="session")  # fmt: skip
             return
+        problem = delegation_problem(new.get("delegation")) if new.get("delegation") else None
+        if problem is not None:
+            code, message, param = problem
+            await self.error(code, message, eid, param=param)
+            return
         for key, value in new.items():
             if key not in SESSION_KEYS:
                 await self.error("unknown_parameter", f"Unknown parameter: 'session.{key}'.", eid,
@@ -579,7 +603,76 @@ class _Session:
             await self.error("invalid_request_error",
                              f"{event['type']} requires Responses delegation.", eid)  # fmt: skip
 
-    on_response_create = on_response_item_create = _backend_only
+    def _mode(self) -> str:
+        return str((self.rec.session.get("delegation") or {}).get("type", "client"))
+
+    async def on_response_item_create(self, event: dict[str, Any], eid: str | None) -> None:
+        if self._mode() != "responses":
+            await self._backend_only(event, eid)
+            return
+        item = event.get("item")
+        if not isinstance(item, dict) or item.get("type") != "function_call_output":
+            await self.error("invalid_value", "'item' must be a function_call_output item.",
+                             eid, param="item")  # fmt: skip
+            return
+        call_id, output = item.get("call_id"), item.get("output")
+        if not isinstance(output, str):
+            await self.error("invalid_type", "Invalid type for 'item.output': expected a string.",
+                             eid, param="item.output")  # fmt: skip
+            return
+        if call_id not in self.calls:
+            # The Responses API's sentence for an output that answers no call.
+            await self.error("invalid_value",
+                             f"No tool call found for function call output with call_id {str(call_id)[:64]}.",
+                             eid, param="item.call_id")  # fmt: skip
+            return
+        self.calls[call_id] = output
+
+    async def on_response_create(self, event: dict[str, Any], eid: str | None) -> None:
+        if self._mode() != "responses":
+            await self._backend_only(event, eid)
+            return
+        missing = [c for c, o in self.calls.items() if o is None]
+        if missing:
+            await self.error("function_call_outputs_required",
+                             "Every open function call needs a function_call_output before "
+                             f"response.create; missing: {', '.join(missing)}.", eid)  # fmt: skip
+            return
+        if not self.calls:
+            await self.error("invalid_request_error",
+                             "There is no backend response to continue.", eid)  # fmt: skip
+            return
+        outputs = [o or "" for o in self.calls.values()]
+        self.calls.clear()
+        delegation, self.backend_delegation = self.backend_delegation, None
+        for item in outputs:
+            self.rec.history.append({"role": "tool", "text": item})
+        text = tool_answer(outputs)
+        rid = _id("resp")
+        await self._backend(delegation, eid, {"type": "response.created", "response": _response(rid, "in_progress")})
+        item_id = _id("msg")
+        await self._backend(delegation, None, {
+            "type": "response.output_text.delta", "item_id": item_id, "output_index": 0,
+            "content_index": 0, "delta": text, "logprobs": [],
+        })  # fmt: skip
+        await self._backend(delegation, None, {
+            "type": "response.output_text.done", "item_id": item_id, "output_index": 0,
+            "content_index": 0, "text": text, "logprobs": [],
+        })  # fmt: skip
+        message = {"type": "message", "id": item_id, "role": "assistant", "status": "completed",
+                   "content": [{"type": "output_text", "text": text, "annotations": []}]}  # fmt: skip
+        await self._backend(delegation, None, {"type": "response.output_item.done", "output_index": 0, "item": message})
+        await self._backend(delegation, None, {"type": "response.completed", "response": _response(rid, "completed")})
+        # The voice model says what the backend made of the outputs.
+        self._say(text, self.sim.latency_ms)
+
+    async def _backend(self, delegation: str | None, eid: str | None, nested: dict[str, Any]) -> None:
+        self.backend_seq += 1
+        event: dict[str, Any] = {"type": "response.event", "delegation_id": delegation,
+                                 "event": {**nested, "sequence_number": self.backend_seq}}  # fmt: skip
+        if eid is not None:
+            event["client_event_id"] = eid
+        await self.send(event)
 
     async def _decisions_only(self, event: dict[str, Any], eid: str | None) -> None:
         await self.error("invalid_request_error",
@@ -709,6 +802,8 @@ class _Session:
             await self.send({"type": "session.input_transcript.delta", "delta": " " + " ".join(part),
                              "start_ms": a, "end_ms": min(end_ms, a + GRID_MS)})  # fmt: skip
         self.rec.history.append({"role": "user", "text": text})
+        if await self._maybe_call_tools(text):
+            return
         trigger = next((p for p in self.sim.delegate_on if p.lower() in text.lower()), None)
         if trigger is not None:
             await self._delegate()
@@ -722,6 +817,33 @@ class _Session:
                          "delegation": {"id": delegation_id, "type": "delegation",
                                         "target": "client"}})  # fmt: skip
         self._say("Okay, let me check.", self.sim.latency_ms)
+
+    def _declared(self) -> set[str]:
+        responses = (self.rec.session.get("delegation") or {}).get("responses") or {}
+        return {str(t.get("name")) for t in responses.get("tools") or [] if t.get("type") == "function"}
+
+    async def _delegate_to_backend(self, calls: list[tuple[str, str]]) -> None:
+        """The model hands the turn to its Responses backend, which calls functions."""
+        delegation_id, rid = _id("item"), _id("resp")
+        self.backend_delegation = delegation_id
+        await self.send({"type": "session.delegation.created", "offset_ms": self.timeline_ms,
+                         "delegation": {"id": delegation_id, "type": "delegation",
+                                        "target": "responses", "response_id": rid}})  # fmt: skip
+        self._say("Okay, let me check.", self.sim.latency_ms)
+        await self._backend(delegation_id, None, {"type": "response.created", "response": _response(rid, "in_progress")})
+        for index, (name, arguments) in enumerate(calls):
+            call_id = _id("call")
+            self.calls[call_id] = None
+            item = {"type": "function_call", "id": _id("fc"), "call_id": call_id, "name": name,
+                    "arguments": arguments, "status": "completed"}  # fmt: skip
+            await self._backend(delegation_id, None, {"type": "response.output_item.done", "output_index": index, "item": item})
+        if self.sim.faults.backend_fails:
+            self.calls.clear()
+            failed = {**_response(rid, "failed"),
+                      "error": {"code": "server_error", "message": "The backend model failed."}}  # fmt: skip
+            await self._backend(delegation_id, None, {"type": "response.failed", "response": failed})
+            return
+        await self._backend(delegation_id, None, {"type": "response.completed", "response": _response(rid, "completed")})
 
     def _say(self, text: str, wait_ms: int) -> None:
         if not text.strip():
@@ -846,7 +968,22 @@ class _Session:
             if kind == "commentary":
                 if delegation is not None:
                     self.delegations.discard(delegation)
+                elif await self._maybe_call_tools(content):
+                    continue
                 self._say(self.sim.responder(list(self.rec.history)), self.sim.latency_ms)
+
+    async def _maybe_call_tools(self, said: str) -> bool:
+        """Under Responses delegation, words that match a tool trigger (spoken, or typed and
+        quoted in commentary) go to the backend, which calls functions -> whether they did."""
+        if self._mode() != "responses" or self.calls:
+            return False
+        quoted = _QUOTED.search(said)
+        calls = triggered_calls(
+            self.sim.tool_triggers, quoted.group(1) if quoted else said, self._declared()
+        )
+        if calls:
+            await self._delegate_to_backend(calls)
+        return bool(calls)
 
 
 _ADMISSION_SENTENCES = {
@@ -855,6 +992,66 @@ _ADMISSION_SENTENCES = {
     "account_deactivated": "This account has been deactivated.",
     "billing_hard_limit_reached": "Billing hard limit has been reached.",
 }
+
+
+def _response(rid: str, status: str) -> dict[str, Any]:
+    """A backend lifecycle snapshot: as GPT-Live relays it, with `output` cleared."""
+    return {"id": rid, "object": "response", "created_at": int(time.time()), "status": status,
+            "model": "sim-backend", "output": [], "parallel_tool_calls": True, "tool_choice": "auto",
+            "tools": [], "temperature": 1.0, "top_p": 1.0, "error": None, "incomplete_details": None,
+            "instructions": None, "metadata": {}}  # fmt: skip
+
+
+DELEGATION_KEYS = {"type", "responses", "decisions", "acknowledgement_delay_ms"}
+RESPONSES_KEYS = {
+    "model", "instructions", "tools", "tool_choice", "parallel_tool_calls", "reasoning", "text",
+    "max_output_tokens", "service_tier",
+}  # fmt: skip
+FUNCTION_TOOL_KEYS = {"type", "name", "description", "parameters", "strict"}
+
+
+def delegation_problem(delegation: Any) -> tuple[str, str, str | None] | None:
+    """(code, message, param) for a `session.delegation` the strict service refuses."""
+    if delegation is None:
+        return None
+    param = "session.delegation"
+    if not isinstance(delegation, dict):
+        return "invalid_type", f"Invalid type for '{param}': expected an object.", param
+    for key in delegation:
+        if key not in DELEGATION_KEYS:
+            return "unknown_parameter", f"Unknown parameter: '{param}.{key}'.", f"{param}.{key}"
+    kind = delegation.get("type", "client")
+    if kind not in ("client", "responses", "decisions"):
+        return ("invalid_value", f"Invalid value: {str(kind)[:64]!r}. Supported values are: "
+                "'client', 'responses' and 'decisions'.", f"{param}.type")  # fmt: skip
+    if kind != "responses":
+        return None
+    responses = delegation.get("responses")
+    if not isinstance(responses, dict):
+        return ("missing_required_parameter",
+                f"Missing required parameter: '{param}.responses'.", f"{param}.responses")  # fmt: skip
+    for key in responses:
+        if key not in RESPONSES_KEYS:
+            return ("unknown_parameter", f"Unknown parameter: '{param}.responses.{key}'.",
+                    f"{param}.responses.{key}")  # fmt: skip
+    if not isinstance(responses.get("model"), str) or not responses["model"]:
+        return ("missing_required_parameter",
+                f"Missing required parameter: '{param}.responses.model'.", f"{param}.responses.model")  # fmt: skip
+    tools = responses.get("tools") or []
+    if not isinstance(tools, list):
+        return "invalid_type", f"Invalid type for '{param}.responses.tools'.", f"{param}.responses.tools"
+    for i, tool in enumerate(tools):
+        where = f"{param}.responses.tools[{i}]"
+        if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
+            return "missing_required_parameter", f"Missing required parameter: '{where}.type'.", f"{where}.type"
+        if tool["type"] != "function":
+            continue  # hosted tools run server-side; not simulated
+        for key in tool:
+            if key not in FUNCTION_TOOL_KEYS:
+                return "unknown_parameter", f"Unknown parameter: '{where}.{key}'.", f"{where}.{key}"
+        if not isinstance(tool.get("name"), str) or not tool["name"]:
+            return "missing_required_parameter", f"Missing required parameter: '{where}.name'.", f"{where}.name"
+    return None
 
 
 def _b64(value: Any) -> bytes | None:
@@ -897,7 +1094,11 @@ def start_problem(
             "Invalid type for 'session.instructions': expected a string.",
             "session.instructions",
         )
-    return _audio_problem(config.get("audio")) or _input_problem(config.get("input"))
+    return (
+        _audio_problem(config.get("audio"))
+        or _input_problem(config.get("input"))
+        or delegation_problem(config.get("delegation"))
+    )
 
 
 def _audio_problem(audio: Any) -> tuple[str, str, str | None] | None:
@@ -1013,6 +1214,7 @@ class OpenAILiveSimulator(SimulatorServer):
         grammar: str | None = None,
         responder: Responder | None = None,
         delegate_on: Iterable[str] = (),
+        tool_triggers: Iterable[ToolTrigger] = (),
         models: Iterable[str] = MODELS,
         session_keys: Iterable[str] = SESSION_KEYS,
         usage_interval_s: float = 15.0,
@@ -1036,6 +1238,8 @@ class OpenAILiveSimulator(SimulatorServer):
         self.responder: Responder = responder or default_responder
         #: Phrases that make the model delegate to the client (`session.delegation.created`).
         self.delegate_on = tuple(delegate_on)
+        #: Scripted backend function calls under Responses delegation (see `ToolTrigger`).
+        self.tool_triggers = list(tool_triggers)
         self.models = tuple(models)
         #: The `session.start` fields this service accepts (fewer: an older API revision).
         self.session_keys = frozenset(session_keys)
@@ -1180,11 +1384,12 @@ def run_openai_live_sim(
     transcript: str | None = None,
     pocketsphinx: bool = False,
     delegate_on: Iterable[str] = (),
+    tool_triggers: Iterable[ToolTrigger] = (),
 ) -> None:
     """Run the simulator until interrupted (the `voxgate simulate openai-live` CLI verb)."""
     sim = OpenAILiveSimulator(
         keys, host=host, port=port, transcript=transcript, pocketsphinx=pocketsphinx,
-        delegate_on=delegate_on, record_audio=False,
+        delegate_on=delegate_on, tool_triggers=tool_triggers, record_audio=False,
     )  # fmt: skip
 
     def ready(sim: OpenAILiveSimulator) -> None:
@@ -1205,9 +1410,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--transcript", help="what the simulator hears for every utterance")
     parser.add_argument("--pocketsphinx", action="store_true", help="recognise speech for real")
     parser.add_argument("--delegate-on", action="append", default=[], help="phrase that delegates")
+    parser.add_argument(
+        "--tool-trigger", action="append", default=[], metavar="PHRASE=NAME:JSON",
+        help="under Responses delegation, the backend calls the tool NAME with the JSON arguments "
+        "when the user says PHRASE (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    triggers = []
+    for spec in args.tool_trigger:
+        phrase, _, call = spec.partition("=")
+        name, _, arguments = call.partition(":")
+        if not phrase or not name:
+            parser.error(f"--tool-trigger {spec!r}: expected PHRASE=NAME:JSON")
+        triggers.append(ToolTrigger.one(phrase, name, orjson.loads(arguments or "{}")))
     run_openai_live_sim(args.host, args.port, args.key or ["sk-test"], args.transcript,
-                        args.pocketsphinx, args.delegate_on)  # fmt: skip
+                        args.pocketsphinx, args.delegate_on, triggers)  # fmt: skip
 
 
 if __name__ == "__main__":
@@ -1220,6 +1437,7 @@ __all__ = [
     "OpenAILiveSimulator",
     "SimFaults",
     "default_responder",
+    "delegation_problem",
     "error_event",
     "main",
     "run_openai_live_sim",

@@ -22,6 +22,8 @@ class OpenAILiveConfig:
     url: str
     model: str
     upstream: UpstreamOptions
+    #: The Responses model GPT-Live delegates tool work to (sessions with tools only).
+    tools_model: str = "gpt-5-mini"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OpenAILiveConfig:
@@ -31,6 +33,7 @@ class OpenAILiveConfig:
             url=settings.openai_live_url,
             model=settings.openai_live_model,
             upstream=UpstreamOptions.from_settings(settings),
+            tools_model=settings.openai_live_tools_model,
         )
 
     def problem(self) -> str | None:

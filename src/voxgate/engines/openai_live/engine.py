@@ -32,8 +32,22 @@ GPT-Live is not Realtime with other names. How the seam maps onto it, and why:
   new session seeded with the conversation so far as `input`, with `status: reconnecting`;
   user audio spoken meanwhile is held and replayed (`ReconnectAudioBuffer`). A
   `session.closed` from GPT-Live is a clean end of the conversation, never reconnected.
-- **Delegation.** The engine has no tools: a client delegation is answered at once with
-  commentary saying so, so the model never waits for a result.
+- **Tools go through Responses delegation.** GPT-Live's voice model calls no functions itself;
+  a session with tools starts with `delegation: {type: "responses"}` naming a backend model
+  (`VOXGATE_OPENAI_LIVE_TOOLS_MODEL`) and the tools as function tools. The backend's stream
+  arrives as `response.event`; each nested `function_call` item becomes a `ToolCall`. Once the
+  backend response has completed and every one of its calls has a result, the outputs go back
+  as `response.item.create` and then one `response.create`; the voice model speaks what the
+  backend makes of them. Calls cancelled by an interrupt are answered too (with the
+  cancellation): an interruption does not cancel GPT-Live's delegated work, and a backend left
+  with open calls would wait for ever; the model ignores stale results. The calls of a backend
+  response that failed are never answered (GPT-Live refuses them). A session without tools
+  keeps client delegation, answered at once with commentary saying there are no tools, so the
+  model never waits for a result.
+- **What a new session remembers of tools.** Startup `input` holds messages only, so each
+  finished call is restored as a developer message naming the tool, its arguments and its
+  result; a call still running when the session was lost is not (its backend response is
+  gone with the session, and its result only joins the history).
 """
 
 from __future__ import annotations
@@ -65,6 +79,7 @@ from voxgate.engines.base import (
     ResponseDone,
     StartOptions,
     StatusChanged,
+    ToolCall,
     Transcript,
     UserSpeaking,
 )
@@ -98,6 +113,7 @@ _HANDLERS: dict[str, str] = {
     "session.input_transcript.delta": "_on_input_transcript",
     "session.usage.updated": "_on_usage",
     "session.delegation.created": "_on_delegation",
+    "response.event": "_on_response_event",
     "session.closed": "_on_closed",
     "error": "_on_error",
 }
@@ -133,6 +149,15 @@ class _Answer:
     pending: bytearray = field(default_factory=bytearray)
 
 
+@dataclass(slots=True)
+class _Batch:
+    """The function calls of one backend response, answered together once it completed."""
+
+    #: call id -> its output (None while it runs), in the order the backend made them.
+    outputs: dict[str, str | None] = field(default_factory=dict)
+    completed: bool = False
+
+
 class OpenAILiveEngine(ConversationEngine):
     """OpenAI GPT-Live over WebSocket; see the module docstring for the design."""
 
@@ -159,7 +184,7 @@ class OpenAILiveEngine(ConversationEngine):
         super().__init__()
         self.config = config
         self.capabilities = Capabilities(
-            input_rate=RATE, output_rate=RATE, manual_turns=False, interrupt="advisory"
+            input_rate=RATE, output_rate=RATE, manual_turns=False, interrupt="advisory", tools=True
         )
         self._handlers: dict[str, Handler] = {t: getattr(self, m) for t, m in _HANDLERS.items()}
         self._options = StartOptions()
@@ -178,6 +203,10 @@ class OpenAILiveEngine(ConversationEngine):
         self._dropping = False
         self._dropped_quiet_ms = 0.0
         self._billed_total = 0.0
+        #: Backend function calls waiting for results, one batch per delegation.
+        self._batches: dict[str, _Batch] = {}
+        #: call id -> (name, arguments), for the history note once its result arrives.
+        self._calls: dict[str, tuple[str, str]] = {}
         self._held = ReconnectAudioBuffer(config.upstream.audio_buffer_s, self.report_held_audio)
         self._held.configure(RATE * 2)
 
@@ -197,7 +226,9 @@ class OpenAILiveEngine(ConversationEngine):
         try:
             async with asyncio.timeout(config.upstream.start_timeout_s):
                 ws = await dial_live(config.url, config.api_key, config.upstream)
-                await ws.send(wire.session_start(config.model, self._options, self._turns))
+                await ws.send(
+                    wire.session_start(config.model, self._options, self._turns, config.tools_model)
+                )
                 await _wait_started(ws)
         except EngineUnavailable:
             self.report_connect(False, time.monotonic() - started)
@@ -215,7 +246,12 @@ class OpenAILiveEngine(ConversationEngine):
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self, options: StartOptions) -> None:
         self._options = options
-        self._turns = [(t.role, t.text) for t in options.history]
+        self._turns = [
+            ("developer", wire.tool_note(t.tool.name, t.tool.arguments, t.tool.output))
+            if t.tool is not None
+            else (t.role, t.text)
+            for t in options.history
+        ]
         await self.emit(StatusChanged("connecting"))
         self._up = await self._open()
         self._ready.set()
@@ -292,6 +328,34 @@ class OpenAILiveEngine(ConversationEngine):
         if heard:
             self._turns.append(("assistant", heard))
         await self.emit(ResponseDone(answer.item_id, "cancelled", self._usage()))
+
+    async def send_tool_result(
+        self, call_id: str, output: str, *, respond: bool = True, is_error: bool = False
+    ) -> None:
+        """The result joins the history; once the backend response that made the call has
+        completed and all its calls have results, they go back together. `respond=False`
+        (cancelled by an interrupt) is answered all the same: GPT-Live's delegated work
+        survives interruptions, and an open call would keep its backend waiting."""
+        named = self._calls.pop(call_id, None)
+        if named is None:
+            log.warning("ignoring the result of an unknown tool call %s", call_id)
+            return
+        self._turns.append(("developer", wire.tool_note(*named, output)))
+        for key, batch in self._batches.items():
+            if call_id in batch.outputs:
+                batch.outputs[call_id] = output
+                await self._answer_batch(key, batch)
+                return
+
+    async def _answer_batch(self, key: str, batch: _Batch) -> None:
+        """Every call of a completed backend response has its output: send them, then one
+        `response.create` (GPT-Live refuses a partial batch)."""
+        if not batch.completed or any(o is None for o in batch.outputs.values()):
+            return
+        del self._batches[key]
+        for call_id, output in batch.outputs.items():
+            await self._send(wire.function_output(call_id, output or ""))
+        await self._send(wire.response_create())
 
     async def _send(self, text: str) -> None:
         """A control event. Unlike audio, control events wait out a reconnect (bounded), so a
@@ -421,6 +485,9 @@ class OpenAILiveEngine(ConversationEngine):
             if turn.role == "user":
                 await self._user_turn_done(turn)
         self._dropping = False
+        # The backend responses died with the session: results still to come only join the
+        # history.
+        self._batches.clear()
 
     # --- provider events (one handler per event type, see `_HANDLERS`) -----------------------
     async def _on_output_audio(self, event: Event) -> None:
@@ -492,6 +559,42 @@ class OpenAILiveEngine(ConversationEngine):
             # No tools here: say so at once, or the model waits for a result forever.
             for text in wire.appends("commentary", wire.NO_TOOLS, str(delegation["id"])):
                 await self._send(text)
+
+    async def _on_response_event(self, event: Event) -> None:
+        """The backend's stream (Responses delegation): its function calls become `ToolCall`s;
+        a completed response whose calls all have results is answered (`_answer_batch`)."""
+        nested = event["event"]
+        kind = nested.get("type")
+        key = str(event.get("delegation_id") or "")
+        if kind == "response.created":
+            self._batches.setdefault(key, _Batch())
+        elif kind == "response.output_item.done":
+            item = nested.get("item") or {}
+            if item.get("type") != "function_call":
+                return
+            call_id, name = str(item.get("call_id") or ""), str(item.get("name") or "")
+            if not call_id or not name:
+                return
+            arguments = item.get("arguments")
+            arguments = arguments if isinstance(arguments, str) else ""
+            self._batches.setdefault(key, _Batch()).outputs[call_id] = None
+            self._calls[call_id] = (name, arguments)
+            await self.emit(ToolCall(call_id, name, arguments))
+        elif kind == "response.completed":
+            batch = self._batches.get(key)
+            if batch is not None:
+                if not batch.outputs:
+                    del self._batches[key]  # an answer in words: nothing to send back
+                    return
+                batch.completed = True
+                await self._answer_batch(key, batch)
+        elif kind in ("response.failed", "response.incomplete"):
+            # GPT-Live refuses the outputs of a failed response's calls: never send them.
+            self._batches.pop(key, None)
+            if kind == "response.failed":
+                error = (nested.get("response") or {}).get("error") or {}
+                why = str(error.get("message") or "no reason given")
+                await self.emit(EngineError("upstream_error", f"GPT-Live's tool backend failed: {why}"))
 
     async def _on_closed(self, event: Event) -> None:
         """GPT-Live ended the session (asked to, or on its own): a clean end, never a

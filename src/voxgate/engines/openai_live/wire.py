@@ -58,9 +58,13 @@ def audio_frame(pcm: bytes) -> bytes:
     return APPEND_PREFIX + base64.b64encode(pcm) + APPEND_SUFFIX
 
 
-def session_start(model: str, options: StartOptions, history: list[tuple[str, str]]) -> str:
+def session_start(
+    model: str, options: StartOptions, history: list[tuple[str, str]], tools_model: str = ""
+) -> str:
     """`session.start` from the start options: prompt (instructions and personality), voice,
-    and the conversation so far as startup `input`."""
+    the conversation so far as startup `input`, and, when the session has tools, Responses
+    delegation to `tools_model` with them as function tools (without tools the delegation is
+    left out: client delegation, GPT-Live's default)."""
     audio: dict[str, Any] = {"format": AUDIO_FORMAT}
     if options.voice:
         audio["output"] = {"voice": options.voice}
@@ -72,7 +76,39 @@ def session_start(model: str, options: StartOptions, history: list[tuple[str, st
     items = history_items(history)
     if items:
         session["input"] = items
+    if options.tools:
+        session["delegation"] = responses_delegation(tools_model, options)
     return orjson.dumps({"type": "session.start", "event_id": event_id(), "session": session}).decode()
+
+
+def responses_delegation(tools_model: str, options: StartOptions) -> dict[str, Any]:
+    """`{type: "responses"}`: GPT-Live's backend model gets the session's tools as function
+    tools, and may call several at once."""
+    tools = [
+        {"type": "function", "name": t.name, "description": t.description, "parameters": t.parameters}
+        for t in options.tools
+    ]
+    return {"type": "responses", "responses": {
+        "model": tools_model, "tools": tools, "parallel_tool_calls": True,
+    }}  # fmt: skip
+
+
+def function_output(call_id: str, output: str) -> str:
+    """`response.item.create` answering one backend function call (no ack)."""
+    item = {"type": "function_call_output", "call_id": call_id, "output": output}
+    return orjson.dumps({"type": "response.item.create", "event_id": event_id(), "item": item}).decode()
+
+
+def response_create() -> str:
+    """`response.create`: the backend goes on once every open call has its output."""
+    return orjson.dumps({"type": "response.create", "event_id": event_id()}).decode()
+
+
+def tool_note(name: str, arguments: str, output: str | None) -> str:
+    """A tool call as the conversation remembers it in a new session's startup `input` (a
+    developer message: GPT-Live's `input` holds messages only, no call items)."""
+    said = "no result (the call did not finish)" if output is None else output
+    return f"Earlier in this conversation the tool {name} was called with {arguments or '{}'} and returned: {said}"
 
 
 def history_items(history: list[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -132,7 +168,11 @@ __all__ = [
     "audio_frame",
     "context_text",
     "event_id",
+    "function_output",
     "history_items",
+    "response_create",
+    "responses_delegation",
     "session_start",
+    "tool_note",
     "typed_message",
 ]
