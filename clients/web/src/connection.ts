@@ -67,6 +67,10 @@ interface Waiter {
 
 type CloseInfo = { code: number; reason?: string };
 
+/** The spread of the first reconnect after a drain (`server_shutdown`): the clients of one
+ * drained node do not all land on the next at the same instant. */
+export const DRAIN_JITTER_MS = 250;
+
 export class ProtocolConnection {
   readonly url: string;
   token: TokenSource;
@@ -83,6 +87,9 @@ export class ProtocolConnection {
   private closedByUser = true;
   /** The last fatal `error` the gateway sent on this connection: it explains the close. */
   private lastFatal: { code: string; message: string } | null = null;
+  /** The server said it is going away to drain (`status: disconnected`, `server_shutdown`):
+   * the other nodes behind the balancer are up, so the first attempt goes at once. */
+  private serverDraining = false;
   private pingTimer: ReturnType<typeof setInterval> | null = null;
   private pingSentAt: number | null = null;
   private lastMessageAt = 0;
@@ -265,6 +272,9 @@ export class ProtocolConnection {
       this.rejectWaiter(new VoxgateError(msg.code, msg.message, { fatal: true }));
     }
     if (msg.type === "pong") this.pingSentAt = null;
+    if (msg.type === "status" && msg.status === "disconnected" && msg.reason === "server_shutdown") {
+      this.serverDraining = true;
+    }
     this.hooks.message(msg);
   }
 
@@ -326,11 +336,18 @@ export class ProtocolConnection {
     const gen = this.gen;
     const { attempts, baseMs, maxMs } = this.opts.reconnect;
     this.hooks.status("reconnecting", reason);
+    const draining = this.serverDraining;
+    this.serverDraining = false;
     for (let attempt = 1; attempt <= attempts; attempt++) {
       const delay = Math.min(maxMs, baseMs * 2 ** (attempt - 1));
       // Equal jitter (as the gateway's ReconnectPolicy): at least half the delay, never more,
-      // so a gateway restart is not met by every client at the same instant.
-      const wait = delay / 2 + (this.random() * delay) / 2;
+      // so a gateway restart is not met by every client at the same instant. A draining node
+      // is the exception for the first attempt: the balancer sends it to a node that is up,
+      // so it goes at once, spread over DRAIN_JITTER_MS only.
+      const wait =
+        draining && attempt === 1
+          ? this.random() * DRAIN_JITTER_MS
+          : delay / 2 + (this.random() * delay) / 2;
       this.hooks.reconnecting({ attempt, attempts, delayMs: Math.round(wait) });
       const slept = await this.sleep(wait);
       if (!slept || gen !== this.gen || this.closedByUser) return;

@@ -1,7 +1,7 @@
 // The protocol state machine (ProtocolConnection) against a fake socket and fake timers:
 // handshake, tokens, reconnect with jitter and resume, ping, and every way a session ends.
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { ProtocolConnection, type ConnectionHooks } from "../src/connection";
+import { DRAIN_JITTER_MS, ProtocolConnection, type ConnectionHooks } from "../src/connection";
 import { VoxgateError } from "../src/errors";
 import type { ConnectionStatus, ServerMessage, TokenSource } from "../src/types";
 import { FakeSocket, sessionReady } from "./fake-socket";
@@ -176,6 +176,31 @@ describe("reconnect and resume", () => {
     expect(connection.isOpen).toBe(true);
     expect(rec.statuses.at(-1)?.[0]).toBe("connected");
     expect(connection.reconnects).toBe(1);
+  });
+
+  it("goes at once (within DRAIN_JITTER_MS) after a draining node says server_shutdown, then backs off as usual", async () => {
+    const { connection, rec } = makeConnection({ random: () => 0.5 });
+    const first = await openLive(connection, "conv-7");
+    first.receive({ type: "status", status: "disconnected", reason: "server_shutdown" });
+    first.drop(1001);
+    await settle();
+    expect(rec.reconnecting).toEqual([{ attempt: 1, attempts: 5, delayMs: DRAIN_JITTER_MS / 2 }]);
+    await vi.advanceTimersByTimeAsync(DRAIN_JITTER_MS / 2);
+    expect(FakeSocket.instances).toHaveLength(2);
+    FakeSocket.last.drop(1006); // the balancer had nowhere to send it yet: normal backoff now
+    await settle();
+    expect(rec.reconnecting[1]).toEqual({ attempt: 2, attempts: 5, delayMs: 1500 });
+    await vi.advanceTimersByTimeAsync(1500);
+    const second = FakeSocket.last;
+    second.accept();
+    expect(second.json[0]).toMatchObject({ type: "start", conversationId: "conv-7" });
+    second.receive(sessionReady({ conversationId: "conv-7" }));
+    await settle();
+    expect(connection.isOpen).toBe(true);
+    // A later plain drop (no drain said) waits the usual jittered delay again.
+    second.drop(1006);
+    await settle();
+    expect(rec.reconnecting.at(-1)).toEqual({ attempt: 1, attempts: 5, delayMs: 750 });
   });
 
   it("doubles the delay per attempt within the jitter bounds, and gives up after the last attempt", async () => {

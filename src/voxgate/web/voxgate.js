@@ -448,6 +448,7 @@ function messageOf(err) {
 var PROTOCOL_VERSION = 1;
 var SUBPROTOCOL = "voxgate.v1";
 var BEARER_SUBPROTOCOL_PREFIX = "voxgate.bearer.";
+var DRAIN_JITTER_MS = 250;
 var ProtocolConnection = class {
   constructor(opts, hooks) {
     this.ws = null;
@@ -458,6 +459,9 @@ var ProtocolConnection = class {
     this.closedByUser = true;
     /** The last fatal `error` the gateway sent on this connection: it explains the close. */
     this.lastFatal = null;
+    /** The server said it is going away to drain (`status: disconnected`, `server_shutdown`):
+     * the other nodes behind the balancer are up, so the first attempt goes at once. */
+    this.serverDraining = false;
     this.pingTimer = null;
     this.pingSentAt = null;
     this.lastMessageAt = 0;
@@ -625,6 +629,9 @@ var ProtocolConnection = class {
       this.rejectWaiter(new VoxgateError(msg.code, msg.message, { fatal: true }));
     }
     if (msg.type === "pong") this.pingSentAt = null;
+    if (msg.type === "status" && msg.status === "disconnected" && msg.reason === "server_shutdown") {
+      this.serverDraining = true;
+    }
     this.hooks.message(msg);
   }
   onReady(msg) {
@@ -680,9 +687,11 @@ var ProtocolConnection = class {
     const gen = this.gen;
     const { attempts, baseMs, maxMs } = this.opts.reconnect;
     this.hooks.status("reconnecting", reason);
+    const draining = this.serverDraining;
+    this.serverDraining = false;
     for (let attempt = 1; attempt <= attempts; attempt++) {
       const delay = Math.min(maxMs, baseMs * 2 ** (attempt - 1));
-      const wait = delay / 2 + this.random() * delay / 2;
+      const wait = draining && attempt === 1 ? this.random() * DRAIN_JITTER_MS : delay / 2 + this.random() * delay / 2;
       this.hooks.reconnecting({ attempt, attempts, delayMs: Math.round(wait) });
       const slept = await this.sleep(wait);
       if (!slept || gen !== this.gen || this.closedByUser) return;
