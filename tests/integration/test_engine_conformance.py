@@ -22,6 +22,7 @@ from voxgate.engines import create_engine
 from voxgate.engines.base import (
     AssistantSpeaking,
     AudioOut,
+    CapabilityMissing,
     ConversationEngine,
     EngineError,
     EngineEvent,
@@ -270,9 +271,9 @@ async def test_turn_control_is_declared_and_holds_replies_until_asked(running) -
     so (the gateway then refuses `hold` with a sentence) instead of ignoring the request."""
     engine, events = running
     if not engine.capabilities.turn_control:
-        with pytest.raises(NotImplementedError):
+        with pytest.raises(CapabilityMissing):
             await engine.set_turn_control(auto_respond=False, auto_interrupt=True)
-        with pytest.raises(NotImplementedError):
+        with pytest.raises(CapabilityMissing):
             await engine.respond()
         return
     await engine.set_turn_control(auto_respond=False, auto_interrupt=True)
@@ -347,7 +348,7 @@ async def test_tools_are_declared(running) -> None:
     echo = engine.name == "cascade" and not engine.config.responder.llm_url  # type: ignore[attr-defined]
     assert engine.capabilities.tools is (TOOLS[engine.name] and not echo)
     if not engine.capabilities.tools:
-        with pytest.raises(NotImplementedError):
+        with pytest.raises(CapabilityMissing):
             await engine.send_tool_result("call_x", "{}")
 
 

@@ -275,6 +275,13 @@ class EngineConfig(Protocol):
         ...
 
 
+class CapabilityMissing(RuntimeError):
+    """The gateway asked an engine for something its `capabilities` say it does not have (turn
+    control, tools). The session checks the capabilities first and answers the client itself
+    (`unsupported`, or no tools offered), so reaching one is a bug in the gateway, reported
+    loudly rather than silently ignored."""
+
+
 class EngineUnavailable(Exception):
     """Raised by `start()` when the engine cannot run at all (missing binary, no key, breaker).
 
@@ -389,12 +396,12 @@ class ConversationEngine(ABC):
         utterance, a `commit`, a typed message) and stops the assistant when the user starts
         speaking over it (`auto_interrupt`). With either off the gateway decides: it calls
         `respond` and `interrupt` itself. Audio, voice activity and transcripts flow as always."""
-        raise NotImplementedError(f"the {self.name} engine has no turn control")
+        raise CapabilityMissing(f"the {self.name} engine has no turn control")
 
     async def respond(self) -> None:
         """Answer now what the conversation holds (every user turn since the last reply); a
         reply still being generated is replaced, as after `commit`."""
-        raise NotImplementedError(f"the {self.name} engine has no turn control")
+        raise CapabilityMissing(f"the {self.name} engine has no turn control")
 
     # --- tools (engines with `capabilities.tools`) -------------------------------------------
     async def send_tool_result(
@@ -404,7 +411,7 @@ class ConversationEngine(ABC):
         response is left unanswered the model goes on (unless `respond` is false: the calls
         were cancelled by an interrupt, and the model must wait for the user). `is_error`:
         `output` says why the call failed (providers that mark failures get told)."""
-        raise NotImplementedError(f"the {self.name} engine has no tools")
+        raise CapabilityMissing(f"the {self.name} engine has no tools")
 
     async def say_filler(self, text: str) -> bool:
         """Say `text` now ("One moment, please.") while tool calls run, so the user hears no

@@ -31,6 +31,7 @@ from voxgate.engines.base import (
     AssistantSpeaking,
     AudioOut,
     Capabilities,
+    CapabilityMissing,
     ConversationEngine,
     EngineError,
     Interrupted,
@@ -372,7 +373,7 @@ class CascadeEngine(ConversationEngine):
         """The result joins the history right after the call that asked for it (whatever was
         said meanwhile), and the reply waiting for it goes on."""
         if not self.capabilities.tools:
-            raise NotImplementedError("the cascade has tools only with a chat endpoint")
+            raise CapabilityMissing("the cascade has tools only with a chat endpoint")
         for index, message in enumerate(self._history):
             ids = {c["id"] for c in message.get("tool_calls") or ()}
             if call_id in ids:
