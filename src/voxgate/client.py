@@ -57,14 +57,21 @@ class VoxgateClient:
     def __init__(
         self,
         url: str,
-        token: str | None = None,
+        token: str | Callable[[], str | None] | None = None,
         *,
         token_via: str = "header",
         origin: str | None = None,
         open_timeout: float = 10.0,
         max_size: int | None = 16 * 1024 * 1024,
         ssl: SSLContext | None = None,
+        follow_drain: bool = False,
     ) -> None:
+        """`token`: a string, or a function called before every connection (single-use session
+        tokens need a new one each time). `follow_drain`: when the gateway process drains (a
+        `status` `disconnected` with `server_shutdown`, then close 1001), connect again at once
+        through the same URL (a load balancer sends it to a process that is up) and resume the
+        conversation with the same `start` options; the reader then sees the new
+        `session_ready` instead of `ProtocolFailure`."""
         self.url = url
         #: For `wss://` behind a private CA or a self-signed certificate; None: system trust.
         self.ssl = ssl
@@ -86,6 +93,11 @@ class VoxgateClient:
         #: Client tools (`register_tool`): offered in `start`, answered as calls arrive.
         self.tools: dict[str, tuple[dict[str, Any], ToolHandler]] = {}
         self._tool_tasks: set[asyncio.Task[None]] = set()
+        self.follow_drain = follow_drain
+        #: Times this client followed a drain to another process.
+        self.resumes = 0
+        self._start_options: dict[str, Any] = {}
+        self._drained = False
 
     def register_tool(
         self,
@@ -122,13 +134,14 @@ class VoxgateClient:
         url = self.url
         headers: dict[str, str] = {}
         subprotocols = ["voxgate.v1"]
-        if self.token:
+        token = self.token() if callable(self.token) else self.token
+        if token:
             if self.token_via == "header":
-                headers["Authorization"] = f"Bearer {self.token}"
+                headers["Authorization"] = f"Bearer {token}"
             elif self.token_via == "query":
-                url += ("&" if "?" in url else "?") + f"token={self.token}"
+                url += ("&" if "?" in url else "?") + f"token={token}"
             else:
-                subprotocols.append(f"voxgate.bearer.{self.token}")
+                subprotocols.append(f"voxgate.bearer.{token}")
         # Only when given: websockets rejects `ssl` on a ws:// URL.
         extra: dict[str, Any] = {"ssl": self.ssl} if self.ssl is not None else {}
         self.ws = await connect(
@@ -192,6 +205,7 @@ class VoxgateClient:
         if self.tools and "tools" not in options:
             message["tools"] = [declaration for declaration, _ in self.tools.values()]
         self.binary = bool(options.get("binary", False))
+        self._start_options = options
         await self.send(message)
         ready = await self.wait_for("session_ready", timeout=timeout)
         self.session = ready
@@ -287,6 +301,9 @@ class VoxgateClient:
         except ConnectionClosed as exc:
             self.close_code = exc.rcvd.code if exc.rcvd else None
             self.close_reason = exc.rcvd.reason if exc.rcvd else None
+            if self._drained and self.close_code == 1001 and self.session is not None:
+                self._drained = False
+                return await self._resume_elsewhere(timeout)
             raise ProtocolFailure(f"connection closed (code {self.close_code})") from None
         if isinstance(raw, bytes):
             message: dict[str, Any] = {"type": "audio", "pcm16": raw, "itemId": self.current_item, "binary": True}
@@ -300,6 +317,8 @@ class VoxgateClient:
                 self.current_item = message["itemId"]
             elif kind == "transcript" and message.get("role") == "assistant":
                 self.current_item = message.get("itemId", self.current_item)
+            elif kind == "status" and message.get("reason") == "server_shutdown":
+                self._drained = self.follow_drain and message.get("status") == "disconnected"
             elif kind == "tool_call" and message.get("name") in self.tools:
                 task = asyncio.create_task(self._answer_tool(message))
                 self._tool_tasks.add(task)
@@ -309,6 +328,26 @@ class VoxgateClient:
             await self._await_close()
             raise ProtocolFailure(f"fatal error: {message.get('code')}: {message.get('message')}", message)
         return message
+
+    async def _resume_elsewhere(self, timeout: float | None) -> dict[str, Any]:
+        """The process we were on drained: connect again at once, resume the conversation with
+        the same `start` options, and return the new `session_ready` (a refusal raises
+        `ProtocolFailure` as any other)."""
+        assert self.session is not None
+        conversation = self.session.get("conversationId")
+        await self.connect()
+        self.resumes += 1
+        message = {"type": "start", **self._start_options, "conversationId": conversation}
+        if self.tools and "tools" not in self._start_options:
+            message["tools"] = [declaration for declaration, _ in self.tools.values()]
+        await self.send(message)
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 30.0)
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = await self.recv(left)
+            if ready.get("type") == "session_ready":
+                self.session = ready
+                return ready
 
     async def _await_close(self, timeout: float = 2.0) -> None:
         """After a fatal error the gateway closes at once: wait (briefly) for that close, so

@@ -353,3 +353,56 @@ async def _drain_and_resume(cluster: Cluster, sim: OpenAISimulator, how: str) ->
         stored = (await http.get(f"/api/conversations/{conversation}", headers=bearer(lena))).json()
     texts = [t["text"] for t in stored["turns"]]
     assert texts[:2] == ["before the drain", "You said: before the drain."]
+
+
+async def test_the_python_client_follows_a_drain_to_another_node_by_itself(
+    pg_server: PgServer, tmp_path: Path
+) -> None:
+    """`VoxgateClient(follow_drain=True)`: the node holding the conversation drains, and the
+    client, with no help from its caller, connects again through the balancer at once and
+    resumes; its reader sees `status: disconnected` (`server_shutdown`), then the new
+    `session_ready` with the same conversation, and the conversation goes on."""
+    async with OpenAISimulator(keys={OPENAI_KEY}, pace=8.0) as sim:
+        async with backing_services_async(pg_server) as (redis_url, database_url):
+            env = cluster_env(
+                redis_url, database_url,
+                VOXGATE_ENGINE="openai", OPENAI_API_KEY=OPENAI_KEY,
+                VOXGATE_OPENAI_URL=sim.url, VOXGATE_OPENAI_API_BASE=sim.api_base,
+            )  # fmt: skip
+            with running_cluster(tmp_path, 2, **env) as cluster:
+                minted: list[str] = []
+
+                def token() -> str:  # called before every connection
+                    minted.append(user_token("mira"))
+                    return minted[-1]
+
+                client = VoxgateClient(cluster.ws_url, token, open_timeout=30, follow_drain=True)
+                await client.connect()
+                try:
+                    ready = await client.start(timeout=60, binary=True)
+                    conversation = ready["conversationId"]
+                    await client.user_message("before the drain")
+                    await client.collect_reply(timeout=60)
+                    holder = next(s["node"] for s in await _sessions(cluster) if s["userId"] == "mira")
+                    async with httpx.AsyncClient(base_url=cluster.url, timeout=15) as http:
+                        reply = await http.post(
+                            f"/api/realtime/nodes/{holder}/drain",
+                            headers=bearer(user_token("root", True)),
+                        )
+                        assert reply.status_code == 202, reply.text
+                    status = await client.wait_for("status", timeout=30, where=lambda m: m["status"] == "disconnected")
+                    assert status["reason"] == "server_shutdown"
+                    resumed = await client.wait_for(
+                        "session_ready", timeout=60, where=lambda m: m is not ready
+                    )
+                    assert resumed["conversationId"] == conversation
+                    assert client.resumes == 1 and len(minted) == 2
+                    assert client.session is resumed and client.binary
+                    survivor = next(s["node"] for s in await _sessions(cluster) if s["userId"] == "mira")
+                    assert survivor != holder
+                    assert "You said: before the drain." in json.dumps(sim.accepted[-1].items)
+                    await client.user_message("after the drain")
+                    answer = await client.collect_reply(timeout=60)
+                    assert answer.assistant_text == "You said: after the drain."
+                finally:
+                    await client.close()
