@@ -222,12 +222,16 @@ async def _gone(gw: Any, session_id: str) -> bool:
 
 
 def _single(tmp_path: Path, redis_url: str, **extra: Any) -> Settings:
-    return Settings(  # type: ignore[call-arg]
-        _env_file=None, host="127.0.0.1", port=0, shutdown_deadline_s=5.0,
+    """One gateway on `redis_url` (`extra` overrides: a node name and a database per node
+    make several)."""
+    base: dict[str, Any] = dict(
+        host="127.0.0.1", port=0, shutdown_deadline_s=5.0,
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'one.db'}",
         auth="jwt", jwt_secret=SECRET, redis_url=redis_url, start_timeout_s=120.0,
-        max_sessions_per_user=30, **extra,
+        max_sessions_per_user=30,
     )  # fmt: skip
+    base.update(extra)
+    return Settings(_env_file=None, **base)  # type: ignore[call-arg]
 
 
 async def _all_talk(clients: list[VoxgateClient], tag: str) -> None:
@@ -250,33 +254,45 @@ async def _admits(gw: Any, user: str) -> bool:
 async def test_redis_away_for_seconds_under_twenty_live_sessions(
     tmp_path: Path, redis_factory: Callable[[], Any], gateway_factory: Callable[..., Any]
 ) -> None:
-    """Redis stops for five seconds: none of twenty live sessions drops, new admissions get
-    the clear error (4503 / 503), and after Redis returns admissions work again, no restart."""
+    """Redis stops for five seconds under two nodes holding ten live sessions each: none of the
+    twenty drops, new admissions on either node get the clear error (4503 / 503), and after
+    Redis returns both nodes admit again, with no restart."""
     server = redis_factory()
-    async with gateway_factory(_single(tmp_path, server.url)) as gw:
-        live = [await VoxgateClient(gw.ws_url, user_token("fay")).connect() for _ in range(20)]
+    async with AsyncExitStack() as stack:
+        nodes = [
+            await stack.enter_async_context(gateway_factory(_single(
+                tmp_path, server.url, node_name=f"node-{i}",
+                database_url=f"sqlite+aiosqlite:///{tmp_path / f'node{i}.db'}",
+            )))  # fmt: skip
+            for i in range(2)
+        ]
+        live = [
+            await VoxgateClient(nodes[i % 2].ws_url, user_token("fay")).connect() for i in range(20)
+        ]
         try:
             await _all_talk(live, "before")
             server.stop()
             away_since = time.monotonic()
-            error, code = await refusal(gw.ws_url, user_token("gus"))
-            assert code == 4503 and "Redis" in error["message"]
-            async with httpx.AsyncClient(base_url=gw.http_url, timeout=15) as http:
-                minted = await http.post(
-                    "/api/realtime/session", headers=bearer(user_token("gus"))
-                )
-                assert minted.status_code == 503 and "Redis" in minted.json()["detail"]
-                health = await http.get("/health")
-                assert health.status_code == 200  # still ready: live sessions need no Redis
-                assert health.json()["shared"]["status"] == "error"
+            for gw in nodes:
+                error, code = await refusal(gw.ws_url, user_token("gus"))
+                assert code == 4503 and "Redis" in error["message"]
+                async with httpx.AsyncClient(base_url=gw.http_url, timeout=15) as http:
+                    minted = await http.post(
+                        "/api/realtime/session", headers=bearer(user_token("gus"))
+                    )
+                    assert minted.status_code == 503 and "Redis" in minted.json()["detail"]
+                    health = await http.get("/health")
+                    assert health.status_code == 200  # still ready: live sessions need no Redis
+                    assert health.json()["shared"]["status"] == "error"
             # The live sessions keep talking while Redis is away.
             while time.monotonic() - away_since < 5.0:
                 await _all_talk(live, "away")
                 await asyncio.sleep(0.5)
             server.start()
-            await eventually(lambda: _admits(gw, "gus"), timeout=40)
+            for gw in nodes:
+                await eventually(lambda gw=gw: _admits(gw, "gus"), timeout=40)
             await _all_talk(live, "after")
-            assert len(gw.state.sessions) == 20
+            assert [len(gw.state.sessions) for gw in nodes] == [10, 10]
         finally:
             for client in live:
                 await client.close()

@@ -1,7 +1,8 @@
 """The page at `/` in real Chromium, through HAProxy to two voxgate processes on one Redis and one
 PostgreSQL: when the process holding its conversation drains, the page reconnects through the
-balancer at once (the client's drain fast path), lands on the other process, and the
-conversation goes on with its earlier turns.
+balancer at once (the client's drain fast path); when it is SIGKILLed, through its ordinary
+reconnect. Either way it lands on the other process and the conversation goes on with its
+earlier turns.
 """
 
 from __future__ import annotations
@@ -63,9 +64,11 @@ def _holder(cluster: Cluster) -> str:
     return str(sessions[0]["node"])
 
 
-def test_a_drained_node_sends_the_page_elsewhere_at_once_and_it_resumes(
-    open_page, two_nodes: Cluster
+@pytest.mark.parametrize("how", ["drain", "sigkill"])
+def test_the_page_moves_to_the_other_node_and_resumes(
+    how: str, open_page, two_nodes: Cluster
 ) -> None:
+    """A drain (the admin call) or a SIGKILL of the node holding the page's conversation."""
     cluster = two_nodes
     ps: PageSession = open_page(cluster.url)
     page = ps.page
@@ -82,18 +85,26 @@ def test_a_drained_node_sends_the_page_elsewhere_at_once_and_it_resumes(
         "() => { window.retries = [];"
         " window.voxgateDebug.client.on(e => { if (e.type === 'reconnecting') window.retries.push(e); }); }"
     )
-    reply = httpx.post(f"{cluster.url}/api/realtime/nodes/{holder}/drain", timeout=15)
-    assert reply.status_code == 202, reply.text
+    if how == "drain":
+        reply = httpx.post(f"{cluster.url}/api/realtime/nodes/{holder}/drain", timeout=15)
+        assert reply.status_code == 202, reply.text
+    else:
+        cluster.kill_node(cluster.index_of(holder))
 
-    # The page heard the drain and went back at once: its first attempt waited at most the
-    # drain jitter (250 ms), not the 0.5 to 1 s of its usual backoff.
     page.wait_for_function("() => window.retries.length > 0", timeout=30_000)
     first = page.evaluate("window.retries[0]")
-    assert first["attempt"] == 1 and first["delayMs"] <= 250, first
+    if how == "drain":
+        # The page heard the drain and went back at once: its first attempt waited at most
+        # the drain jitter (250 ms), not the 0.5 to 1 s of its usual backoff.
+        assert first["attempt"] == 1 and first["delayMs"] <= 250, first
+    else:
+        # No goodbye from a killed node: the ordinary jittered backoff (0.5 to 1 s first).
+        assert first["attempt"] == 1 and 500 <= first["delayMs"] <= 1000, first
     ps.wait_for("d.client.status === 'connected' && d.client.debug.reconnects >= 1", 60_000)
     assert ps.debug("d.client.conversationId") == conversation
-    survivor = _holder(cluster)
-    assert survivor != holder
+    # On the other node now (a killed node's entry may linger until its lease lapses).
+    sessions = httpx.get(f"{cluster.url}/api/realtime/sessions", timeout=15).json()["sessions"]
+    assert [s for s in sessions if s["node"] != holder], sessions
 
     # The conversation goes on there, with what was said before.
     page.fill('[data-testid="text-input"]', "after the drain")
